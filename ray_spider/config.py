@@ -81,6 +81,7 @@ class TrainConfig(_Strict):
     seed: int = Field(42)
     logging_steps: int = Field(10, ge=1)
     eval_every_steps: int = Field(50, ge=1, description="dev evaluation (EX/EM) every N optimizer steps, and at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="adapters kept in storage, best by dev EX (the latest is kept too)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP, one GPU each when use_gpu)")
     use_gpu: bool | None = Field(None, description="None = use a GPU when one is available")
     cpus_per_worker: int = Field(1, ge=1)
@@ -175,3 +176,79 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     """Read a run YAML (or the defaults when path is None) and apply key=value overrides."""
     data = read_yaml(path) if path else {}
     return build_run_config(data, overrides, source=str(path or "<defaults>"))
+
+
+class SearchDimension(_Strict):
+    """Exactly one of: choice (a list), loguniform or uniform ([low, high]), randint ([low, high))."""
+
+    choice: list[Any] | None = Field(None, min_length=1)
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchDimension:
+        given = [name for name in ("choice", "loguniform", "uniform", "randint") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice, loguniform, uniform, randint (got {given or 'none'})")
+        for name in ("loguniform", "uniform", "randint"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{name} needs [low, high] with low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        return self
+
+
+class TrialResources(_Strict):
+    workers: int = Field(1, ge=1, description="Ray Train workers per trial (DDP when > 1)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="fractions share a GPU between trials, e.g. 0.25 = 4 trials per GPU")
+    cpus_per_worker: int = Field(1, ge=1)
+
+
+class SearchAlgorithm(_Strict):
+    name: Literal["optuna_tpe", "random"] = "optuna_tpe"
+    seed: int = 0
+
+
+class Scheduler(_Strict):
+    name: Literal["asha"] = "asha"
+    grace_period: int = Field(1, ge=1, description="eval rounds every trial gets before it can be stopped")
+    reduction_factor: int = Field(2, ge=2)
+
+
+class SweepConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    base: dict = Field(default_factory=dict, description="a run config (as in a train YAML) shared by all trials")
+    search_space: dict[str, SearchDimension] = Field(min_length=1, description="dotted run-config key -> distribution")
+    num_samples: int = Field(8, ge=1, description="trials")
+    max_concurrent_trials: int = Field(1, ge=1)
+    resources: TrialResources = Field(default_factory=TrialResources)
+    search: SearchAlgorithm = Field(default_factory=SearchAlgorithm)
+    scheduler: Scheduler | None = None
+    objective: Literal["dev_ex", "dev_em"] = "dev_ex"
+    storage: str = Field("runs/sweeps", description="local path, s3://bucket/prefix or gs://bucket/prefix")
+    trial_retries: int = Field(1, ge=0, description="times a crashed trial is retried before it counts as errored")
+
+    @model_validator(mode="after")
+    def _keys_exist(self) -> SweepConfig:
+        build_run_config(self.base, source="base")  # the base alone must be a valid run
+        for key in self.search_space:
+            node: Any = RunConfig
+            for part in key.split("."):
+                fields = getattr(node, "model_fields", {})
+                if part not in fields:
+                    raise ValueError(f"search_space key {key!r}: {part!r} is not a run-config field (valid here: {', '.join(fields)})")
+                node = fields[part].annotation
+        return self
+
+
+def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
+    data = read_yaml(path)
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return SweepConfig.model_validate(data)
+    except (ValidationError, ConfigError) as exc:
+        message = format_validation_error(exc, str(path)) if isinstance(exc, ValidationError) else f"{path}: {exc}"
+        raise ConfigError(message) from None

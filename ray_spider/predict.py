@@ -1,0 +1,106 @@
+"""Questions -> raw model outputs -> extracted SQL -> EX/EM scores. Used by `predict`, `baseline`
+and the dev evaluation inside training, so every number comes from the same code path.
+
+    ray-spider predict --model smollm2-135m-instruct [--adapter runs/x/adapter] --split dev --out preds/
+
+The output folder holds ``predictions.jsonl`` (raw output, extracted SQL, scores per question),
+``pred.sql`` + ``gold.sql`` in the official evaluators' format, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
+from ray_spider.evaluate import GoldQuery, Report, score
+from ray_spider.extract import extract_sql
+from ray_spider.inference import generate
+from ray_spider.prompt import Prompter
+from ray_spider.spider import Example, Spider
+
+
+@dataclass
+class PredictionResult:
+    summary: dict  # evaluate.Report.summary() + sql_only_rate + no_sql count
+    records: list[dict]  # one per question
+
+    def write(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "predictions.jsonl", "w") as out:
+            for record in self.records:
+                out.write(json.dumps(record) + "\n")
+        (out_dir / "pred.sql").write_text("".join(_one_line(r["sql"]) + "\n" for r in self.records))
+        (out_dir / "gold.sql").write_text("".join(f"{_one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
+        (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+
+
+def _one_line(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True) -> list[str]:
+    prompts = [prompter.conversation(e.db_id, e.question) for e in examples]
+    return generate(model, tokenizer, prompts, cfg, progress=progress)
+
+
+def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:
+    extractions = [extract_sql(raw) for raw in raw_outputs]
+    sqls = [_one_line(x.sql) if x.sql else "" for x in extractions]
+    report: Report = score(
+        [GoldQuery(e.query, e.db_id) for e in examples],
+        sqls,
+        spider.root / "database",
+        spider.root / "tables.json",
+        timeout_s=cfg.query_timeout_s,
+        workers=cfg.workers,
+        progress=progress,
+    )
+    by_position = {s.index: s for s in report.scores}
+    records = []
+    for position, (example, raw, extraction, sql) in enumerate(zip(examples, raw_outputs, extractions, sqls)):
+        scored = by_position.get(position)
+        records.append(
+            {
+                "split": example.split,
+                "index": example.index,
+                "db_id": example.db_id,
+                "question": example.question,
+                "gold": example.query,
+                "raw_output": raw,
+                "sql": sql,
+                "sql_only": extraction.pure,
+                "hardness": scored.hardness if scored else None,
+                "ex": scored.ex if scored else None,
+                "em": scored.em if scored else None,
+                "error_type": scored.error_type if scored else None,
+                "pred_error": scored.pred_error if scored else None,
+            }
+        )
+    summary = report.summary()
+    summary["sql_only_rate"] = sum(x.pure for x in extractions) / len(extractions) if extractions else 0.0
+    return PredictionResult(summary, records)
+
+
+def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Example], gen_cfg: GenerationConfig, eval_cfg: EvalConfig, progress: bool = True) -> PredictionResult:
+    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress)
+    return score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
+
+
+def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True) -> PredictionResult:
+    """Load base (+ adapter), answer the split's scorable questions (cfg.data.dev_subset for dev), score, write."""
+    from ray_spider.data import dev_examples
+    from ray_spider.model import load_for_inference
+
+    spider = Spider(cfg.data.spider_dir)
+    prompter = Prompter(spider, cfg.prompt)
+    if split == "dev":
+        examples, _ = dev_examples(spider, cfg.data.dev_subset, seed=cfg.train.seed)
+    else:
+        examples, _ = spider.executable(spider.examples(split))
+    model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
+    result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
+    result.summary["prompt_version"] = prompter.version
+    result.write(out_dir)
+    return result

@@ -1,0 +1,96 @@
+"""What a user looks at after a sweep: the trials table, a PNG, and the best adapter fetched out of storage.
+
+    ray-spider trials runs/sweeps/sweep-smollm2-cpu
+    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best_adapter/
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from rich.table import Table
+
+from ray_spider.tune import storage
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def trials_table(rows: list[dict]) -> Table:
+    params = sorted({key for row in rows for key in row if key.startswith("param.")})
+    table = Table(title=f"{len(rows)} trials, best dev EX first")
+    for column in ("trial", "status", *[p.removeprefix("param.") for p in params], "dev EX", "dev EM", "best step", "wall s"):
+        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
+    for row in rows:
+        cells = [_format(row[p]) for p in params]
+        scores = [_format(row["best_dev_ex"]), _format(row["best_dev_em"]), _format(row["best_step"]), f"{row['wall_time_s']:.0f}"]
+        table.add_row(row["trial_id"], row["status"], *cells, *scores)
+    return table
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 0.01 else f"{value:.3f}"
+    return str(value)
+
+
+def plot_trials(experiment: str, rows: list[dict]) -> Path:
+    """dev EX per trial over steps, and each searched parameter against the trial's best dev EX."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = sorted({key for row in rows for key in row if key.startswith("param.")})
+    figure, axes = plt.subplots(1, 1 + len(params), figsize=(4.5 * (1 + len(params)), 4), squeeze=False)
+    curves = axes[0][0]
+    for row in rows:
+        curves.plot(row["curve_steps"], row["curve_dev_ex"], marker="o", label=row["trial_id"])
+    curves.set(xlabel="optimizer step", ylabel="dev EX", title="dev EX per trial")
+    if rows:
+        curves.legend(fontsize=7)
+    for axis, param in zip(axes[0][1:], params):
+        scored = [row for row in rows if row["best_dev_ex"] is not None]
+        axis.scatter([row[param] for row in scored], [row["best_dev_ex"] for row in scored])
+        if param.endswith("learning_rate"):
+            axis.set_xscale("log")
+        axis.set(xlabel=param.removeprefix("param."), ylabel="best dev EX")
+    figure.tight_layout()
+    filesystem, path = storage(experiment)
+    local = Path(path) / "trials.png" if isinstance(filesystem, pafs.LocalFileSystem) else Path("trials.png")
+    figure.savefig(local, dpi=110)
+    plt.close(figure)
+    return local
+
+
+def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
+    """Copy the best trial's best adapter out of storage into ``out``; return its trials-table row."""
+    from ray_spider.tune import trial_rows
+
+    rows = [row for row in trial_rows(experiment) if row["checkpoint_uri"]]
+    if not rows:
+        raise FileNotFoundError(f"no trial of {experiment} has reported a checkpoint yet")
+    best = rows[0]
+    filesystem, _ = storage(experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        pafs.copy_files(f"{best['checkpoint_uri']}/{name}", str(out.resolve() / name), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    if check_load:
+        check_adapter_loads(out, experiment)
+    return {key: value for key, value in best.items() if not key.startswith("curve_")}
+
+
+def check_adapter_loads(adapter: Path, experiment: str) -> None:
+    """Load the sweep's base model and the adapter with peft; raises when the adapter does not fit."""
+    from peft import PeftModel
+
+    from ray_spider.config import ModelConfig
+    from ray_spider.model import load_model
+    from ray_spider.tune import _read_sweep
+
+    filesystem, path = storage(experiment)
+    model_cfg = ModelConfig(**{**_read_sweep(filesystem, path)["base"].get("model", {}), "quantization": "none"})
+    PeftModel.from_pretrained(load_model(model_cfg, device="cpu"), str(adapter))

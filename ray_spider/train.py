@@ -1,0 +1,240 @@
+"""One QLoRA SFT run: TRL's SFTTrainer inside a Ray Train TorchTrainer, with dev EX/EM during training.
+
+    ray-spider train sweeps/qlora_r16_smollm2.yaml [train.learning_rate=2e-4 ...]
+
+``train_loop`` runs on every Ray Train worker (DDP across workers, one GPU each when there are
+GPUs). Every ``train.eval_every_steps`` optimizer steps, and at the end, the workers generate the
+dev answers (each its own shard), rank 0 scores them with the evaluator, and every worker calls
+``ray.train.report`` with dev_ex/dev_em; rank 0 attaches the adapter (PEFT format) and its dev
+predictions as the checkpoint. Ray keeps the best checkpoints by dev_ex. The Ray-specific lines
+are marked ``# Ray:``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from ray_spider.config import RunConfig
+from ray_spider.data import build_sft_dataset, dev_examples, train_examples
+from ray_spider.model import apply_lora, load_model, load_tokenizer, resolve_model
+from ray_spider.predict import PredictionResult, generate_raw, score_outputs
+from ray_spider.prompt import Prompter
+from ray_spider.spider import Spider
+
+# Multicast over NVLink can put a host's shared GPUs out of service: off everywhere, children too.
+WORKER_ENV = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def use_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConfig:
+    train = cfg.train
+    return SFTConfig(
+        output_dir=output_dir,
+        learning_rate=train.learning_rate,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_ratio=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_length=train.max_length,
+        completion_only_loss=True,  # loss on the assistant SQL and its end-of-turn token only
+        packing=False,
+        gradient_checkpointing=train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=use_bf16(device),
+        use_cpu=device.type == "cpu",
+        seed=train.seed,
+        data_seed=train.seed,
+        logging_steps=train.logging_steps,
+        save_strategy="no",  # checkpoints go through ray.train.report, scored by dev EX
+        eval_strategy="no",
+        report_to=[],
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+class DevEvalCallback(TrainerCallback):
+    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with the adapter."""
+
+    def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev):
+        self.cfg, self.prompter, self.tokenizer, self.dev = cfg, prompter, tokenizer, dev
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.history: list[dict] = []  # every logged loss and every eval round, for the run records
+        self.losses_since_eval: list[float] = []
+        self.last_eval_step = -1
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses_since_eval.append(float(logs["loss"]))
+            self.history.append({"step": state.global_step, "epoch": state.epoch, "train_loss": float(logs["loss"]), "learning_rate": logs.get("learning_rate")})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.cfg.train.eval_every_steps == 0:
+            self.evaluate_and_report(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.last_eval_step != state.global_step:
+            self.evaluate_and_report(state, model)
+
+    def _all_raw_outputs(self, model) -> list[str]:
+        """Each worker answers every world-th question; rank 0 gets them all back in order."""
+        shard = self.dev[self.rank :: self.world]
+        raw = generate_raw(model, self.tokenizer, self.prompter, shard, self.cfg.generation, progress=self.rank == 0)
+        if self.world == 1:
+            return raw
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, raw)
+        merged = [None] * len(self.dev)
+        for rank, outputs in enumerate(gathered):
+            merged[rank :: self.world] = outputs
+        return merged
+
+    def evaluate_and_report(self, state, model) -> None:
+        import ray.train  # Ray: imported here so the callback also runs outside Ray (tests)
+
+        self.last_eval_step = state.global_step
+        raw = self._all_raw_outputs(model)
+        result = score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False) if self.rank == 0 else None
+        metrics = self._round_metrics(state, result)
+        if self.world > 1:
+            shared = [metrics]
+            dist.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                model.save_pretrained(tmp)  # PEFT format: adapter_config.json + adapter_model.safetensors
+                result.write(Path(tmp) / "dev_eval")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
+
+    def _round_metrics(self, state, result: PredictionResult | None) -> dict:
+        if result is None:
+            return {}
+        summary = result.summary
+        losses = self.losses_since_eval
+        metrics = {
+            "step": state.global_step,
+            "epoch": float(state.epoch or 0.0),
+            "train_loss": sum(losses) / len(losses) if losses else None,
+            "dev_ex": summary["ex"],
+            "dev_em": summary["em"],
+            "sql_only_rate": summary["sql_only_rate"],
+            "dev_n": summary["n"],
+            **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
+            **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
+        }
+        self.losses_since_eval = []
+        self.history.append(dict(metrics))
+        return metrics
+
+
+def train_loop(config: dict) -> list[dict]:
+    """The per-worker function. Gets a plain dict; returns the history (rank 0's is kept by Ray)."""
+    cfg = RunConfig.model_validate(config["run"])
+    import ray.train.torch  # Ray
+
+    device = ray.train.torch.get_device()  # Ray: this worker's GPU, or cpu
+    set_seed(cfg.train.seed)
+    spider = Spider(cfg.data.spider_dir)
+    prompter = Prompter(spider, cfg.prompt)
+    model_path = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(model_path)
+    model = apply_lora(load_model(cfg.model, device=device, for_training=True), cfg.lora)
+    train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data)).select_columns(["prompt", "completion"])
+    dev, _ = dev_examples(spider, cfg.data.dev_subset, seed=cfg.train.seed)
+    callback = DevEvalCallback(cfg, prompter, tokenizer, dev)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(cfg, output_dir, device),
+            train_dataset=train_set,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+        trainer.train()
+    return callback.history
+
+
+def fit(cfg: RunConfig, storage_path: str, name: str):
+    """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)  # the driver's children (Ray's local cluster) inherit them
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False, log_to_driver=True)
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else bool(ray.cluster_resources().get("GPU"))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"run": cfg.model_dump(mode="json")},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+        ),
+        run_config=RayRunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="dev_ex", checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    return trainer.fit()
+
+
+
+def run_training(cfg: RunConfig, command: str) -> Path:
+    """The `train` command: fit, then write the run folder (records.py) with the best adapter."""
+    from ray_spider.records import best_round, copy_best_checkpoint, manifest, new_run_dir, plot_curves, read_summary, write_config, write_metrics, write_report
+
+    spider = Spider(cfg.data.spider_dir)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
+    run_dir = new_run_dir(cfg)
+    write_config(cfg, run_dir)
+    started = time.time()
+    result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
+    if result.error:
+        raise RuntimeError(f"training failed; Ray's logs are under {run_dir / 'ray'}") from result.error
+    history = result.return_value or []
+    rounds = [metrics for _, metrics in result.best_checkpoints or []]
+    best = best_round(rounds)
+    info = {"wall_s": time.time() - started, "last_step": max((row["step"] for row in history), default=0)}
+    if best:
+        checkpoint = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == best["step"])
+        with checkpoint.as_directory() as directory:
+            copy_best_checkpoint(Path(directory), run_dir)
+        info["best_step"] = best["step"]
+        info["best_dev_ex"] = best["dev_ex"]
+    write_metrics(history, run_dir)
+    plot_curves(history, run_dir / "curves.png", title=run_dir.name)
+    info = manifest(cfg, Prompter(spider, cfg.prompt).version, **info)
+    (run_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_report(run_dir, cfg, info, read_summary(run_dir), command)
+    return run_dir

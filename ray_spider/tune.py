@@ -1,0 +1,216 @@
+"""Sweeps: Ray Tune + Optuna over QLoRA runs, objective dev EX, best adapters kept in storage.
+
+    ray-spider sweep sweeps/sweep_smollm2_cpu.yaml            # start (or --resume after a crash)
+    ray-spider trials runs/sweeps/sweep-smollm2-cpu           # table + PNG
+    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best/ # copy the winning adapter out
+
+Each trial runs the training job of train.py (a Ray Train TorchTrainer launched inside the Tune
+trial function, reporting every dev-eval round to Tune through TuneReportCallback), so ASHA can stop
+weak trials and every reported adapter is a checkpoint in storage. Storage is any pyarrow
+filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.spider import Spider
+
+TRIALS_FILE = "trials.parquet"
+SWEEP_FILE = "sweep.yaml"
+
+
+def storage(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or any URI pyarrow understands."""
+    if "://" not in uri:
+        uri = str(Path(uri).expanduser().resolve())
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def tune_distribution(dimension: SearchDimension):
+    from ray import tune
+
+    if dimension.choice is not None:
+        return tune.choice(dimension.choice)
+    if dimension.loguniform is not None:
+        return tune.loguniform(*dimension.loguniform)
+    if dimension.uniform is not None:
+        return tune.uniform(*dimension.uniform)
+    return tune.randint(*dimension.randint)
+
+
+def trial_run_config(sweep: dict, params: dict) -> RunConfig:
+    """The sweep's base run config with one trial's sampled values (dotted keys) applied."""
+    data = dict(sweep["base"])
+    for key, value in params.items():
+        apply_override(data, key.split("."), value)
+    cfg = build_run_config(data, source=f"sweep {sweep['name']} trial {params}")
+    resources = sweep["resources"]
+    train = cfg.train.model_copy(
+        update={"num_workers": resources["workers"], "cpus_per_worker": resources["cpus_per_worker"], "use_gpu": resources["gpus_per_worker"] > 0}
+    )
+    return cfg.model_copy(update={"train": train})
+
+
+def run_trial(config: dict) -> None:
+    """Tune trial function: one Ray Train job with this trial's hyperparameters."""
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_spider.train import train_loop
+
+    sweep, params = config["sweep"], config["params"]
+    cfg = trial_run_config(sweep, params)
+    resources = sweep["resources"]
+    filesystem, root = storage(sweep["storage"])
+    worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if resources["gpus_per_worker"] else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"run": cfg.model_dump(mode="json")},
+        scaling_config=ScalingConfig(num_workers=resources["workers"], use_gpu=bool(resources["gpus_per_worker"]), resources_per_worker=worker),
+        run_config=RayRunConfig(
+            name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
+            storage_path=f"{root}/{sweep['name']}/train_runs",
+            storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="dev_ex", checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=0),
+            callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def _tuner(sweep: SweepConfig, resume: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ray_spider.train import WORKER_ENV
+
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False)
+    filesystem, root = storage(sweep.storage)
+    # The Spider path is resolved on the driver so that workers anywhere get the same folder.
+    base = dict(sweep.base)
+    base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
+    sweep_dict = {**sweep.model_dump(mode="json"), "base": base}
+    trainable = tune.with_resources(run_trial, {"CPU": 0})
+    experiment = f"{root}/{sweep.name}"
+    if resume:
+        if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+            raise FileNotFoundError(f"no sweep to resume at {sweep.storage}/{sweep.name}")
+        return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
+    param_space = {"sweep": sweep_dict, "params": {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}}
+    if sweep.search.name == "optuna_tpe":
+        import optuna
+
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.search.seed))
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent_trials)
+    else:
+        search_alg = BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=sweep.max_concurrent_trials)
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
+        if sweep.scheduler
+        else None
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.objective, mode="max", search_alg=search_alg, scheduler=scheduler,
+            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=root, storage_filesystem=filesystem,
+            failure_config=tune.FailureConfig(max_failures=sweep.trial_retries),
+        ),
+    )
+
+
+def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
+    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI."""
+    import yaml
+
+    tuner = _tuner(sweep, resume)
+    filesystem, root = storage(sweep.storage)
+    experiment = f"{root}/{sweep.name}"
+    filesystem.create_dir(experiment, recursive=True)
+    with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
+        out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
+    tuner.fit()
+    write_trials_table(sweep.storage.rstrip("/") + "/" + sweep.name)
+    return experiment
+
+
+def trial_rows(experiment_uri: str) -> list[dict]:
+    """One row per trial from Tune's saved state: hyperparameters, best round by the objective, timing."""
+    from ray.tune import ExperimentAnalysis
+
+    filesystem, experiment = storage(experiment_uri)
+    sweep = _read_sweep(filesystem, experiment)
+    analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem, default_metric=sweep["objective"], default_mode="max")
+    frames = analysis.trial_dataframes
+    gpus = sweep["resources"]["workers"] * sweep["resources"]["gpus_per_worker"]
+    rows = []
+    for trial in analysis.trials:
+        frame = frames.get(trial.path)
+        history = frame.to_dict("records") if frame is not None else []
+        rounds = [row for row in history if _is_number(row.get(sweep["objective"]))]
+        best = max(rounds, key=lambda row: (row[sweep["objective"]], -row.get("step", 0)), default=None)
+        wall = max((row.get("time_total_s") or 0.0 for row in history), default=0.0)
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "status": trial.status,
+                **{f"param.{key}": value for key, value in trial.config.get("params", {}).items()},
+                "best_dev_ex": best["dev_ex"] if best else None,
+                "best_dev_em": best["dev_em"] if best else None,
+                "best_step": int(best["step"]) if best else None,
+                "eval_rounds": len(rounds),
+                "curve_steps": [int(row["step"]) for row in rounds],
+                "curve_dev_ex": [float(row["dev_ex"]) for row in rounds],
+                "checkpoint_uri": best.get("checkpoint_path") if best else None,
+                "wall_time_s": float(wall),
+                "gpu_hours": float(wall) * gpus / 3600,
+            }
+        )
+    return sorted(rows, key=lambda row: -(row["best_dev_ex"] if row["best_dev_ex"] is not None else -1))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and value == value  # NaN marks a result without that metric
+
+
+def _read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:
+    import yaml
+
+    with filesystem.open_input_stream(f"{experiment}/{SWEEP_FILE}") as stream:
+        return yaml.safe_load(stream.read())
+
+
+def write_trials_table(experiment_uri: str) -> list[dict]:
+    rows = trial_rows(experiment_uri)
+    filesystem, experiment = storage(experiment_uri)
+    with filesystem.open_output_stream(f"{experiment}/{TRIALS_FILE}") as out:
+        pq.write_table(pa.Table.from_pylist(rows), out)
+    return rows

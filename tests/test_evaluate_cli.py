@@ -1,0 +1,71 @@
+"""The `ray-spider eval` command end to end on real Spider databases (official evaluators' contract)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_eval(spider_dir, gold, pred, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "ray_spider", "eval", "--gold", str(gold), "--pred", str(pred),
+         "--db", str(spider_dir / "database"), "--table", str(spider_dir / "tables.json"), *extra],
+        capture_output=True, text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def gold_as_pred(spider_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "pred.sql"
+    lines = (spider_dir / "dev_gold.sql").read_text().splitlines()
+    path.write_text("".join(line.split("\t")[0] + "\n" for line in lines if line.strip()))
+    return path
+
+
+def test_dev_gold_scores_itself_perfectly(spider_dir, gold_as_pred, tmp_path):
+    per_example = tmp_path / "per_example.jsonl"
+    result = run_eval(spider_dir, spider_dir / "dev_gold.sql", gold_as_pred, "--json", "--per-example", str(per_example))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["n"], summary["ex"], summary["em"]) == (972, 1.0, 1.0)
+    assert summary["skipped_missing_db"] == 62 and summary["skipped_db_ids"] == ["wta_1"]
+    assert sum(row["n"] for row in summary["by_hardness"].values()) == 972
+    records = [json.loads(line) for line in per_example.read_text().splitlines()]
+    assert len(records) == 972 and all(r["ex"] and r["em"] for r in records)
+    assert {"index", "db_id", "hardness", "ex", "em"} <= set(records[0])
+
+
+def test_wrong_and_empty_predictions(spider_dir, tmp_path):
+    gold = tmp_path / "gold.sql"
+    gold.write_text(
+        "SELECT count(*) FROM singer\tconcert_singer\n"
+        "SELECT name FROM singer ORDER BY age DESC\tconcert_singer\n"
+        "SELECT name FROM singer\tconcert_singer\n"
+        "SELECT count(*) FROM players\twta_1\n"
+    )
+    pred = tmp_path / "pred.sql"
+    pred.write_text("SELECT count(*) FROM singer\nSELECT name FROM singer ORDER BY age ASC\n\nSELECT 1\n")
+    result = run_eval(spider_dir, gold, pred, "--json", "--per-example", str(tmp_path / "rows.jsonl"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 3 and summary["skipped_missing_db"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(r["ex"], r["em"]) for r in rows] == [(True, True), (False, False), (False, False)]
+    assert rows[2]["error_type"] == "no_sql"
+
+
+def test_line_count_mismatch_is_an_error(spider_dir, tmp_path):
+    (tmp_path / "gold.sql").write_text("SELECT 1\tconcert_singer\nSELECT 2\tconcert_singer\n")
+    (tmp_path / "pred.sql").write_text("SELECT 1\n")
+    result = run_eval(spider_dir, tmp_path / "gold.sql", tmp_path / "pred.sql")
+    assert result.returncode == 2
+    assert "2 gold queries but 1 predictions" in result.stderr
+
+
+def test_malformed_gold_line_is_named(spider_dir, tmp_path):
+    (tmp_path / "gold.sql").write_text("SELECT 1 no tab here\n")
+    (tmp_path / "pred.sql").write_text("SELECT 1\n")
+    result = run_eval(spider_dir, tmp_path / "gold.sql", tmp_path / "pred.sql")
+    assert result.returncode == 2
+    assert "gold.sql:1" in result.stderr
