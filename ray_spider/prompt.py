@@ -173,3 +173,16 @@ class Prompter:
 def render_generation_prompt(tokenizer, prompt_messages: list[dict]) -> str:
     """Prompt text fed to the model at inference: the chat template with the assistant header opened."""
     return tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_training_texts(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """(prompt, completion) texts of a training conversation. The prompt is exactly what inference
+    renders (``render_generation_prompt``); the completion is the rest: the SQL and end of turn."""
+    prompt = render_generation_prompt(tokenizer, messages[:-1])
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} renders the conversation without the answer differently "
+            "from its start with the answer, so training and inference prompts would differ; use another template"
+        )
+    return prompt, full[len(prompt):]

@@ -78,9 +78,17 @@ def best_round(rounds: list[dict]) -> dict | None:
     return max(evaluated, key=lambda row: (row["dev_ex"], -row["step"])) if evaluated else None
 
 
-def write_metrics(history: list[dict], run_dir: Path) -> None:
-    columns = sorted({key for row in history for key in row}, key=lambda k: (k != "step", k))
-    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in history]) if history else pa.table({"step": pa.array([], pa.int64())})
+def metrics_by_step(history: list[dict]) -> list[dict]:
+    """One row per optimizer step: the logged train loss and, on eval steps, the dev scores."""
+    rows: dict[int, dict] = {}
+    for row in history:
+        rows.setdefault(row["step"], {}).update({key: value for key, value in row.items() if value is not None})
+    columns = sorted({key for row in rows.values() for key in row}, key=lambda k: (k != "step", k))
+    return [{key: row.get(key) for key in columns} for _, row in sorted(rows.items())]
+
+
+def write_metrics(rows: list[dict], run_dir: Path) -> None:
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"step": pa.array([], pa.int64())})
     pq.write_table(table, run_dir / "metrics.parquet")
 
 
@@ -91,7 +99,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     evals = [row for row in history if row.get("dev_ex") is not None]
-    losses = [row for row in history if row.get("train_loss") is not None and row.get("dev_ex") is None]
+    losses = [row for row in history if row.get("train_loss") is not None]
     figure, (dev_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("dev_ex", "dev EX"), ("dev_em", "dev EM"), ("sql_only_rate", "SQL-only rate")):
         dev_axis.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)

