@@ -97,7 +97,8 @@ def read_pred_file(path: str | os.PathLike) -> list[str]:
     lines = path.read_text().split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it is not an empty prediction
-    return [line.strip() for line in lines]
+    # As both official evaluators read it: a tab ends the SQL (so dev_gold.sql itself is a valid PRED).
+    return [line.split("\t")[0].strip() for line in lines]
 
 
 def error_type(ex: bool, pred_status: str) -> str | None:
@@ -119,7 +120,9 @@ class _Scorer:
     def __call__(self, index: int, gold: GoldQuery, pred: str) -> ExampleScore | tuple[int, str, str]:
         db_path = self.db_dir / gold.db_id / f"{gold.db_id}.sqlite"
         try:
-            ex, outcome = execution_match(db_path, gold.sql, pred, timeout_s=self.timeout_s)
+            # The test-suite evaluator runs every prediction with "value" replaced by "1" (a leftover
+            # of value-less predictions); EX does the same so the two agree per example.
+            ex, outcome = execution_match(db_path, gold.sql, pred.replace("value", "1"), timeout_s=self.timeout_s)
             hardness = self.matcher.hardness(gold.sql, gold.db_id)
         except (GoldQueryError, ValueError) as exc:
             return (index, gold.db_id, str(exc))

