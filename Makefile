@@ -21,11 +21,12 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The main job on its embedded default: local Ray, local storage, the offline model, real Spider.
 demo: setup
-	$(BIN)/ray-spider data build --out runs/demo/sft
-	cut -f1 $(SPIDER_DIR)/dev_gold.sql > runs/demo/gold_as_pred.sql
-	$(BIN)/ray-spider eval --gold $(SPIDER_DIR)/dev_gold.sql --pred runs/demo/gold_as_pred.sql \
-		--db $(SPIDER_DIR)/database --table $(SPIDER_DIR)/tables.json
+	$(BIN)/ray-spider setup-model
+	rm -rf runs/sweeps/sweep-smoke-cpu
+	$(BIN)/ray-spider sweep sweeps/sweep_smoke_cpu.yaml storage=runs/sweeps
+	$(BIN)/ray-spider best runs/sweeps/sweep-smoke-cpu --out runs/demo/best_adapter
 
 bench: setup
 	$(BIN)/python bench/bench_eval.py

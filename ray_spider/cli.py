@@ -27,6 +27,7 @@ app = typer.Typer(help="Fine-tune LLaMA-family chat models into text-to-SQL mode
 data_app = typer.Typer(help="Spider -> SFT data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
+stdout = Console(width=max(Console().width, 120))  # tables stay readable when piped
 
 SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
@@ -135,7 +136,7 @@ def eval_command(
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        Console().print(summary_table(summary))
+        stdout.print(summary_table(summary))
 
 
 def _print_skips(summary: dict, report) -> None:
@@ -211,7 +212,7 @@ def predict(
         fail(f"--split must be dev or train, got {split!r}")
     cfg = _run_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
     result = run_prediction(cfg, adapter, out, split)
-    Console().print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
+    stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
     console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}")
 
 
@@ -245,7 +246,7 @@ def _show_trials(experiment: str) -> None:
     from ray_spider.tune import write_trials_table
 
     rows = write_trials_table(experiment)
-    Console().print(trials_table(rows))
+    stdout.print(trials_table(rows))
     console.print(f"plot: {plot_trials(experiment, rows)}")
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -20,7 +19,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 def trials_table(rows: list[dict]) -> Table:
     params = sorted({key for row in rows for key in row if key.startswith("param.")})
     table = Table(title=f"{len(rows)} trials, best dev EX first")
-    for column in ("trial", "status", *[p.removeprefix("param.") for p in params], "dev EX", "dev EM", "best step", "wall s"):
+    for column in ("trial", "status", *[p.rsplit(".", 1)[-1] for p in params], "dev EX", "dev EM", "best step", "wall s"):
         table.add_column(column, justify="left" if column in ("trial", "status") else "right")
     for row in rows:
         cells = [_format(row[p]) for p in params]

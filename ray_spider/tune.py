@@ -60,8 +60,8 @@ def trial_run_config(sweep: dict, params: dict) -> RunConfig:
     return cfg.model_copy(update={"train": train})
 
 
-def run_trial(config: dict) -> None:
-    """Tune trial function: one Ray Train job with this trial's hyperparameters."""
+def run_trial(params: dict, sweep: dict) -> None:
+    """Tune trial function: one Ray Train job with this trial's hyperparameters (dotted keys)."""
     import ray.tune
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -70,7 +70,6 @@ def run_trial(config: dict) -> None:
 
     from ray_spider.train import train_loop
 
-    sweep, params = config["sweep"], config["params"]
     cfg = trial_run_config(sweep, params)
     resources = sweep["resources"]
     filesystem, root = storage(sweep["storage"])
@@ -114,13 +113,14 @@ def _tuner(sweep: SweepConfig, resume: bool):
     base = dict(sweep.base)
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
     sweep_dict = {**sweep.model_dump(mode="json"), "base": base}
-    trainable = tune.with_resources(run_trial, {"CPU": 0})
+    # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
     experiment = f"{root}/{sweep.name}"
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
             raise FileNotFoundError(f"no sweep to resume at {sweep.storage}/{sweep.name}")
         return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
-    param_space = {"sweep": sweep_dict, "params": {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}}
+    param_space = {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}
     if sweep.search.name == "optuna_tpe":
         import optuna
 
@@ -139,6 +139,7 @@ def _tuner(sweep: SweepConfig, resume: bool):
         tune_config=tune.TuneConfig(
             metric=sweep.objective, mode="max", search_alg=search_alg, scheduler=scheduler,
             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=root, storage_filesystem=filesystem,
@@ -173,7 +174,7 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     gpus = sweep["resources"]["workers"] * sweep["resources"]["gpus_per_worker"]
     rows = []
     for trial in analysis.trials:
-        frame = frames.get(trial.path)
+        frame = frames.get(trial.trial_id)
         history = frame.to_dict("records") if frame is not None else []
         rounds = [row for row in history if _is_number(row.get(sweep["objective"]))]
         best = max(rounds, key=lambda row: (row[sweep["objective"]], -row.get("step", 0)), default=None)
@@ -182,7 +183,8 @@ def trial_rows(experiment_uri: str) -> list[dict]:
             {
                 "trial_id": trial.trial_id,
                 "status": trial.status,
-                **{f"param.{key}": value for key, value in trial.config.get("params", {}).items()},
+                "retries": trial.num_failures,
+                **{f"param.{key}": value for key, value in trial.config.items()},
                 "best_dev_ex": best["dev_ex"] if best else None,
                 "best_dev_em": best["dev_em"] if best else None,
                 "best_step": int(best["step"]) if best else None,

@@ -1,0 +1,111 @@
+"""Sweeps on a real local Ray cluster: trials table, a killed trial retried, a killed driver resumed
+without re-running finished trials, and `best` fetching an adapter that loads. Tiny random LLaMA."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from ray_spider.config import SweepConfig, load_sweep_config
+from ray_spider.tune import trial_run_config
+
+pytestmark = pytest.mark.slow
+TINY_TRIAL = ["base.train.max_steps=2", "base.data.dev_subset=2", "base.generation.max_new_tokens=4", "base.data.max_train_examples=16", "base.model.quantization=none"]
+
+
+def sweep_command(storage: Path, model_dir: str, samples: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "ray_spider", "sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={storage}",
+        f"base.model.name={model_dir}", f"num_samples={samples}", *TINY_TRIAL, *extra,
+    ]
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"sweep exited ({process.returncode}) before {what}")
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finished_trials(experiment: Path) -> list[Path]:
+    """result.json of the trials that Tune's saved experiment state lists as TERMINATED."""
+    done = []
+    for state in experiment.glob("experiment_state-*.json"):
+        try:
+            trials = [json.loads(entry[0]) for entry in json.loads(state.read_text())["trial_data"]]
+        except (json.JSONDecodeError, KeyError):
+            continue  # being written
+        done += [experiment / f"trial_{t['trial_id']}" / "result.json" for t in trials if t["status"] == "TERMINATED"]
+    return done
+
+
+def train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_trial_config_applies_sampled_values():
+    sweep = load_sweep_config(Path("sweeps/sweep_smoke_cpu.yaml"))
+    cfg = trial_run_config(sweep.model_dump(mode="json"), {"lora.r": 64, "train.learning_rate": 3e-4})
+    assert (cfg.lora.r, cfg.train.learning_rate, cfg.train.num_workers, cfg.train.use_gpu) == (64, 3e-4, 1, False)
+
+
+def test_sweep_file_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsearch_space:\n  lora.rank: {choice: [8]}\n")
+    with pytest.raises(Exception, match="lora.rank"):
+        load_sweep_config(path)
+
+
+def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
+    log = tmp_path / "sweep.log"
+    process = start(sweep_command(tmp_path, tiny_dir, 2), log)
+    wait_for(lambda: "trainable params" in log.read_text(), 300, "a trial to start training", process)
+    (victim,) = train_workers()
+    victim.kill()  # a real crash of the trial's training process, mid-training
+    assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
+    rows = pq.read_table(tmp_path / "sweep-smoke-cpu" / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(row["status"] == "TERMINATED" for row in rows)
+    assert sum(row["retries"] for row in rows) == 1
+    assert all(row["best_dev_ex"] is not None and row["checkpoint_uri"] for row in rows)
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spider_dir, tmp_path):
+    experiment = tmp_path / "sweep-smoke-cpu"
+    process = start(sweep_command(tmp_path, tiny_dir, 2), tmp_path / "first.log")
+    first_done = wait_for(lambda: finished_trials(experiment), 600, "the first finished trial", process)[0]
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    process.wait()
+    finished_before = first_done.read_text()
+
+    resumed = subprocess.run(sweep_command(tmp_path, tiny_dir, 2, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert first_done.read_text() == finished_before  # the finished trial did not run again
+    rows = pq.read_table(experiment / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(row["status"] == "TERMINATED" for row in rows)
+    expected = {"trial_id", "status", "param.lora.r", "param.train.learning_rate", "param.train.epochs", "best_dev_ex", "best_dev_em", "best_step", "checkpoint_uri", "wall_time_s", "gpu_hours"}
+    assert expected <= set(rows[0])
+
+    out = tmp_path / "best"
+    fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(experiment), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert (experiment / "trials.png").is_file()
