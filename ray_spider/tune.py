@@ -112,7 +112,8 @@ def _tuner(sweep: SweepConfig, resume: bool):
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
     base = dict(sweep.base)
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
-    sweep_dict = {**sweep.model_dump(mode="json"), "base": base}
+    # Trials run in their own working dirs: a relative local storage path must be made absolute here.
+    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if isinstance(filesystem, pafs.LocalFileSystem) else sweep.storage}
     # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
     experiment = f"{root}/{sweep.name}"

@@ -22,16 +22,19 @@ pytestmark = pytest.mark.slow
 TINY_TRIAL = ["base.train.max_steps=2", "base.data.dev_subset=2", "base.generation.max_new_tokens=4", "base.data.max_train_examples=16", "base.model.quantization=none"]
 
 
-def sweep_command(storage: Path, model_dir: str, samples: int, *extra: str) -> list[str]:
+SWEEP_FILE = Path(__file__).resolve().parents[1] / "sweeps" / "sweep_smoke_cpu.yaml"
+
+
+def sweep_command(storage: Path | str, model_dir: str, samples: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "ray_spider", "sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={storage}",
+        sys.executable, "-m", "ray_spider", "sweep", str(SWEEP_FILE), f"storage={storage}",
         f"base.model.name={model_dir}", f"num_samples={samples}", *TINY_TRIAL, *extra,
     ]
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen:
+def start(command: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
 def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
@@ -77,15 +80,18 @@ def test_sweep_file_errors_name_the_key(tmp_path):
 
 def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
     log = tmp_path / "sweep.log"
-    process = start(sweep_command(tmp_path, tiny_dir, 2), log)
+    process = start(sweep_command("relative/storage", tiny_dir, 2), log, cwd=tmp_path)  # relative to where it runs
     wait_for(lambda: "trainable params" in log.read_text(), 300, "a trial to start training", process)
     (victim,) = train_workers()
     victim.kill()  # a real crash of the trial's training process, mid-training
     assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
-    rows = pq.read_table(tmp_path / "sweep-smoke-cpu" / "trials.parquet").to_pylist()
+    experiment = tmp_path / "relative" / "storage" / "sweep-smoke-cpu"
+    rows = pq.read_table(experiment / "trials.parquet").to_pylist()
     assert len(rows) == 2 and all(row["status"] == "TERMINATED" for row in rows)
     assert sum(row["retries"] for row in rows) == 1
-    assert all(row["best_dev_ex"] is not None and row["checkpoint_uri"] for row in rows)
+    for row in rows:
+        assert row["best_dev_ex"] is not None
+        assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spider_dir, tmp_path):
