@@ -74,6 +74,7 @@ class TrainConfig(_Strict):
     per_device_batch_size: int = Field(4, ge=1)
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
+    group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
     lr_scheduler: str = Field("cosine")
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -90,7 +91,9 @@ class TrainConfig(_Strict):
 class GenerationConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
-    merge_adapter: bool = Field(False, description="merge LoRA into a bf16 copy of the base before generating (faster)")
+    merge_adapter: bool = Field(
+        False, description="generate with a full-precision copy of the base with LoRA merged in (faster; more memory)"
+    )
 
 
 class EvalConfig(_Strict):

@@ -298,3 +298,34 @@ def load_for_inference(
             model = model.merge_and_unload()
     tokenizer = load_tokenizer(resolve_model(model_cfg.name))
     return model.eval(), tokenizer
+
+
+class MergedCopy:
+    """A full-precision copy of the base with the trained adapter merged in, for fast generation
+    during training: plain matmuls instead of 4-bit dequantization plus LoRA.
+
+    Each ``sync`` restores the pristine base weights, loads the current LoRA weights and merges:
+    repeated merge/unmerge in bf16 would let rounding errors pile up across eval rounds.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, lora_cfg: LoraConfig, device: str | torch.device):
+        base = load_model(model_cfg.model_copy(update={"quantization": "none"}), device, use_cache=True)
+        self.model = apply_lora(base, lora_cfg).eval()
+        self.pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in self._lora_layers()}
+
+    def _lora_layers(self):
+        from peft.tuners.lora import LoraLayer
+
+        return [(name, module) for name, module in self.model.named_modules() if isinstance(module, LoraLayer)]
+
+    @torch.no_grad()
+    def sync(self, trained):
+        """The copy, now carrying ``trained``'s adapter weights merged into the base."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        for name, layer in self._lora_layers():
+            layer.base_layer.weight.copy_(self.pristine[name])
+            layer.merged_adapters = []
+        set_peft_model_state_dict(self.model, get_peft_model_state_dict(trained))
+        self.model.merge_adapter()
+        return self.model

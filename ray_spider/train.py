@@ -25,7 +25,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, dev_examples, train_examples
-from ray_spider.model import apply_lora, load_model, load_tokenizer, resolve_model
+from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.prompt import Prompter, render_training_texts
 from ray_spider.spider import Spider
@@ -54,6 +54,7 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
         per_device_train_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         lr_scheduler_type=train.lr_scheduler,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         warmup_steps=train.warmup_ratio,  # a float below 1 is a fraction of all steps
         weight_decay=train.weight_decay,
         max_length=train.max_length,
@@ -78,8 +79,9 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
 class DevEvalCallback(TrainerCallback):
     """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with the adapter."""
 
-    def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev):
-        self.cfg, self.prompter, self.tokenizer, self.dev = cfg, prompter, tokenizer, dev
+    def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev, device):
+        self.cfg, self.prompter, self.tokenizer, self.dev, self.device = cfg, prompter, tokenizer, dev, device
+        self.merged: MergedCopy | None = None
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.history: list[dict] = []  # every logged loss and every eval round, for the run records
@@ -100,6 +102,9 @@ class DevEvalCallback(TrainerCallback):
     def _all_raw_outputs(self, model) -> list[str]:
         """Each worker answers every world-th question; rank 0 gets them all back in order."""
         shard = self.dev[self.rank :: self.world]
+        if self.cfg.generation.merge_adapter:
+            self.merged = self.merged or MergedCopy(self.cfg.model, self.cfg.lora, self.device)
+            model = self.merged.sync(model)
         raw = generate_raw(model, self.tokenizer, self.prompter, shard, self.cfg.generation, progress=self.rank == 0)
         if self.world == 1:
             return raw
@@ -196,7 +201,7 @@ def train_loop(config: dict) -> dict:
     print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     dev, _ = dev_examples(spider, cfg.data.dev_subset, seed=cfg.train.seed)
-    callback = DevEvalCallback(cfg, prompter, tokenizer, dev)
+    callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)

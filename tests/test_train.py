@@ -105,3 +105,27 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
 
     base = load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu")
     PeftModel.from_pretrained(base, run_dir / "adapter")  # standard PEFT format
+
+
+def test_merged_copy_generates_like_the_trained_adapter(tiny_dir):
+    from ray_spider.config import GenerationConfig, LoraConfig
+    from ray_spider.inference import generate
+    from ray_spider.model import MergedCopy
+
+    model_cfg, lora_cfg = ModelConfig(name=tiny_dir, quantization="none"), LoraConfig(r=8, alpha=16)
+    trained = apply_lora(load_model(model_cfg, device="cpu"), lora_cfg)
+    tokenizer = load_tokenizer(tiny_dir)
+    prompts = [[{"role": "user", "content": q}] for q in ("How many singers?", "List stadiums by capacity.")]
+    copy = MergedCopy(model_cfg, lora_cfg, "cpu")
+    generation = GenerationConfig(max_new_tokens=6, batch_size=2)
+    for seed in (1, 2):  # two rounds: the second must not carry the first's merge
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, param in trained.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
+        merged = copy.sync(trained)
+        assert generate(merged, tokenizer, prompts, generation, progress=False) == generate(trained, tokenizer, prompts, generation, progress=False)
+    fresh = MergedCopy(model_cfg, lora_cfg, "cpu").sync(trained)
+    for (name, a), (_, b) in zip(merged.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), name  # no drift from the earlier round
