@@ -10,6 +10,7 @@ The output folder holds ``predictions.jsonl`` (raw output, extracted SQL, scores
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,13 @@ def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str
 
 
 def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Example], gen_cfg: GenerationConfig, eval_cfg: EvalConfig, progress: bool = True) -> PredictionResult:
+    started = time.perf_counter()
     raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress)
-    return score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
+    generated = time.perf_counter()
+    result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
+    result.summary["generate_s"] = round(generated - started, 2)
+    result.summary["score_s"] = round(time.perf_counter() - generated, 2)
+    return result
 
 
 def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True) -> PredictionResult:

@@ -82,12 +82,16 @@ class DevEvalCallback(TrainerCallback):
     def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev, device):
         self.cfg, self.prompter, self.tokenizer, self.dev, self.device = cfg, prompter, tokenizer, dev, device
         self.merged: MergedCopy | None = None
+        self.tokens_seen = 0.0
+        self.eval_seconds = self.eval_seconds_in_loop = 0.0  # eval rounds inside the train loop: kept apart for throughput
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.history: list[dict] = []  # every logged loss and every eval round, for the run records
         self.last_eval_step = -1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "num_tokens" in logs:
+            self.tokens_seen = float(logs["num_tokens"])  # TRL's running count of non-pad tokens trained on
         if logs and "loss" in logs:
             self.history.append({"step": state.global_step, "epoch": state.epoch, "train_loss": float(logs["loss"]), "learning_rate": logs.get("learning_rate")})
 
@@ -96,6 +100,7 @@ class DevEvalCallback(TrainerCallback):
             self.evaluate_and_report(state, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.eval_seconds_in_loop = self.eval_seconds  # train_runtime is taken before this callback
         if self.last_eval_step != state.global_step:
             self.evaluate_and_report(state, model)
 
@@ -119,8 +124,10 @@ class DevEvalCallback(TrainerCallback):
         import ray.train  # Ray: imported here so the callback also runs outside Ray (tests)
 
         self.last_eval_step = state.global_step
+        started = self.round_started = time.perf_counter()
         raw = self._all_raw_outputs(model)
         result = score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False) if self.rank == 0 else None
+        self.eval_seconds += time.perf_counter() - started
         metrics = self._round_metrics(state, result)
         if self.world > 1:
             shared = [metrics]
@@ -145,6 +152,7 @@ class DevEvalCallback(TrainerCallback):
             "dev_em": summary["em"],
             "sql_only_rate": summary["sql_only_rate"],
             "dev_n": summary["n"],
+            "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
             **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
             **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
         }
@@ -209,8 +217,15 @@ def train_loop(config: dict) -> dict:
             print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
                   f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
                   "dropped (their prompt alone fills it); raise train.max_length to keep them")
-        trainer.train()
-    return {"history": callback.history, "data": stats}
+        runtime = trainer.train().metrics["train_runtime"]
+    train_seconds = runtime - callback.eval_seconds_in_loop
+    speed = {
+        "train_seconds": round(train_seconds, 2),  # optimizer work only, dev evaluation excluded
+        "dev_eval_s": round(callback.eval_seconds, 2),
+        "train_tokens_seen": callback.tokens_seen,  # non-pad, all workers (TRL gathers them)
+        "train_tokens_per_s": round(callback.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
+    }
+    return {"history": callback.history, "data": {**stats, **speed}}
 
 
 def fit(cfg: RunConfig, storage_path: str, name: str):
