@@ -29,7 +29,7 @@ keep_run() {  # copy a run folder's small files to $OUT/<name>/
 
 case "$stage" in
   speed)
-    python3 bench/bench_train.py --device cuda --steps 30 --batch-size 16 --accumulation 4 --max-length 1536 \
+    python3 bench/bench_train.py --device cuda --steps 30 --batch-size 16 --accumulation 4 --max-length 1536 --threads 4 \
       --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length 2>&1 | tail -25 | tee "$OUT/bench_train.txt"
     ;;
   controls)

@@ -1,0 +1,255 @@
+"""Benchmark: training throughput of `ray-spider train` (TRL's SFTTrainer inside a Ray Train worker)
+beside a plain TRL script with no Ray (same model, data, batch, accumulation, max_length,
+quantization, LoRA, seed), in one run.
+
+    SPIDER_DIR=../shared/spider python bench/bench_train.py                     # CPU default, a few minutes
+    SPIDER_DIR=../shared/spider python bench/bench_train.py --device cuda \
+        --steps 20 --batch-size 16 --accumulation 4 --max-length 2048           # H200: the qlora_r16 shape
+
+Both sides train one epoch over the first N = steps x batch x accumulation Spider train examples,
+each rendered by ray_spider's Prompter. Throughput is non-pad tokens / train seconds:
+
+- tokens: the sum of the attention-mask ones of the trained sequences, i.e. the token count of
+  every row the trainer kept after truncation to max_length (each row is trained exactly once).
+  Cross-checked against TRL's own cumulative ``num_tokens`` in its last log line.
+- train seconds: the HF trainer's own ``train_runtime`` on both sides: from the first batch to
+  the last optimizer step, without model loading, Ray start-up or the dev evaluation. The Ray run
+  sets ``train.eval_every_steps`` above the step count, so its only dev round is the final one,
+  which ``DevEvalCallback.on_train_end`` runs after ``train_runtime`` is taken. ``train_runtime``
+  is read from the worker's final log line (TRL prints every log dict with ``disable_tqdm``; Ray
+  forwards worker stdout to the driver); tokens come from the run's ``manifest.json``.
+
+Threads: a Ray worker gets OMP_NUM_THREADS = its CPUs, so ``train.cpus_per_worker`` is set to
+``--threads`` and the plain script calls ``torch.set_num_threads(--threads)``: same cores on both.
+The default is 1: on a shared 2-core machine two OpenMP threads that lose their cores to other
+processes wait at every barrier, and a step took 3-10x longer than with one thread.
+Prints tokens/s of each and the ratio Ray / plain (1.00 = no overhead); figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ray_spider.config import RunConfig, load_run_config
+from ray_spider.model import resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG = "sweeps/smoke_cpu.yaml"
+# The trainer's final log line as PrinterCallback prints it: {'train_runtime': '94.38', ...}
+TRAIN_RUNTIME = re.compile(r"'train_runtime': '?([0-9.eE+-]+)'?")
+NUM_TOKENS = re.compile(r"'num_tokens': '?([0-9.eE+-]+)'?")
+RESULT_PREFIX = "PLAIN_RESULT "
+
+
+def overrides(args, output_dir: str) -> list[str]:
+    """The `ray-spider train` overrides that give the run the benchmark's shape."""
+    examples = args.steps * args.batch_size * args.accumulation
+    ray_batch = args.ray_batch_size or args.batch_size
+    ray_accumulation = args.ray_accumulation or args.accumulation
+    ray_steps = examples // (ray_batch * ray_accumulation)
+    return [
+        f"output_dir={output_dir}",
+        "name=bench-train",
+        f"model.name={args.model}",
+        f"model.quantization={args.quantization}",
+        f"train.max_steps={ray_steps}",
+        "train.epochs=1",
+        f"train.per_device_batch_size={ray_batch}",
+        f"train.effective_batch_size={ray_batch * ray_accumulation}",
+        f"train.group_by_length={str(args.ray_group_by_length).lower()}",
+        f"train.max_length={args.max_length}",
+        f"train.logging_steps={args.logging_steps}",
+        f"train.eval_every_steps={ray_steps + 1}",  # no dev round inside the timed loop
+        "train.num_workers=1",
+        f"train.use_gpu={str(args.device == 'cuda').lower()}",
+        f"train.cpus_per_worker={args.threads}",
+        f"data.max_train_examples={examples}",
+        "data.dev_subset=1",  # the final dev round is not timed: keep it short
+        "generation.max_new_tokens=8",
+        "eval.workers=1",
+    ]
+
+
+def run_ray(args) -> dict:
+    """`ray-spider train` in a subprocess; train_runtime from its log, tokens from its manifest."""
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as output_dir:
+        command = [sys.executable, "-m", "ray_spider", "train", BASE_CONFIG, *overrides(args, output_dir)]
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        log = result.stdout + result.stderr
+        runtimes = TRAIN_RUNTIME.findall(log)
+        if result.returncode or not runtimes:
+            sys.stderr.write(log[-6000:])
+            raise SystemExit(f"ray-spider train failed (exit {result.returncode}): {shlex.join(command)}")
+        (manifest_path,) = Path(output_dir).glob("bench-train-*/manifest.json")
+        manifest = json.loads(manifest_path.read_text())
+    logged_tokens = NUM_TOKENS.findall(log)
+    return {
+        "train_s": float(runtimes[-1]),
+        "tokens": manifest["train_tokens"],
+        "logged_tokens": int(float(logged_tokens[-1])) if logged_tokens else None,
+        "examples": manifest["train_examples_used"],
+        "truncated": manifest["train_examples_truncated"],
+        "wall_s": wall,
+    }
+
+
+def run_plain_process(args) -> dict:
+    """run_plain in a fresh process with the thread env a Ray worker gets (OMP_NUM_THREADS = its CPUs)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--plain-child", *sys.argv[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if result.returncode or not lines:
+        sys.stderr.write((result.stdout + result.stderr)[-6000:])
+        raise SystemExit(f"the plain TRL run failed (exit {result.returncode}): {shlex.join(command)}")
+    return {**json.loads(lines[-1][len(RESULT_PREFIX) :]), "wall_s": time.perf_counter() - started}
+
+
+def run_plain(args, cfg: RunConfig) -> dict:
+    """The plain TRL way: load, wrap in LoRA, SFTTrainer on prompt/completion rows, train. No Ray."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from ray_spider.data import train_examples
+    from ray_spider.prompt import Prompter
+    from ray_spider.spider import Spider
+
+    torch.set_num_threads(args.threads)
+    spider = Spider(cfg.data.spider_dir)
+    prompter = Prompter(spider, cfg.prompt)
+    rows = []
+    for example in train_examples(spider, cfg.data):
+        messages = prompter.conversation(example.db_id, example.question, example.query)
+        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    device = "cuda:0" if args.device == "cuda" else "cpu"
+    bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quantization = None
+    if args.quantization == "nf4":
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization, device_map={"": device})
+    model.config.use_cache = False
+    lora = cfg.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
+    )
+    train = cfg.train
+    with tempfile.TemporaryDirectory(prefix="bench-plain-") as output_dir:
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(
+                output_dir=output_dir,
+                learning_rate=train.learning_rate,
+                num_train_epochs=1,
+                max_steps=args.steps,  # the plain side keeps --batch-size/--accumulation (the reference shape)
+                per_device_train_batch_size=args.batch_size,
+                gradient_accumulation_steps=args.accumulation,
+                lr_scheduler_type=train.lr_scheduler,
+                warmup_steps=train.warmup_ratio,
+                max_length=train.max_length,
+                completion_only_loss=True,
+                gradient_checkpointing=train.gradient_checkpointing,
+                bf16=bf16,
+                use_cpu=args.device == "cpu",
+                seed=train.seed,
+                data_seed=train.seed,
+                logging_steps=train.logging_steps,
+                save_strategy="no",
+                report_to=[],
+                disable_tqdm=True,
+            ),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+        output = trainer.train()
+    logged_tokens = [row["num_tokens"] for row in trainer.state.log_history if "num_tokens" in row]
+    kept = trainer.train_dataset["input_ids"]
+    return {
+        "train_s": output.metrics["train_runtime"],
+        "tokens": sum(len(ids) for ids in kept),
+        "logged_tokens": int(logged_tokens[-1]) if logged_tokens else None,
+        "examples": len(kept),
+        "truncated": sum(len(ids) >= train.max_length for ids in kept),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model spec, as model.name")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps (one epoch of steps x batch x accumulation examples)")
+    parser.add_argument("--batch-size", type=int, default=2, help="per-device batch size")
+    parser.add_argument("--accumulation", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--quantization", choices=["nf4", "none"], default="nf4")
+    parser.add_argument("--logging-steps", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each side (Ray: train.cpus_per_worker)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating Ray/plain pairs; medians are reported")
+    parser.add_argument("--ray-batch-size", type=int, default=None, help="Ray side's per-device batch (default: --batch-size)")
+    parser.add_argument("--ray-accumulation", type=int, default=None, help="Ray side's accumulation (default: --accumulation)")
+    parser.add_argument("--ray-group-by-length", action="store_true", help="Ray side batches similar lengths together")
+    parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    cfg = load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused"))
+    if args.plain_child:  # the plain side, in its own process like the Ray worker
+        print(RESULT_PREFIX + json.dumps(run_plain(args, cfg)), flush=True)
+        return
+    examples = args.steps * args.batch_size * args.accumulation
+    print(f"ray-spider train {BASE_CONFIG} " + shlex.join(overrides(args, "<tmp>")), flush=True)
+    ray_runs, plain_runs = [], []
+    sides = [("ray", run_ray, ray_runs), ("plain", run_plain_process, plain_runs)]
+    for repeat in range(args.repeats):
+        for name, run, runs in sides if repeat % 2 == 0 else sides[::-1]:  # alternate the order against drift
+            runs.append(run(args))
+            print(f"  [{repeat + 1}/{args.repeats}] {name:5s} {runs[-1]}", flush=True)
+    for name, runs in (("ray", ray_runs), ("plain", plain_runs)):
+        logged = runs[-1]["logged_tokens"]
+        if logged is not None and logged != runs[-1]["tokens"]:
+            print(f"  note: {name} trained {runs[-1]['tokens']} tokens by the dataset, TRL logged {logged}")
+
+    def median(runs, key):
+        return statistics.median(run[key] for run in runs)
+
+    ray_rate = median(ray_runs, "tokens") / median(ray_runs, "train_s")
+    plain_rate = median(plain_runs, "tokens") / median(plain_runs, "train_s")
+    print(
+        f"\n{args.model} {args.quantization}, {args.steps} steps x batch {args.batch_size} x accumulation {args.accumulation} "
+        f"= {examples} examples, max_length {args.max_length}, {args.device}, {args.threads} threads, "
+        f"torch {torch.__version__}, median of {args.repeats}"
+    )
+    for name, runs, rate in (("ray-spider train (Ray Train)", ray_runs, ray_rate), ("plain TRL script (no Ray)", plain_runs, plain_rate)):
+        print(
+            f"  {name:30s}: {median(runs, 'tokens'):8.0f} tokens in {median(runs, 'train_s'):7.2f} s train = {rate:8.1f} tokens/s"
+            f"   (end to end {median(runs, 'wall_s'):6.1f} s)"
+        )
+    print(f"  ratio Ray / plain tokens/s    : {ray_rate / plain_rate:8.3f}")
+    print("  (end to end = the whole process; Ray's also starts Ray and runs the final dev round and the run records)")
+
+
+if __name__ == "__main__":
+    main()
