@@ -16,8 +16,9 @@ each rendered by ray_spider's Prompter. Throughput is non-pad tokens / train sec
   the last optimizer step, without model loading, Ray start-up or the dev evaluation. The Ray run
   sets ``train.eval_every_steps`` above the step count, so its only dev round is the final one,
   which ``DevEvalCallback.on_train_end`` runs after ``train_runtime`` is taken. ``train_runtime``
-  is read from the worker's final log line (TRL prints every log dict with ``disable_tqdm``; Ray
-  forwards worker stdout to the driver); tokens come from the run's ``manifest.json``.
+  and the tokens come from the run's ``manifest.json`` (``train_seconds`` = train_runtime less
+  in-loop dev rounds; ``train_tokens``); the worker's final log line (TRL prints every log dict
+  with ``disable_tqdm``; Ray forwards worker stdout to the driver) gives the same train_runtime.
 
 Threads: a Ray worker gets OMP_NUM_THREADS = its CPUs, so ``train.cpus_per_worker`` is set to
 ``--threads`` and the plain script calls ``torch.set_num_threads(--threads)``: same cores on both.
@@ -97,8 +98,11 @@ def run_ray(args) -> dict:
         (manifest_path,) = Path(output_dir).glob("bench-train-*/manifest.json")
         manifest = json.loads(manifest_path.read_text())
     logged_tokens = NUM_TOKENS.findall(log)
+    # The run's own record (train_runtime less any in-loop dev rounds) where the package writes it;
+    # else the trainer's train_runtime from the log (equal here: no dev round runs inside the loop).
     return {
-        "train_s": float(runtimes[-1]),
+        "train_s": manifest.get("train_seconds", float(runtimes[-1])),
+        "logged_train_runtime": float(runtimes[-1]),
         "tokens": manifest["train_tokens"],
         "logged_tokens": int(float(logged_tokens[-1])) if logged_tokens else None,
         "examples": manifest["train_examples_used"],
