@@ -280,15 +280,13 @@ def load_for_inference(
 ):
     """(model, tokenizer) in eval mode: the base, plus the LoRA adapter at ``adapter`` if given.
 
-    ``merge=True`` loads the base unquantized (bf16 on GPU) and folds the adapter into it: plain
-    matmuls generate faster than 4-bit ones plus LoRA. An adapter trained on the 4-bit base then
-    sits on the exact weights instead of their NF4 rounding, so outputs can differ slightly.
+    ``merge=True`` dequantizes the base (bf16 on GPU) and folds the adapter into it: plain matmuls
+    generate faster than 4-bit ones plus LoRA, and the weights stay the NF4-rounded ones the adapter
+    was trained against, so outputs match the unmerged model up to rounding.
     """
     from peft import PeftModel
 
-    if merge:
-        model_cfg = model_cfg.model_copy(update={"quantization": "none"})
-    model = load_model(model_cfg, device, use_cache=True)
+    model = dequantized_base(model_cfg, device) if merge else load_model(model_cfg, device, use_cache=True)
     if adapter is not None:
         adapter = Path(adapter)
         if not (adapter / "adapter_config.json").is_file():
@@ -301,16 +299,17 @@ def load_for_inference(
 
 
 class MergedCopy:
-    """A full-precision copy of the base with the trained adapter merged in, for fast generation
-    during training: plain matmuls instead of 4-bit dequantization plus LoRA.
+    """A full-precision copy of the model being trained with its adapter merged in, for fast
+    generation during training: plain matmuls instead of 4-bit dequantization plus LoRA.
 
-    Each ``sync`` restores the pristine base weights, loads the current LoRA weights and merges:
-    repeated merge/unmerge in bf16 would let rounding errors pile up across eval rounds.
+    The base is the training base dequantized (``dequantized_base``), so the copy computes what the
+    4-bit model plus adapter computes, up to rounding. Each ``sync`` restores the pristine base
+    weights, loads the current LoRA weights and merges: repeated merge/unmerge would let rounding
+    errors pile up across eval rounds.
     """
 
     def __init__(self, model_cfg: ModelConfig, lora_cfg: LoraConfig, device: str | torch.device):
-        base = load_model(model_cfg.model_copy(update={"quantization": "none"}), device, use_cache=True)
-        self.model = apply_lora(base, lora_cfg).eval()
+        self.model = apply_lora(dequantized_base(model_cfg, device), lora_cfg).eval()
         self.pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in self._lora_layers()}
 
     def _lora_layers(self):
@@ -329,3 +328,15 @@ class MergedCopy:
         set_peft_model_state_dict(self.model, get_peft_model_state_dict(trained))
         self.model.merge_adapter()
         return self.model
+
+
+def dequantized_base(model_cfg: ModelConfig, device: str | torch.device | None = None):
+    """The base exactly as training sees it, in plain full-precision layers: a 4-bit base is
+    loaded 4-bit and dequantized (its NF4-rounded weights, not the original ones, which the
+    adapter was not trained against)."""
+    model = load_model(model_cfg, device, use_cache=True)
+    if model_cfg.quantization != "none":
+        model = model.dequantize(dtype=compute_dtype(device or default_device()))
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+    return model

@@ -130,3 +130,23 @@ def test_merged_copy_generates_like_the_trained_adapter(tiny_dir):
     fresh = MergedCopy(model_cfg, lora_cfg, "cpu").sync(trained)
     for (name, a), (_, b) in zip(merged.named_parameters(), fresh.named_parameters()):
         assert torch.equal(a, b), name  # no drift from the earlier round
+
+
+def test_merged_copy_of_a_4bit_model_keeps_its_nf4_weights(tiny_dir):
+    """The fast eval path must compute what the 4-bit model + adapter computes, not the original base."""
+    from ray_spider.config import LoraConfig
+    from ray_spider.model import MergedCopy
+
+    model_cfg, lora_cfg = ModelConfig(name=tiny_dir, quantization="nf4"), LoraConfig(r=8, alpha=16)
+    trained = apply_lora(load_model(model_cfg, device="cpu"), lora_cfg)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    merged = MergedCopy(model_cfg, lora_cfg, "cpu").sync(trained)
+    original = load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu")
+    ids = torch.tensor([[1, 5, 9, 42, 7, 300]])
+    with torch.no_grad():
+        slow, fast, unquantized = (m(input_ids=ids).logits for m in (trained.eval(), merged, original))
+    assert torch.allclose(fast, slow, atol=1e-3)  # same function as 4-bit + LoRA
+    assert not torch.allclose(unquantized, slow, atol=1e-3)  # which the original weights are not
