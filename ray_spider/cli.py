@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ray_spider.config import ConfigError, DataConfig, PromptConfig, load_run_config
+from ray_spider.config import ConfigError, DataConfig, load_run_config
 from ray_spider.spider import Spider, SpiderError
 
 app = typer.Typer(help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True)

@@ -228,35 +228,48 @@ def train_loop(config: dict) -> dict:
     return {"history": callback.history, "data": {**stats, **speed}}
 
 
-def fit(cfg: RunConfig, storage_path: str, name: str):
-    """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result."""
+def start_ray() -> None:
+    """Connect to Ray, starting a local cluster when none runs, with WORKER_ENV everywhere."""
+    import ray
+
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)  # the driver's children (Ray's local cluster) inherit them
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False)
+
+
+def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=()):
+    """The Ray Train job of one run: ``train_loop`` on cfg.train.num_workers workers, best checkpoints by dev EX."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
-    for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)  # the driver's children (Ray's local cluster) inherit them
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False, log_to_driver=True)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else bool(ray.cluster_resources().get("GPU"))
-    trainer = TorchTrainer(
+    worker = {"CPU": cfg.train.cpus_per_worker}
+    if use_gpu:
+        worker["GPU"] = gpus_per_worker or 1  # a fraction lets several trials share one GPU
+    return TorchTrainer(
         train_loop,
         train_loop_config={"run": cfg.model_dump(mode="json")},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
-        ),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=worker),
         run_config=RayRunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="dev_ex", checkpoint_score_order="max"
             ),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=0),  # retries are the sweep's (trial_retries)
+            callbacks=list(callbacks),
         ),
     )
-    return trainer.fit()
 
+
+def fit(cfg: RunConfig, storage_path: str, name: str):
+    """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result."""
+    start_ray()
+    return torch_trainer(cfg, storage_path, name).fit()
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:

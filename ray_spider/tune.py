@@ -12,7 +12,6 @@ filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -63,31 +62,19 @@ def trial_run_config(sweep: dict, params: dict) -> RunConfig:
 def run_trial(params: dict, sweep: dict) -> None:
     """Tune trial function: one Ray Train job with this trial's hyperparameters (dotted keys)."""
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ray_spider.train import train_loop
+    from ray_spider.train import torch_trainer
 
     cfg = trial_run_config(sweep, params)
-    resources = sweep["resources"]
     filesystem, root = storage(sweep["storage"])
-    worker = {"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]} if resources["gpus_per_worker"] else {})}
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"run": cfg.model_dump(mode="json")},
-        scaling_config=ScalingConfig(num_workers=resources["workers"], use_gpu=bool(resources["gpus_per_worker"]), resources_per_worker=worker),
-        run_config=RayRunConfig(
-            name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
-            storage_path=f"{root}/{sweep['name']}/train_runs",
-            storage_filesystem=filesystem,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute="dev_ex", checkpoint_score_order="max"
-            ),
-            failure_config=FailureConfig(max_failures=0),
-            callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
-        ),
+    trainer = torch_trainer(
+        cfg,
+        storage_path=f"{root}/{sweep['name']}/train_runs",
+        name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
+        gpus_per_worker=sweep["resources"]["gpus_per_worker"],
+        storage_filesystem=filesystem,
+        callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
     )
     result = trainer.fit()
     if result.error:
@@ -95,19 +82,15 @@ def run_trial(params: dict, sweep: dict) -> None:
 
 
 def _tuner(sweep: SweepConfig, resume: bool):
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from ray_spider.train import WORKER_ENV
+    from ray_spider.train import start_ray
 
-    for key, value in WORKER_ENV.items():
-        os.environ.setdefault(key, value)
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False)
+    start_ray()
     filesystem, root = storage(sweep.storage)
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
     base = dict(sweep.base)

@@ -15,7 +15,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from ray_spider.config import SweepConfig, load_sweep_config
+from ray_spider.config import load_sweep_config
 from ray_spider.tune import trial_run_config
 
 pytestmark = pytest.mark.slow
