@@ -103,7 +103,7 @@ class EvalConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
-    output_dir: str = Field("runs", description="runs are written to <output_dir>/<name>-<timestamp>/ (local path or s3://, gs://)")
+    output_dir: str = Field("runs", description="runs are written to <output_dir>/<name>-<timestamp>/ (a local path; sweeps take any pyarrow storage)")
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

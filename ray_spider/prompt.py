@@ -1,4 +1,4 @@
-"""The one owner of the prompt: schema serialization, chat messages and PROMPT_VERSION.
+"""The one owner of the prompt: schema serialization, chat messages and the prompt version.
 
 Training examples and inference prompts are built by the same function, ``conversation``: the
 inference prompt is the training conversation minus the assistant turn, so the two cannot drift.
