@@ -173,24 +173,24 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     from ray_spider.train import run_training
 
     cfg = _run_config(config, overrides or [])
-    run_dir = run_training(cfg, _command_line())
-    console.print((run_dir / "report.md").read_text(), markup=False)
-    console.print(f"[bold green]run folder:[/] {run_dir}")
+    _show_run(run_training(cfg, _command_line()))
 
 
 @app.command()
 def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """The control: the same prompt, inference and scoring with no adapter."""
     from ray_spider.predict import run_prediction
-    from ray_spider.records import manifest, new_run_dir, write_config, write_report
+    from ray_spider.records import finish_run, new_run_dir, write_config
 
     cfg = _run_config(config, [*(overrides or []), "lora.enabled=false"])
     run_dir = new_run_dir(cfg)
     write_config(cfg, run_dir)
     result = run_prediction(cfg, None, run_dir / "dev_eval")
-    info = manifest(cfg, result.summary["prompt_version"])
-    (run_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
-    write_report(run_dir, cfg, info, result.summary, _command_line())
+    finish_run(run_dir, cfg, result.summary["prompt_version"], result.summary, _command_line())
+    _show_run(run_dir)
+
+
+def _show_run(run_dir: Path) -> None:
     console.print((run_dir / "report.md").read_text(), markup=False)
     console.print(f"[bold green]run folder:[/] {run_dir}")
 

@@ -101,6 +101,11 @@ def read_pred_file(path: str | os.PathLike) -> list[str]:
     return [line.split("\t")[0].strip() for line in lines]
 
 
+def database_file(db_dir: Path, db_id: str) -> Path:
+    """Spider's layout: DB_DIR/<db_id>/<db_id>.sqlite."""
+    return db_dir / db_id / f"{db_id}.sqlite"
+
+
 def error_type(ex: bool, pred_status: str) -> str | None:
     if ex:
         return None
@@ -118,7 +123,7 @@ class _Scorer:
         self.timeout_s = timeout_s
 
     def __call__(self, index: int, gold: GoldQuery, pred: str) -> ExampleScore | tuple[int, str, str]:
-        db_path = self.db_dir / gold.db_id / f"{gold.db_id}.sqlite"
+        db_path = database_file(self.db_dir, gold.db_id)
         try:
             # The test-suite evaluator runs every prediction with "value" replaced by "1" (a leftover
             # of value-less predictions); EX does the same so the two agree per example.
@@ -164,7 +169,7 @@ def score(
     report = Report(scores=[])
     work = []
     for index, (gold, pred) in enumerate(zip(golds, preds)):
-        if (db_dir / gold.db_id / f"{gold.db_id}.sqlite").is_file():
+        if database_file(db_dir, gold.db_id).is_file():
             work.append((index, gold, pred))
         else:
             report.skipped.append((index, gold.db_id))

@@ -162,6 +162,13 @@ def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: dict | None
     (run_dir / "report.md").write_text("\n\n".join(parts) + "\n")
 
 
+def finish_run(run_dir: Path, cfg: RunConfig, prompt_version: str, summary: dict | None, command: str, **extra) -> None:
+    """manifest.json and report.md: the last files of every run folder (train and baseline alike)."""
+    info = manifest(cfg, prompt_version, **extra)
+    (run_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_report(run_dir, cfg, info, summary, command)
+
+
 def read_summary(run_dir: Path) -> dict | None:
     path = run_dir / "dev_eval" / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -12,7 +12,6 @@ are marked ``# Ray:``.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -274,7 +273,7 @@ def fit(cfg: RunConfig, storage_path: str, name: str):
 
 def run_training(cfg: RunConfig, command: str) -> Path:
     """The `train` command: fit, then write the run folder (records.py) with the best adapter."""
-    from ray_spider.records import best_round, copy_best_checkpoint, manifest, metrics_by_step, new_run_dir, plot_curves, read_summary, write_config, write_metrics, write_report
+    from ray_spider.records import best_round, copy_best_checkpoint, finish_run, metrics_by_step, new_run_dir, plot_curves, read_summary, write_config, write_metrics
 
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
@@ -297,7 +296,5 @@ def run_training(cfg: RunConfig, command: str) -> Path:
         info["best_dev_ex"] = best["dev_ex"]
     write_metrics(history, run_dir)
     plot_curves(history, run_dir / "curves.png", title=run_dir.name)
-    info = manifest(cfg, Prompter(spider, cfg.prompt).version, **info)
-    (run_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
-    write_report(run_dir, cfg, info, read_summary(run_dir), command)
+    finish_run(run_dir, cfg, Prompter(spider, cfg.prompt).version, read_summary(run_dir), command, **info)
     return run_dir

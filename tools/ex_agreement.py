@@ -173,11 +173,16 @@ def _split_top_level(text: str) -> list[str]:
     return parts + [current]
 
 
-def shuffle_columns(sql, rng):
+def _select_columns(sql):
+    """(span of the top-level select list, its columns), or (None, []) when there is none."""
     span = _top_level_select_list(sql)
     if not span:
-        return None
-    columns = [column.strip() for column in _split_top_level(sql[span[0] : span[1]])]
+        return None, []
+    return span, [column.strip() for column in _split_top_level(sql[span[0] : span[1]])]
+
+
+def shuffle_columns(sql, rng):
+    span, columns = _select_columns(sql)
     if len(columns) < 2:
         return None
     shuffled = columns[:]
@@ -187,18 +192,14 @@ def shuffle_columns(sql, rng):
 
 
 def duplicate_column(sql, rng):
-    span = _top_level_select_list(sql)
-    if not span:
+    span, columns = _select_columns(sql)
+    if not columns:
         return None
-    columns = [column.strip() for column in _split_top_level(sql[span[0] : span[1]])]
     return sql[: span[0]] + " , ".join(columns + [rng.choice(columns)]) + sql[span[1] :]
 
 
 def drop_column(sql, rng):
-    span = _top_level_select_list(sql)
-    if not span:
-        return None
-    columns = [column.strip() for column in _split_top_level(sql[span[0] : span[1]])]
+    span, columns = _select_columns(sql)
     if len(columns) < 2:
         return None
     columns.pop(rng.randrange(len(columns)))
