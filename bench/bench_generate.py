@@ -1,17 +1,20 @@
-"""Benchmark: questions/s of `inference.generate` (batched, prompts sorted by length, left padding)
-beside a plain unbatched loop (one question per `model.generate` call), same greedy settings and
-max_new_tokens, on the same seeded sample of dev questions, in one run; and whether they agree.
+"""Benchmark: questions/s of `inference.generate` beside plainer ways to answer the same questions,
+in one run, on the same seeded sample of dev questions, same greedy settings and max_new_tokens;
+and how many answers differ from the first side.
 
     SPIDER_DIR=../shared/spider python bench/bench_generate.py                   # CPU default, a few minutes
-    SPIDER_DIR=../shared/spider python bench/bench_generate.py --device cuda \
-        --questions 972 --batch-size 64 --max-new-tokens 256                     # H200: all of dev-972
+    SPIDER_DIR=../shared/spider python bench/bench_generate.py --device cuda --questions 972 \
+        --adapter ADAPTER --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024   # H200: all of dev-972
 
-Both sides get the same model object, the same rendered prompts (``prompt.render_generation_prompt``)
-and the same transformers GenerationConfig (``inference.greedy_config``: greedy, stop on eos and
-end of turn); only the batching differs. One short warm-up call runs first, untimed. Greedy
-decoding of a left-padded batch is not bit-identical to one prompt alone (padded attention and
-different matmul shapes change the float rounding), so a few answers can differ where two tokens
-are near-tied; the count is printed. Figures go to docs/benchmarks.md.
+Sides (``--sides``, comma-separated, timed in this order, then in reverse for --repeats 2):
+  unbatched      one ``model.generate`` call per question, no padding (the obvious loop)
+  hf:N           ``inference.generate`` with engine hf (transformers' generate) at batch N
+  pruned:N       ``inference.generate`` with engine pruned (finished answers leave the batch) at batch N
+Every side gets the same model object, the same rendered prompts (``prompt.render_generation_prompt``)
+and the same stop tokens (``inference.greedy_config``). One short warm-up call per side runs first,
+untimed. Greedy decoding is not bit-identical across batch shapes (padding and matmul shapes change
+the float rounding), so a few answers can differ where two tokens are near-tied; the count is printed.
+Figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def main() -> None:
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (default: the base model)")
     parser.add_argument("--quantization", choices=["nf4", "none"], default="none", help="none = bf16 on GPU, float32 on CPU")
     parser.add_argument("--questions", type=int, default=16, help="seeded sample of dev-972 (the one training evaluates)")
-    parser.add_argument("--batch-size", type=int, default=8, help="generation.batch_size of the batched side")
+    parser.add_argument("--sides", default="unbatched,hf:8,pruned:8", help="comma-separated: unbatched, hf:N, pruned:N")
+    parser.add_argument("--merge", action="store_true", help="merge the adapter into the base (generation.merge_adapter)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared machine)")
@@ -79,44 +83,50 @@ def main() -> None:
     examples, _ = dev_examples(spider, args.questions, seed=args.seed)
     prompts = [prompter.conversation(e.db_id, e.question) for e in examples]
     device = "cuda:0" if args.device == "cuda" else "cpu"
-    model, tokenizer = load_for_inference(ModelConfig(name=args.model, quantization=args.quantization), args.adapter, device=device)
-    gen_cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    generate(model, tokenizer, prompts[:1], gen_cfg.model_copy(update={"max_new_tokens": 4}), progress=False)  # warm-up
+    model, tokenizer = load_for_inference(ModelConfig(name=args.model, quantization=args.quantization), args.adapter, merge=args.merge, device=device)
+    gen_cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    for engine in ("hf", "pruned"):  # warm-up
+        generate(model, tokenizer, prompts[:2], gen_cfg.model_copy(update={"max_new_tokens": 4, "engine": engine}), progress=False)
 
-    runs = {"unbatched": [], "batched": []}
-    answers, lengths = {}, []
-    sides = [
-        ("unbatched", lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens, lengths)),
-        ("batched", lambda: generate(model, tokenizer, prompts, gen_cfg, progress=False)),
-    ]
+    sides = {}
+    for spec in args.sides.split(","):
+        engine, _, batch = spec.partition(":")
+        if engine == "unbatched":
+            sides[spec] = lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens, [])
+        elif engine in ("hf", "pruned") and batch.isdigit():
+            side_cfg = gen_cfg.model_copy(update={"engine": engine, "batch_size": int(batch)})
+            sides[spec] = lambda side_cfg=side_cfg: generate(model, tokenizer, prompts, side_cfg, progress=False)
+        else:
+            parser.error(f"--sides: {spec!r} is not unbatched, hf:N or pruned:N")
+    runs, answers = {name: [] for name in sides}, {}
     for repeat in range(args.repeats):
-        for name, function in sides if repeat % 2 == 0 else sides[::-1]:  # alternate the order against drift
-            seconds, answers[name] = timed(function)
+        for name in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:  # alternate the order against drift
+            seconds, answers[name] = timed(sides[name])
             runs[name].append(seconds)
-            print(f"  [{repeat + 1}/{args.repeats}] {name:9s} {seconds:7.2f} s", flush=True)
+            print(f"  [{repeat + 1}/{args.repeats}] {name:12s} {seconds:7.2f} s", flush=True)
 
-    differ = [i for i, (a, b) in enumerate(zip(answers["unbatched"], answers["batched"])) if a != b]
     prompt_tokens = [len(tokenizer(render_generation_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
-    unbatched_s, batched_s = statistics.median(runs["unbatched"]), statistics.median(runs["batched"])
-    n = len(prompts)
+    new_tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers[next(iter(sides))]]
+    n, first = len(prompts), next(iter(sides))
     print(
         f"\n{n} dev questions (seed {args.seed}; prompts {min(prompt_tokens)}-{max(prompt_tokens)} tokens, mean "
         f"{statistics.fmean(prompt_tokens):.0f}), {args.model} {args.quantization}"
-        f"{' + ' + args.adapter if args.adapter else ''}, greedy, max_new_tokens {args.max_new_tokens}, "
-        f"{args.device}, {args.threads} threads, torch {torch.__version__}, median of {args.repeats}"
+        f"{' + ' + args.adapter + (' merged' if args.merge else '') if args.adapter else ''}, greedy, "
+        f"max_new_tokens {args.max_new_tokens}, {args.device}, {args.threads} threads, torch {torch.__version__}, "
+        f"median of {args.repeats}"
     )
-    lengths = lengths[:n]
     print(
-        f"  answers: mean {statistics.fmean(lengths):.1f} new tokens, {sum(length >= args.max_new_tokens for length in lengths)} "
-        f"of {n} stopped by max_new_tokens (a batch decodes until its longest answer ends)"
+        f"  answers ({first}): mean {statistics.fmean(new_tokens):.1f} tokens, "
+        f"{sum(length >= args.max_new_tokens for length in new_tokens)} of {n} at max_new_tokens"
     )
-    batched_name = f"inference.generate (batch {args.batch_size})"
-    print(f"  {'unbatched loop (batch 1)':34s}: {unbatched_s:7.2f} s = {n / unbatched_s:6.2f} questions/s")
-    print(f"  {batched_name:34s}: {batched_s:7.2f} s = {n / batched_s:6.2f} questions/s")
-    print(f"  speed-up batched / unbatched      : {unbatched_s / batched_s:7.2f}x")
-    print(f"  answers that differ               : {len(differ)} of {n}")
-    for index in differ[:3]:
-        print(f"    [{index}] unbatched: {answers['unbatched'][index]!r}\n    [{index}] batched  : {answers['batched'][index]!r}")
+    print(f"  {'side':12s} {'seconds':>8s} {'q/s':>8s} {'vs ' + first:>14s} {'answers differing from ' + first}")
+    base_s = statistics.median(runs[first])
+    for name in sides:
+        seconds = statistics.median(runs[name])
+        differ = [i for i, (a, b) in enumerate(zip(answers[first], answers[name])) if a != b]
+        print(f"  {name:12s} {seconds:8.2f} {n / seconds:8.2f} {base_s / seconds:13.2f}x {len(differ)} of {n}")
+        for index in differ[:2]:
+            print(f"    [{index}] {first}: {answers[first][index]!r}\n    [{index}] {name}: {answers[name][index]!r}")
 
 
 if __name__ == "__main__":

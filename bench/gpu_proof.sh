@@ -2,22 +2,31 @@
 # The GPU proof (issue 6) on the H200 device machine, after the ferry is received there:
 #   shared/device/pack --out .devpack --spider ../shared/spider      (here; then the `run` calls it prints)
 #   OUT=$OUT bash bench/gpu_proof.sh STAGE                            (there; STAGE below)
-# Stages (each fits one 10-minute call; run them back to back while the machine stays warm):
+# Stages that fit one 10-minute call (run them back to back while the machine stays warm):
 #   speed     train tokens/s: ray-spider train's settings against the plain TRL reference shape
 #   controls  baseline and QLoRA r=16 on dev-972 (+ fast vs slow predictions on a sample)
 #   r32       QLoRA r=32
-#   sweep     the Optuna sweep (sweeps/sweep_smollm2.yaml), trials table, best adapter
+# The sweep and what follows it take longer than one call, so they run as a background pipeline:
+#   follow [SECONDS]  start the pipeline in its own session (it outlives the call) unless it already
+#                     runs, print its log for SECONDS (default 540), pack its small results into
+#                     $OUT/proof.tgz. Call it again, back to back, until it prints PIPELINE DONE.
+#   pipeline          (what `follow` starts) the Optuna sweep (sweeps/sweep_smollm2.yaml, 4 trials
+#                     per GPU), `best`, the best adapter on all of dev-972, the same-seed and
+#                     another-seed re-runs of the best config beside the slow-path sample, then
+#                     the generation benchmark on a quiet GPU, then the training benchmark.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
+# A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first):
+#   FERRY_ENV=my_env.sh SWEEP_EXTRA="..." RUN_EXTRA="..." BENCH_EXTRA="--device cpu ..." bash bench/gpu_proof.sh pipeline
 set -euo pipefail
-stage=${1:?stage: speed | controls | r32 | sweep}
-. /tmp/ferry/env.sh > /dev/null
+stage=${1:?stage: speed | controls | r32 | follow | pipeline}
+. "${FERRY_ENV:-/tmp/ferry/env.sh}" > /dev/null  # PYTHONPATH, FERRY_MODEL, FERRY_SPIDER
+SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/proof_out}
-RUNS=/tmp/proof_runs
+RUNS=${RUNS:-/tmp/proof_runs}
+LOG=$RUNS/pipeline.log
 mkdir -p "$OUT" "$RUNS"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/gpu.txt"
-python3 -m ray_spider setup-model
 
 keep_run() {  # copy a run folder's small files to $OUT/<name>/
   local run; run=$(ls -td "$RUNS"/"$1"-* | head -1)
@@ -27,12 +36,53 @@ keep_run() {  # copy a run folder's small files to $OUT/<name>/
   echo "$run"
 }
 
+step() {  # step NAME COMMAND...: run it, log its time and exit status, go on either way
+  local name=$1 started=$SECONDS; shift
+  echo "=== $(date +%T) step $name: $*"
+  "$@" 2>&1 | grep -v -e PlacementGroupCleaner -e "it/s]" || echo "!!! step $name failed"
+  echo "=== $(date +%T) step $name took $((SECONDS - started)) s"
+}
+
+pipeline() {
+  local sweep=$RUNS/sweeps/sweep-smollm2 best=$RUNS/best
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  step setup python3 -m ray_spider setup-model
+  step sweep python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps $SWEEP_EXTRA
+  step best python3 -m ray_spider best "$sweep" --out "$best"
+  step best-dev972 python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/best_dev972" \
+    data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
+  # Re-runs of the winning config (same seed, another seed) on all of dev-972, side by side on the
+  # GPU (each its own local Ray), and the slow path (4-bit + adapter, transformers' generate) on a sample.
+  local rerun="python3 -m ray_spider train $best/config.yaml output_dir=$RUNS data.dev_subset=null generation.batch_size=512"
+  step rerun-seed42 env RAY_ADDRESS=local $rerun name=best-rerun-seed42 $RUN_EXTRA > "$RUNS/rerun-seed42.log" &
+  step rerun-seed7 env RAY_ADDRESS=local $rerun name=best-seed7 train.seed=7 $RUN_EXTRA > "$RUNS/rerun-seed7.log" &
+  step slow-sample python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/slow_sample" \
+    generation.merge_adapter=false generation.engine=hf generation.batch_size=100 data.dev_subset=100 $RUN_EXTRA
+  wait
+  tail -n 25 "$RUNS"/rerun-*.log
+  step fast-vs-slow python3 bench/compare_predictions.py "$RUNS/best_dev972" "$RUNS/slow_sample"
+  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$best" \
+    --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 $BENCH_EXTRA
+  echo "PIPELINE RESULTS DONE (what follows is extra)"
+  step bench-train python3 bench/bench_train.py --device cuda --steps 60 --batch-size 16 --accumulation 4 --max-length 1536 \
+    --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
+  echo "PIPELINE DONE"
+}
+
+pack_results() {  # the small files of every run so far, for $OUT (8 files at most come back)
+  (cd "$RUNS" && find . \( -name '*.safetensors' -o -name '*.pt' -o -name '*.bin' -o -path '*/train_runs/*' -o -path '*/ray/*' -o -name 'events.out*' \) -prune -o \
+    -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.yaml' -o -name '*.parquet' -o -name '*.png' -o -name '*.md' -o -name '*.log' -o -name '*.csv' \) -print0 \
+    | tar czf "$OUT/proof.tgz" --null -T -)
+  cp "$LOG" "$OUT/pipeline.log" 2>/dev/null || true
+}
+
 case "$stage" in
   speed)
     python3 bench/bench_train.py --device cuda --steps 30 --batch-size 16 --accumulation 4 --max-length 1536 --threads 4 \
       --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length 2>&1 | tail -25 | tee "$OUT/bench_train.txt"
     ;;
   controls)
+    python3 -m ray_spider setup-model
     python3 -m ray_spider baseline sweeps/baseline.yaml output_dir=$RUNS 2>&1 | tail -30
     keep_run baseline
     python3 -m ray_spider train sweeps/qlora_r16.yaml output_dir=$RUNS 2>&1 | grep -v PlacementGroupCleaner | tail -40
@@ -42,12 +92,29 @@ case "$stage" in
     python3 bench/compare_predictions.py "$r16/dev_eval" "$RUNS/slow_sample" | tee "$OUT/fast_vs_slow.txt"
     ;;
   r32)
+    python3 -m ray_spider setup-model
     python3 -m ray_spider train sweeps/qlora_r32.yaml output_dir=$RUNS 2>&1 | grep -v PlacementGroupCleaner | tail -30
     keep_run qlora-r32
     ;;
-  sweep)
-    python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps 2>&1 | grep -v PlacementGroupCleaner | tail -40
-    cp $RUNS/sweeps/sweep-smollm2/{trials.parquet,trials.png,sweep.yaml} "$OUT/"
-    python3 -m ray_spider best $RUNS/sweeps/sweep-smollm2 --out $RUNS/best_adapter 2>&1 | tail -20
+  pipeline)
+    pipeline
+    ;;
+  follow)
+    seconds=${2:-540}
+    if ! pgrep -f "gpu_proof.sh pipeline" > /dev/null && ! grep -q "PIPELINE DONE" "$LOG" 2>/dev/null; then
+      : > "$LOG"
+      setsid nohup bash bench/gpu_proof.sh pipeline >> "$LOG" 2>&1 < /dev/null &
+      echo "pipeline started"
+    fi
+    tail -n 40 -f "$LOG" --pid "$$" &
+    tailer=$!
+    deadline=$((SECONDS + seconds))
+    while ((SECONDS < deadline)) && ! grep -q "PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
+      sleep 5
+    done
+    kill "$tailer" 2>/dev/null || true
+    pack_results
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
+    grep -q "PIPELINE DONE" "$LOG" && echo "PIPELINE DONE" || echo "pipeline still running: call follow again now"
     ;;
 esac

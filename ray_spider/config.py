@@ -62,9 +62,17 @@ class ModelConfig(_Strict):
 class LoraConfig(_Strict):
     enabled: bool = Field(True, description="False = evaluate/train the base model without an adapter (baseline)")
     r: int = Field(16, ge=1, le=1024, description="LoRA rank: higher = more capacity, more memory")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    alpha: int | None = Field(
+        None, ge=1, description="LoRA scaling numerator (scale = alpha / r); unset = 2 x r, the playbook's ratio (r 16, alpha 32)"
+    )
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1)
+
+    @model_validator(mode="after")
+    def _alpha_follows_rank(self) -> "LoraConfig":
+        if self.alpha is None:
+            self.alpha = 2 * self.r  # a sweep over r keeps the playbook's scale
+        return self
 
 
 class TrainConfig(_Strict):
@@ -91,6 +99,11 @@ class TrainConfig(_Strict):
 class GenerationConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
+    engine: Literal["pruned", "hf"] = Field(
+        "pruned",
+        description="pruned: greedy loop that drops finished answers from the batch and KV cache; "
+        "hf: transformers' generate (decodes every row until the longest answer ends)",
+    )
     merge_adapter: bool = Field(
         False, description="generate with a full-precision copy of the base with LoRA merged in (faster; more memory)"
     )

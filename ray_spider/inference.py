@@ -7,16 +7,23 @@ Used by ``ray-spider predict`` and by the dev evaluation inside training:
 
 Prompts are rendered by ``prompt.render_generation_prompt`` (the one renderer), sorted longest
 first so each left-padded batch holds prompts of similar length, and decoded without the prompt.
+
+Two engines give the same greedy answers (up to float rounding): ``hf`` is transformers'
+``generate``, which keeps decoding every row of a batch until its longest answer ends;
+``pruned`` (the default, ``greedy_pruned``) drops rows whose answer has ended from the batch and
+the KV cache, so a few long answers do not keep hundreds of finished ones busy.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
+from transformers import DynamicCache
 
 from ray_spider.config import GenerationConfig
 from ray_spider.model import end_of_turn_token
@@ -66,6 +73,50 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.2x, ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+PRUNE_WHEN_FINISHED = 0.25  # drop finished rows once they are this share of the batch (each drop copies the cache)
+
+
+def greedy_pruned(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int) -> torch.Tensor:
+    """Greedy new tokens of a left-padded batch, shape (rows, max_new_tokens), pad after each stop token.
+
+    Per row the arithmetic is generate's: the argmax of the last position's logits, positions
+    counted over the real tokens only. Rows that have stopped are computed along (their token
+    replaced by pad) until they make up PRUNE_WHEN_FINISHED of the batch; then they leave it and
+    the KV cache.
+    """
+    rows, device = input_ids.shape[0], input_ids.device
+    answers = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    stops = torch.tensor(stop_ids, device=device)
+    active = torch.arange(rows, device=device)  # the answers row of each batch row
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    cache = DynamicCache(config=model.config)
+    cache_kwarg = _cache_argument(model)
+    tokens, mask = input_ids, attention_mask
+    for step in range(max_new_tokens):
+        output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
+        next_tokens = output.logits[:, -1].argmax(-1).masked_fill(finished, pad_id)
+        answers[active, step] = next_tokens
+        finished |= torch.isin(next_tokens, stops)
+        done = int(finished.sum())  # one sync per step, as in generate
+        if done == len(active):
+            break
+        if done >= PRUNE_WHEN_FINISHED * len(active):
+            keep = (~finished).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, finished, next_tokens, mask, positions = active[keep], finished[keep], next_tokens[keep], mask[keep], positions[keep]
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        tokens = next_tokens[:, None]
+    return answers
+
+
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig, progress: bool = True) -> list[str]:
@@ -101,8 +152,14 @@ def generate(model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig,
                 inputs = tokenizer.pad(
                     {"input_ids": [encoded[index] for index in batch]}, padding_side="left", return_tensors="pt"
                 ).to(device)
-                output = model.generate(**inputs, generation_config=generation_config)
-                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                if cfg.engine == "hf":
+                    output = model.generate(**inputs, generation_config=generation_config)
+                    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                else:
+                    new_tokens = greedy_pruned(
+                        model, inputs["input_ids"], inputs["attention_mask"], cfg.max_new_tokens,
+                        generation_config.eos_token_id, generation_config.pad_token_id,
+                    )
                 # no space clean-up: it rewrites the SQL (" ," -> ",", " 's" -> "'s", inside string literals too)
                 decoded = tokenizer.batch_decode(
                     new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False

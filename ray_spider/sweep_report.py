@@ -66,17 +66,24 @@ def plot_trials(experiment: str, rows: list[dict]) -> Path:
 
 
 def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
-    """Copy the best trial's best adapter out of storage into ``out``; return its trials-table row."""
-    from ray_spider.tune import trial_rows
+    """Copy the best trial's best adapter out of storage into ``out``, with the trial's resolved run
+    config as ``out/config.yaml`` (for `ray-spider predict --config` and `ray-spider train`); return
+    its trials-table row."""
+    from ray_spider.records import write_config
+    from ray_spider.tune import read_sweep, trial_rows, trial_run_config
 
     rows = [row for row in trial_rows(experiment) if row["checkpoint_uri"]]
     if not rows:
         raise FileNotFoundError(f"no trial of {experiment} has reported a checkpoint yet")
     best = rows[0]
-    filesystem, _ = storage(experiment)
+    filesystem, path = storage(experiment)
     out.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         pafs.copy_files(f"{best['checkpoint_uri']}/{name}", str(out.resolve() / name), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    sweep = read_sweep(filesystem, path)
+    params = {key.removeprefix("param."): value for key, value in best.items() if key.startswith("param.")}
+    cfg = trial_run_config(sweep, params)
+    write_config(cfg.model_copy(update={"name": f"{sweep['name']}-best"}), out)
     if check_load:
         check_adapter_loads(out, experiment)
     return {key: value for key, value in best.items() if not key.startswith("curve_")}
@@ -88,8 +95,8 @@ def check_adapter_loads(adapter: Path, experiment: str) -> None:
 
     from ray_spider.config import ModelConfig
     from ray_spider.model import load_model
-    from ray_spider.tune import _read_sweep
+    from ray_spider.tune import read_sweep
 
     filesystem, path = storage(experiment)
-    model_cfg = ModelConfig(**{**_read_sweep(filesystem, path)["base"].get("model", {}), "quantization": "none"})
+    model_cfg = ModelConfig(**{**read_sweep(filesystem, path)["base"].get("model", {}), "quantization": "none"})
     PeftModel.from_pretrained(load_model(model_cfg, device="cpu"), str(adapter))

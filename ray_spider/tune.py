@@ -152,7 +152,7 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     from ray.tune import ExperimentAnalysis
 
     filesystem, experiment = storage(experiment_uri)
-    sweep = _read_sweep(filesystem, experiment)
+    sweep = read_sweep(filesystem, experiment)
     analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem, default_metric=sweep["objective"], default_mode="max")
     frames = analysis.trial_dataframes
     gpus = sweep["resources"]["workers"] * sweep["resources"]["gpus_per_worker"]
@@ -187,7 +187,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and value == value  # NaN marks a result without that metric
 
 
-def _read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:
+def read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:
     import yaml
 
     with filesystem.open_input_stream(f"{experiment}/{SWEEP_FILE}") as stream:

@@ -15,6 +15,8 @@ def test_defaults_are_the_playbook():
 def test_overrides_are_parsed_as_yaml():
     cfg = load_run_config(None, ["train.learning_rate=2e-4", "lora.r=32", "data.dev_subset=50"])
     assert cfg.train.learning_rate == 2e-4 and cfg.lora.r == 32 and cfg.data.dev_subset == 50
+    assert cfg.lora.alpha == 64  # unset alpha follows the rank (scale 2), as a sweep over r expects
+    assert load_run_config(None, ["lora.r=32", "lora.alpha=16"]).lora.alpha == 16
 
 
 def test_unknown_key_is_named(tmp_path):

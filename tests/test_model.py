@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ray_spider.config import OFFLINE_MODEL, ConfigError, GenerationConfig, LoraConfig, ModelConfig
-from ray_spider.inference import generate
+from ray_spider.inference import generate, greedy_config, greedy_pruned
 from ray_spider.model import apply_lora, load_for_inference, load_model, load_tokenizer, resolve_model
 from ray_spider.prompt import render_generation_prompt
 
@@ -134,8 +134,10 @@ def test_saved_adapter_loads_with_peft(tiny_dir, tmp_path):
         assert not torch.allclose(model(ids).logits, base(ids).logits)  # the adapter's weights were loaded
 
 
-def test_generate_keeps_input_order_and_batching_does_not_change_answers(tiny_dir):
+@pytest.mark.parametrize("engine", ["pruned", "hf"])
+def test_generate_keeps_input_order_and_batching_does_not_change_answers(tiny_dir, engine):
     model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    GREEDY = GenerationConfig(max_new_tokens=8, batch_size=2, engine=engine)
     one_by_one = [generate(model, tokenizer, [messages], GREEDY, progress=False)[0] for messages in PROMPTS]
     assert len(set(one_by_one)) > 1  # a test that could see a mix-up
     assert generate(model, tokenizer, PROMPTS, GREEDY, progress=False) == one_by_one
@@ -144,6 +146,27 @@ def test_generate_keeps_input_order_and_batching_does_not_change_answers(tiny_di
         generate(model, tokenizer, PROMPTS[::-1], GREEDY.model_copy(update={"batch_size": 5}), progress=False)
         == one_by_one[::-1]
     )
+
+
+def test_pruned_engine_answers_like_generate_when_rows_stop_early(tiny_dir):
+    """Rows stop at different steps (stop tokens picked from the answers), so finished rows leave the cache."""
+    model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    texts = [render_generation_prompt(tokenizer, messages) for messages in PROMPTS]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    inputs = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+    steps, pad = 12, tokenizer.pad_token_id
+    unstopped = greedy_pruned(model, inputs["input_ids"], inputs["attention_mask"], steps, [-1], pad)
+    stops = [int(unstopped[0, 2]), int(unstopped[3, 6])]
+
+    pruned = greedy_pruned(model, inputs["input_ids"], inputs["attention_mask"], steps, stops, pad)
+    config = greedy_config(tokenizer, model, GenerationConfig(max_new_tokens=steps)).__class__(
+        do_sample=False, max_new_tokens=steps, eos_token_id=stops, pad_token_id=pad
+    )
+    reference = model.generate(**inputs, generation_config=config)[:, inputs["input_ids"].shape[1] :]
+    reference = torch.nn.functional.pad(reference, (0, steps - reference.shape[1]), value=pad)
+    stopped_early = [(row[:-1] == pad).any().item() for row in pruned]
+    assert sum(stopped_early) >= 2  # 2 of 5 rows: at least one pruning of the batch
+    assert torch.equal(pruned, reference)
 
 
 def test_greedy_generation_ignores_the_models_sampling_defaults(tiny_dir, caplog, monkeypatch):

@@ -15,7 +15,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from ray_spider.config import load_sweep_config
+from ray_spider.config import load_run_config, load_sweep_config
 from ray_spider.tune import trial_run_config
 
 pytestmark = pytest.mark.slow
@@ -114,4 +114,6 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spide
     fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(experiment), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    best_cfg = load_run_config(out / "config.yaml")  # the winner, ready for `predict --config` / `train`
+    assert best_cfg.lora.r == rows[0]["param.lora.r"] and best_cfg.train.learning_rate == rows[0]["param.train.learning_rate"]
     assert (experiment / "trials.png").is_file()
