@@ -23,6 +23,7 @@ stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300  # 8 trials start at once
 OUT=${OUT:-/tmp/proof_out}
 RUNS=${RUNS:-/tmp/proof_runs}
 LOG=$RUNS/pipeline.log
@@ -51,6 +52,8 @@ pipeline() {
   step best python3 -m ray_spider best "$sweep" --out "$best"
   step best-dev972 python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/best_dev972" \
     data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
+  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$best" \
+    --merge --max-new-tokens 256 --sides hf:512,pruned:512 $BENCH_EXTRA
   # Re-runs of the winning config (same seed, another seed) on all of dev-972, side by side on the
   # GPU (each its own local Ray), and the slow path (4-bit + adapter, transformers' generate) on a sample.
   local rerun="python3 -m ray_spider train $best/config.yaml output_dir=$RUNS data.dev_subset=null generation.batch_size=512"
@@ -58,11 +61,9 @@ pipeline() {
   step rerun-seed7 env RAY_ADDRESS=local $rerun name=best-seed7 train.seed=7 $RUN_EXTRA > "$RUNS/rerun-seed7.log" &
   step slow-sample python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/slow_sample" \
     generation.merge_adapter=false generation.engine=hf generation.batch_size=100 data.dev_subset=100 $RUN_EXTRA
-  wait
-  tail -n 25 "$RUNS"/rerun-*.log
   step fast-vs-slow python3 bench/compare_predictions.py "$RUNS/best_dev972" "$RUNS/slow_sample"
-  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$best" \
-    --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 $BENCH_EXTRA
+  wait
+  grep -h "===\|dev_ex\b" "$RUNS"/rerun-*.log | tail -n 12
   echo "PIPELINE RESULTS DONE (what follows is extra)"
   step bench-train python3 bench/bench_train.py --device cuda --steps 60 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
@@ -106,15 +107,13 @@ case "$stage" in
       setsid nohup bash bench/gpu_proof.sh pipeline >> "$LOG" 2>&1 < /dev/null &
       echo "pipeline started"
     fi
-    tail -n 40 -f "$LOG" --pid "$$" &
-    tailer=$!
     deadline=$((SECONDS + seconds))
-    while ((SECONDS < deadline)) && ! grep -q "PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
+    while ((SECONDS < deadline)) && ! grep -q "PIPELINE RESULTS DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    kill "$tailer" 2>/dev/null || true
+    grep -a -e "^=== " -e "^Trial status" -e "Current best trial" -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 14
     pack_results
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
-    grep -q "PIPELINE DONE" "$LOG" && echo "PIPELINE DONE" || echo "pipeline still running: call follow again now"
+    grep -q "PIPELINE RESULTS DONE" "$LOG" && echo "PIPELINE RESULTS DONE" || echo "pipeline still running: call follow again now"
     ;;
 esac
