@@ -8,12 +8,15 @@
 #   r32       QLoRA r=32
 # The sweep and what follows it take longer than one call, so they run as a background pipeline:
 #   follow [SECONDS]  start the pipeline in its own session (it outlives the call) unless it already
-#                     runs, print its log for SECONDS (default 540), pack its small results into
-#                     $OUT/proof.tgz. Call it again, back to back, until it prints PIPELINE DONE.
-#   pipeline          (what `follow` starts) the Optuna sweep (sweeps/sweep_smollm2.yaml, 4 trials
-#                     per GPU), `best`, the best adapter on all of dev-972, the same-seed and
-#                     another-seed re-runs of the best config beside the slow-path sample, then
-#                     the generation benchmark on a quiet GPU, then the training benchmark.
+#                     runs, wait up to SECONDS (default 540), print a short status, pack its small
+#                     results into $OUT/proof.tgz + $OUT/pipeline.log. Call it again at once (the
+#                     machine is given back 30 s after a call; a long pause loses everything)
+#                     until it prints PIPELINE RESULTS DONE.
+#   pipeline          (what `follow` starts) the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials
+#                     per GPU), `best`, the best adapter on all of dev-972, the generation benchmark
+#                     on a quiet GPU, then the same-seed and another-seed re-runs of the best config
+#                     beside the slow-path sample; then, as an extra, the training benchmark.
+# Budget: the sweep attempts of 2026-11-29 did not finish in 15 minutes (docs/results.md).
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first):
 #   FERRY_ENV=my_env.sh SWEEP_EXTRA="..." RUN_EXTRA="..." BENCH_EXTRA="--device cpu ..." bash bench/gpu_proof.sh pipeline
@@ -23,7 +26,7 @@ stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300  # 8 trials start at once
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300  # trials start side by side
 OUT=${OUT:-/tmp/proof_out}
 RUNS=${RUNS:-/tmp/proof_runs}
 LOG=$RUNS/pipeline.log

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from rich.table import Table
 
+from ray_spider.config import ModelConfig
 from ray_spider.tune import storage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -85,18 +86,14 @@ def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
     cfg = trial_run_config(sweep, params)
     write_config(cfg.model_copy(update={"name": f"{sweep['name']}-best"}), out)
     if check_load:
-        check_adapter_loads(out, experiment)
+        check_adapter_loads(out, cfg.model)
     return {key: value for key, value in best.items() if not key.startswith("curve_")}
 
 
-def check_adapter_loads(adapter: Path, experiment: str) -> None:
-    """Load the sweep's base model and the adapter with peft; raises when the adapter does not fit."""
+def check_adapter_loads(adapter: Path, model_cfg: ModelConfig) -> None:
+    """Load the base model (full precision, CPU) and the adapter with peft; raises when the adapter does not fit."""
     from peft import PeftModel
 
-    from ray_spider.config import ModelConfig
     from ray_spider.model import load_model
-    from ray_spider.tune import read_sweep
 
-    filesystem, path = storage(experiment)
-    model_cfg = ModelConfig(**{**read_sweep(filesystem, path)["base"].get("model", {}), "quantization": "none"})
-    PeftModel.from_pretrained(load_model(model_cfg, device="cpu"), str(adapter))
+    PeftModel.from_pretrained(load_model(model_cfg.model_copy(update={"quantization": "none"}), device="cpu"), str(adapter))
