@@ -36,8 +36,8 @@ from ray_spider.spider import Spider
 
 
 @torch.no_grad()
-def unbatched(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, lengths: list[int]) -> list[str]:
-    """The obvious way: one question at a time, no padding. Appends each answer's new-token count to ``lengths``."""
+def unbatched(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """The obvious way: one question at a time, no padding."""
     generation_config = greedy_config(tokenizer, model, GenerationConfig(max_new_tokens=max_new_tokens))
     device = next(model.parameters()).device
     answers = []
@@ -46,7 +46,6 @@ def unbatched(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, 
         inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
         output = model.generate(**inputs, generation_config=generation_config)
         new_tokens = output[0, inputs["input_ids"].shape[1] :]
-        lengths.append(len(new_tokens))
         answers.append(tokenizer.decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip())
     return answers
 
@@ -92,7 +91,7 @@ def main() -> None:
     for spec in args.sides.split(","):
         engine, _, batch = spec.partition(":")
         if engine == "unbatched":
-            sides[spec] = lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens, [])
+            sides[spec] = lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens)
         elif engine in ("hf", "pruned") and batch.isdigit():
             side_cfg = gen_cfg.model_copy(update={"engine": engine, "batch_size": int(batch)})
             sides[spec] = lambda side_cfg=side_cfg: generate(model, tokenizer, prompts, side_cfg, progress=False)
