@@ -261,22 +261,37 @@ _GARBAGE = [
 ]
 
 
+def split_top_level(text: str) -> list[str]:
+    """Split at the commas outside parentheses (a SELECT list into its items); also used by ex_agreement."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
 def _split_select_items(sql: str) -> tuple[str, list[str], str] | None:
     match = re.match(r"(?is)(\s*select\s+(?:distinct\s+)?)(.*?)(\s+from\s.*)$", sql)
     if not match:
         return None
     head, body, tail = match.groups()
-    items, depth, cur = [], 0, ""
-    for char in body:
-        depth += char == "("
-        depth -= char == ")"
-        if char == "," and depth == 0:
-            items.append(cur)
-            cur = ""
-        else:
-            cur += char
-    items.append(cur)
-    return head, [item.strip() for item in items], tail
+    return head, [item.strip() for item in split_top_level(body)], tail
+
+
+def _edit_one_select_item(sql: str, rng, edit) -> str | None:
+    """Replace one SELECT item, picked with rng, by ``edit(item)``; None when there is no select list."""
+    parts = _split_select_items(sql)
+    if not parts:
+        return None
+    head, items, tail = parts
+    i = rng.randrange(len(items))
+    items[i] = edit(items[i])
+    return head + ", ".join(items) + tail
 
 
 def _sub_nth(pattern: str, repl, text: str, rng: random.Random, flags=re.I) -> str | None:
@@ -334,16 +349,10 @@ def _change_agg(sql, _cols, rng):
 
 
 def _add_agg(sql, cols, rng):
-    parts = _split_select_items(sql)
-    if not parts:
-        return None
-    head, items, tail = parts
-    i = rng.randrange(len(items))
-    if "(" in items[i]:
-        items[i] = re.sub(r"^\w+\s*\((.*)\)$", r"\1", items[i])
-    else:
-        items[i] = f"{rng.choice(_AGGS)}({items[i]})"
-    return head + ", ".join(items) + tail
+    def edit(item):
+        return re.sub(r"^\w+\s*\((.*)\)$", r"\1", item) if "(" in item else f"{rng.choice(_AGGS)}({item})"
+
+    return _edit_one_select_item(sql, rng, edit)
 
 
 def _change_value(sql, _cols, rng):
@@ -487,13 +496,7 @@ def _drop_connective(sql, _cols, rng):
 
 
 def _col_alias(sql, _cols, rng):
-    parts = _split_select_items(sql)
-    if not parts:
-        return None
-    head, items, tail = parts
-    i = rng.randrange(len(items))
-    items[i] += rng.choice([" AS cnt", " AS total", " total"])
-    return head + ", ".join(items) + tail
+    return _edit_one_select_item(sql, rng, lambda item: item + rng.choice([" AS cnt", " AS total", " total"]))
 
 
 def _join_style(sql, _cols, rng):
@@ -532,26 +535,14 @@ def _paren(sql, _cols, rng):
     if mode == 0:
         return f"({sql})"
     if mode == 1:
-        parts = _split_select_items(sql)
-        if not parts:
-            return None
-        head, items, tail = parts
-        i = rng.randrange(len(items))
-        items[i] = f"({items[i]})"
-        return head + ", ".join(items) + tail
+        return _edit_one_select_item(sql, rng, lambda item: f"({item})")
     if mode == 2:
         return _sub_nth(r"\bwhere\s+(.+?)" + _CLAUSE_RE, lambda m: f"WHERE ({m.group(1)}) ", sql, rng, re.I | re.S)
     return _sub_nth(r"\b(count|max|min|sum|avg)\s*\(([^()]*)\)", lambda m: f"({m.group(0)})", sql, rng)
 
 
 def _arith(sql, _cols, rng):
-    parts = _split_select_items(sql)
-    if not parts:
-        return None
-    head, items, tail = parts
-    i = rng.randrange(len(items))
-    items[i] = items[i] + rng.choice([" + 1", " - x", " * 2", "/ 2", "+" + items[i]])
-    return head + ", ".join(items) + tail
+    return _edit_one_select_item(sql, rng, lambda item: item + rng.choice([" + 1", " - x", " * 2", "/ 2", "+" + item]))
 
 
 def _between(sql, _cols, rng):

@@ -46,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from em_agreement import split_top_level  # noqa: E402  (tools/ is on sys.path when run as a script)
 from ray_spider.execution import GoldQueryError, execution_match, official_cleanup, results_match  # noqa: E402
 
 GOLD_ERROR = "gold_error"  # gold failed: we raise GoldQueryError, the official asserts
@@ -160,25 +161,12 @@ def _top_level_select_list(sql: str) -> tuple[int, int] | None:
     return None
 
 
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char == "("
-        depth -= char == ")"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return parts + [current]
-
-
 def _select_columns(sql):
     """(span of the top-level select list, its columns), or (None, []) when there is none."""
     span = _top_level_select_list(sql)
     if not span:
         return None, []
-    return span, [column.strip() for column in _split_top_level(sql[span[0] : span[1]])]
+    return span, [column.strip() for column in split_top_level(sql[span[0] : span[1]])]
 
 
 def shuffle_columns(sql, rng):
@@ -362,7 +350,7 @@ def int_to_real(sql, rng):
     span = _top_level_select_list(sql)
     if not span:
         return None
-    columns = _split_top_level(sql[span[0] : span[1]])
+    columns = split_top_level(sql[span[0] : span[1]])
     index = rng.randrange(len(columns))
     wrapped = rng.choice(["({}) * 1.0", "CAST({} AS REAL)", "({}) + 0.0", "({}) * 1", "CAST({} AS TEXT)", "round({}, 1)"])
     if columns[index].strip() == "*":
