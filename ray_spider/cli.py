@@ -173,6 +173,7 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     from ray_spider.train import run_training
 
     cfg = _run_config(config, overrides or [])
+    _spider(None, cfg.data)  # a missing Spider folder fails here, named, before any model loads
     _show_run(run_training(cfg, _command_line()))
 
 
@@ -183,6 +184,7 @@ def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)
     from ray_spider.records import finish_run, new_run_dir, write_config
 
     cfg = _run_config(config, [*(overrides or []), "lora.enabled=false"])
+    _spider(None, cfg.data)  # a missing Spider folder fails here, named, before any model loads
     run_dir = new_run_dir(cfg)
     write_config(cfg, run_dir)
     result = run_prediction(cfg, None, run_dir / "dev_eval")
@@ -211,6 +213,7 @@ def predict(
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
     cfg = _run_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
+    _spider(None, cfg.data)  # a missing Spider folder fails here, named, before any model loads
     result = run_prediction(cfg, adapter, out, split)
     stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
     console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}")

@@ -33,7 +33,7 @@ def resolve_spider_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The Spider folder: the explicit argument, else $SPIDER_DIR; checked for tables.json."""
     raw = explicit or os.environ.get("SPIDER_DIR")
     if not raw:
-        raise SpiderError("no Spider folder given: pass --spider-dir DIR or set SPIDER_DIR (the folder holding tables.json)")
+        raise SpiderError("no Spider folder given: set SPIDER_DIR or pass data.spider_dir=DIR (or --spider-dir DIR where offered) to the folder holding tables.json")
     path = Path(raw).expanduser()
     if not (path / "tables.json").is_file():
         raise SpiderError(f"{path} is not a Spider folder: {path / 'tables.json'} not found")

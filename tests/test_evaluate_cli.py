@@ -1,8 +1,10 @@
 """The `ray-spider eval` command end to end on real Spider databases (official evaluators' contract)."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,11 @@ def test_malformed_gold_line_is_named(spider_dir, tmp_path):
     result = run_eval(spider_dir, tmp_path / "gold.sql", tmp_path / "pred.sql")
     assert result.returncode == 2
     assert "gold.sql:1" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["train", "sweeps/smoke_cpu.yaml"], ["predict", "--out", "unused"]])
+def test_missing_spider_folder_is_named_before_any_work(command, tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "SPIDER_DIR"}
+    result = subprocess.run([sys.executable, "-m", "ray_spider", *command], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 2
+    assert "SPIDER_DIR" in result.stdout + result.stderr and "Traceback" not in result.stderr
