@@ -13,9 +13,9 @@
 #                     machine is given back 30 s after a call; a long pause loses everything)
 #                     until it prints PIPELINE RESULTS DONE.
 #   pipeline          (what `follow` starts) the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials
-#                     per GPU), `best`, the best adapter on all of dev-972, the generation benchmark
-#                     on a quiet GPU, then the same-seed and another-seed re-runs of the best config
-#                     beside the slow-path sample; then, as an extra, the training benchmark.
+#                     per GPU), `best`, then side by side: the best adapter on all of dev-972, the
+#                     same-seed and another-seed re-runs of the best config and the slow-path sample;
+#                     then the generation benchmark on a quiet GPU; as an extra, the training benchmark.
 # Budget: the sweep attempts of 2026-11-29 did not finish in 15 minutes (docs/results.md).
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first):
@@ -53,24 +53,34 @@ pipeline() {
   step setup python3 -m ray_spider setup-model
   step sweep python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps $SWEEP_EXTRA
   step best python3 -m ray_spider best "$sweep" --out "$best"
+  # The best adapter on all of dev-972, the re-runs of the winning config (same seed, another seed,
+  # on all of dev-972, each its own local Ray) and the slow path (4-bit + adapter, transformers'
+  # generate) on a sample, side by side on the GPU; then the generation benchmark on a quiet GPU.
   step best-dev972 python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/best_dev972" \
-    data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
-  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$best" \
-    --merge --max-new-tokens 256 --sides hf:512,pruned:512 $BENCH_EXTRA
-  # Re-runs of the winning config (same seed, another seed) on all of dev-972, side by side on the
-  # GPU (each its own local Ray), and the slow path (4-bit + adapter, transformers' generate) on a sample.
+    data.dev_subset=null generation.batch_size=512 $RUN_EXTRA > "$RUNS/best-dev972.log" &
   local rerun="python3 -m ray_spider train $best/config.yaml output_dir=$RUNS data.dev_subset=null generation.batch_size=512"
   step rerun-seed42 env RAY_ADDRESS=local $rerun name=best-rerun-seed42 $RUN_EXTRA > "$RUNS/rerun-seed42.log" &
   step rerun-seed7 env RAY_ADDRESS=local $rerun name=best-seed7 train.seed=7 $RUN_EXTRA > "$RUNS/rerun-seed7.log" &
   step slow-sample python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/slow_sample" \
     generation.merge_adapter=false generation.engine=hf generation.batch_size=100 data.dev_subset=100 $RUN_EXTRA
-  step fast-vs-slow python3 bench/compare_predictions.py "$RUNS/best_dev972" "$RUNS/slow_sample"
   wait
-  grep -h "===\|dev_ex\b" "$RUNS"/rerun-*.log | tail -n 12
+  step fast-vs-slow python3 bench/compare_predictions.py "$RUNS/best_dev972" "$RUNS/slow_sample"
+  side_by_side_status
+  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$best" \
+    --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 $BENCH_EXTRA
   echo "PIPELINE RESULTS DONE (what follows is extra)"
   step bench-train python3 bench/bench_train.py --device cuda --steps 60 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
   echo "PIPELINE DONE"
+}
+
+side_by_side_status() {  # the steps that run side by side log to their own files: last line, or last dev round
+  local log round
+  for log in "$RUNS"/best-dev972.log "$RUNS"/rerun-*.log; do
+    [[ -f $log ]] || continue
+    round=$(grep -a -o -e "'step': [0-9]*, 'epoch': [0-9.]*, 'dev_ex': [0-9.]*, 'dev_em': [0-9.]*" -e "│ all .*" "$log" | tail -1)
+    echo "$(basename "$log"): ${round:-$(tr '\r' '\n' < "$log" | grep -a -v -e '^\s*$' -e PlacementGroupCleaner | tail -1 | cut -c1-150)}"
+  done
 }
 
 pack_results() {  # the small files of every run so far, for $OUT (8 files at most come back)
@@ -115,6 +125,7 @@ case "$stage" in
       sleep 5
     done
     grep -a -e "^=== " -e "^Trial status" -e "Current best trial" -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 14
+    side_by_side_status
     pack_results
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
     grep -q "PIPELINE RESULTS DONE" "$LOG" && echo "PIPELINE RESULTS DONE" || echo "pipeline still running: call follow again now"
