@@ -138,7 +138,8 @@ class DevEvalCallback(TrainerCallback):
                 model.save_pretrained(tmp)  # PEFT format: adapter_config.json + adapter_model.safetensors
                 result.write(Path(tmp) / "dev_eval")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
+            report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()} if metrics else metrics
+            ray.train.report(report, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
 
     def _round_metrics(self, state, result: PredictionResult | None) -> dict:
         if result is None:
@@ -157,6 +158,17 @@ class DevEvalCallback(TrainerCallback):
         }
         self.history.append(dict(metrics))
         return metrics
+
+
+PLACEMENT_GROUP_METRIC = "placement_group"  # reported each round: a sweep frees it when Tune stops the trial
+
+
+def worker_placement_group_id() -> str | None:
+    """Hex id of the placement group holding this Ray Train worker's resources (None outside Ray)."""
+    import ray
+
+    group = ray.util.get_current_placement_group() if ray.is_initialized() else None
+    return group.id.hex() if group else None
 
 
 def tokenize_example(row: dict, tokenizer) -> dict:

@@ -117,3 +117,64 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spide
     best_cfg = load_run_config(out / "config.yaml")  # the winner, ready for `predict --config` / `train`
     assert best_cfg.lora.r == rows[0]["param.lora.r"] and best_cfg.train.learning_rate == rows[0]["param.train.learning_rate"]
     assert (experiment / "trials.png").is_file()
+
+
+def _report_scaled_rounds(config):
+    """A Train loop that reports like ours (placement group included): three rounds of score x."""
+    import ray.train
+
+    from ray_spider.train import PLACEMENT_GROUP_METRIC, worker_placement_group_id
+
+    for round_ in range(1, 4):
+        time.sleep(0.2)
+        ray.train.report({"score": config["x"] * round_, PLACEMENT_GROUP_METRIC: worker_placement_group_id()})
+
+
+def _train_run_trial(config):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune import get_context
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        _report_scaled_rounds, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.5}),
+        run_config=RunConfig(name=get_context().get_trial_id(), storage_path=config["storage"], callbacks=[TuneReportCallback()]),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def test_trials_stopped_by_asha_give_their_workers_back(tmp_path, monkeypatch):
+    """On 2 CPUs, one trial at a time holding 1.5 of them: trial 2 is stopped by ASHA after one round,
+    and trial 3 needs the CPUs it held. Without ReleaseStoppedTrainRuns the stopped trial's Train
+    placement group stays reserved and trial 3 never starts (the experiment's time budget then ends
+    it without a result)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ray_spider.tune import ReleaseStoppedTrainRuns
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test file
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(_train_run_trial, {"CPU": 0.01}),
+            param_space={"x": tune.grid_search([3.0, 0.1, 2.0]), "storage": str(tmp_path / "train")},
+            tune_config=tune.TuneConfig(
+                metric="score", mode="max", max_concurrent_trials=1, time_budget_s=150,
+                scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2),
+            ),
+            run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), callbacks=[ReleaseStoppedTrainRuns()], verbose=0),
+        )
+        results = tuner.fit()
+        rounds = dict(sorted((result.config["x"], result.metrics.get("training_iteration")) for result in results))
+        assert rounds[3.0] == 3 and rounds[0.1] == 1  # the first finished, the second was stopped by ASHA
+        assert rounds[2.0] is not None  # the third got workers
+        left = [group["state"] for group in ray.util.placement_group_table().values() if group["state"] != "REMOVED"]
+        assert left == []
+    finally:
+        ray.shutdown()
