@@ -14,9 +14,11 @@
 #                     until it prints PIPELINE RESULTS DONE.
 #   pipeline          (what `follow` starts) the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials
 #                     per GPU), `best`, then side by side: the best adapter on all of dev-972, the
-#                     same-seed and another-seed re-runs of the best config and the slow-path sample;
+#                     same-seed and another-seed re-runs of the best config (each then scored on
+#                     dev-972) and the slow-path sample;
 #                     then the generation benchmark on a quiet GPU; as an extra, the training benchmark.
-# Budget: the sweep attempts of 2026-11-29 did not finish in 15 minutes (docs/results.md).
+# Budget (docs/results.md): attempt 3 stalled on leaked GPU shares (fixed since); from its timings the
+# sweep needs ~14 min and the re-runs ~8, so start `follow` in the call that sends the last ferry part.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first):
 #   FERRY_ENV=my_env.sh SWEEP_EXTRA="..." RUN_EXTRA="..." BENCH_EXTRA="--device cpu ..." bash bench/gpu_proof.sh pipeline
@@ -47,20 +49,28 @@ step() {  # step NAME COMMAND...: run it, log its time and exit status, go on ei
   echo "=== $(date +%T) step $name took $((SECONDS - started)) s"
 }
 
+rerun() {  # rerun NAME [OVERRIDES]: train the sweep's best config again (own local Ray), score its best adapter on dev-972
+  local name=$1 run; shift
+  env RAY_ADDRESS=local python3 -m ray_spider train "$RUNS/best/config.yaml" output_dir=$RUNS name=$name "$@" $RUN_EXTRA
+  run=$(ls -td "$RUNS/$name"-* | head -1)
+  python3 -m ray_spider predict --config "$run/config.yaml" --adapter "$run/adapter" --out "$run/dev972" \
+    data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
+}
+
 pipeline() {
   local sweep=$RUNS/sweeps/sweep-smollm2 best=$RUNS/best
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   step setup python3 -m ray_spider setup-model
   step sweep python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps $SWEEP_EXTRA
   step best python3 -m ray_spider best "$sweep" --out "$best"
-  # The best adapter on all of dev-972, the re-runs of the winning config (same seed, another seed,
-  # on all of dev-972, each its own local Ray) and the slow path (4-bit + adapter, transformers'
-  # generate) on a sample, side by side on the GPU; then the generation benchmark on a quiet GPU.
+  # Side by side on the GPU: the best adapter on all of dev-972; two re-runs of the winning config
+  # (same seed, another seed), each picked as in the sweep (best round on the dev subset) and then
+  # scored on all of dev-972; the slow path (4-bit + adapter, transformers' generate) on a sample.
+  # Then the generation benchmark on a quiet GPU.
   step best-dev972 python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/best_dev972" \
     data.dev_subset=null generation.batch_size=512 $RUN_EXTRA > "$RUNS/best-dev972.log" &
-  local rerun="python3 -m ray_spider train $best/config.yaml output_dir=$RUNS data.dev_subset=null generation.batch_size=512"
-  step rerun-seed42 env RAY_ADDRESS=local $rerun name=best-rerun-seed42 $RUN_EXTRA > "$RUNS/rerun-seed42.log" &
-  step rerun-seed7 env RAY_ADDRESS=local $rerun name=best-seed7 train.seed=7 $RUN_EXTRA > "$RUNS/rerun-seed7.log" &
+  step rerun-seed42 rerun best-rerun-seed42 > "$RUNS/rerun-seed42.log" &
+  step rerun-seed7 rerun best-seed7 train.seed=7 > "$RUNS/rerun-seed7.log" &
   step slow-sample python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/slow_sample" \
     generation.merge_adapter=false generation.engine=hf generation.batch_size=100 data.dev_subset=100 $RUN_EXTRA
   wait

@@ -43,6 +43,7 @@ class DataConfig(_Strict):
     include_train_others: bool = Field(False, description="also train on train_others.json (schema-only databases)")
     max_train_examples: int | None = Field(None, ge=1, description="first N training examples (smoke runs)")
     dev_subset: int | None = Field(None, ge=1, description="evaluate on a fixed seeded sample of N dev-972 questions (None = all)")
+    dev_subset_seed: int = Field(42, description="seed of that sample, apart from train.seed: runs with other training seeds are scored on the same questions")
 
     def resolved_spider_dir(self) -> Path:
         from ray_spider.spider import resolve_spider_dir

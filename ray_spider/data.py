@@ -38,6 +38,11 @@ def dev_examples(spider: Spider, subset: int | None = None, seed: int = 0) -> tu
     return present, missing
 
 
+def scored_dev_examples(spider: Spider, cfg: DataConfig) -> list[Example]:
+    """The dev questions a run is scored on: all of dev-972, or the sample set by dev_subset(_seed)."""
+    return dev_examples(spider, cfg.dev_subset, seed=cfg.dev_subset_seed)[0]
+
+
 def sft_row(prompter: Prompter, example: Example) -> dict:
     messages = prompter.conversation(example.db_id, example.question, example.query)
     return {

@@ -96,13 +96,13 @@ def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Examp
 
 def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True) -> PredictionResult:
     """Load base (+ adapter), answer the split's scorable questions (cfg.data.dev_subset for dev), score, write."""
-    from ray_spider.data import dev_examples
+    from ray_spider.data import scored_dev_examples
     from ray_spider.model import load_for_inference
 
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
     if split == "dev":
-        examples, _ = dev_examples(spider, cfg.data.dev_subset, seed=cfg.train.seed)
+        examples = scored_dev_examples(spider, cfg.data)
     else:
         examples, _ = spider.executable(spider.examples(split))
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)

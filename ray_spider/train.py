@@ -23,7 +23,7 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from ray_spider.config import RunConfig
-from ray_spider.data import build_sft_dataset, dev_examples, train_examples
+from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.prompt import Prompter, render_training_texts
@@ -219,7 +219,7 @@ def train_loop(config: dict) -> dict:
     trainable, total = model.get_nb_trainable_parameters()
     print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
-    dev, _ = dev_examples(spider, cfg.data.dev_subset, seed=cfg.train.seed)
+    dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])

@@ -2,9 +2,8 @@ import sqlite3
 
 import pytest
 
-from ray_spider.config import DEFAULT_SYSTEM_PROMPT, PromptConfig
-from ray_spider.data import build_sft_dataset, dev_examples, train_examples
-from ray_spider.config import DataConfig
+from ray_spider.config import DEFAULT_SYSTEM_PROMPT, DataConfig, PromptConfig, load_run_config
+from ray_spider.data import build_sft_dataset, dev_examples, scored_dev_examples, train_examples
 from ray_spider.prompt import Prompter, prompt_version, quote_identifier
 from ray_spider.spider import Spider, SpiderError
 
@@ -91,6 +90,13 @@ def test_dev_972(spider):
     assert {e.db_id for e in skipped} == {"wta_1"}
     subset, _ = dev_examples(spider, subset=40, seed=3)
     assert len(subset) == 40 and subset == dev_examples(spider, subset=40, seed=3)[0]
+
+
+def test_dev_subset_does_not_follow_the_training_seed(spider):
+    scored = {overrides: scored_dev_examples(spider, load_run_config(None, ["data.dev_subset=40", *overrides]).data)
+              for overrides in [(), ("train.seed=7",), ("data.dev_subset_seed=1",)]}
+    assert scored[()] == scored[("train.seed=7",)]  # re-runs with another seed answer the same questions
+    assert scored[()] != scored[("data.dev_subset_seed=1",)]
 
 
 def test_bad_spider_folder_is_named(tmp_path):
