@@ -233,6 +233,7 @@ def sweep(
         sweep_cfg = load_sweep_config(sweep_file, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
+    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))
     experiment = run_sweep(sweep_cfg, resume=resume)
     _show_trials(f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}")
     console.print(f"[bold green]experiment:[/] {experiment}")

@@ -91,7 +91,7 @@ class ReleaseStoppedTrainRuns(Callback):
     The Train run inside a trial holds its workers' CPU and GPU share in a placement group that
     outlives the trial when Tune stops it. Ray Train's own cleaner asks the dashboard's state API,
     which this local cluster runs without, so the share stayed reserved and later trials waited
-    forever for workers (seen on the H200: 3 trials stuck after 2 ASHA stops). Each round reports
+    forever for workers (seen on the H200: 3 trials waited with the GPU idle). Each round reports
     its placement group; once the trial is over it is removed, if Train has not done so already.
     """
 

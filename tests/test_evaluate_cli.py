@@ -73,7 +73,7 @@ def test_malformed_gold_line_is_named(spider_dir, tmp_path):
     assert "gold.sql:1" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["train", "sweeps/smoke_cpu.yaml"], ["predict", "--out", "unused"]])
+@pytest.mark.parametrize("command", [["train", "sweeps/smoke_cpu.yaml"], ["predict", "--out", "unused"], ["sweep", "sweeps/sweep_smoke_cpu.yaml"]])
 def test_missing_spider_folder_is_named_before_any_work(command, tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "SPIDER_DIR"}
     result = subprocess.run([sys.executable, "-m", "ray_spider", *command], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)
