@@ -124,10 +124,12 @@ class DevEvalCallback(TrainerCallback):
 
         self.last_eval_step = state.global_step
         started = self.round_started = time.perf_counter()
+        peaks = {"gpu_peak_gb_train": take_peak_memory_gb(self.device)}  # since the previous round
         raw = self._all_raw_outputs(model)
+        peaks["gpu_peak_gb_dev"] = take_peak_memory_gb(self.device)
         result = score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False) if self.rank == 0 else None
         self.eval_seconds += time.perf_counter() - started
-        metrics = self._round_metrics(state, result)
+        metrics = self._round_metrics(state, result, {key: gb for key, gb in peaks.items() if gb is not None})
         if self.world > 1:
             shared = [metrics]
             dist.broadcast_object_list(shared, src=0)
@@ -141,7 +143,7 @@ class DevEvalCallback(TrainerCallback):
             report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()} if metrics else metrics
             ray.train.report(report, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
 
-    def _round_metrics(self, state, result: PredictionResult | None) -> dict:
+    def _round_metrics(self, state, result: PredictionResult | None, peaks: dict) -> dict:
         if result is None:
             return {}
         summary = result.summary
@@ -155,9 +157,19 @@ class DevEvalCallback(TrainerCallback):
             "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
             **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
             **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
+            **peaks,
         }
         self.history.append(dict(metrics))
         return metrics
+
+
+def take_peak_memory_gb(device: torch.device) -> float | None:
+    """This process's CUDA memory peak since the last call, in GB (the count restarts); None off CUDA."""
+    if torch.device(device).type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 1e9
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(peak, 2)
 
 
 PLACEMENT_GROUP_METRIC = "placement_group"  # reported each round: a sweep frees it when Tune stops the trial

@@ -206,12 +206,15 @@ def test_merged_adapter_generates_like_the_unmerged_one(tiny_dir, tmp_path):
 def test_qlora_on_cuda(tiny_dir, tmp_path):
     from bitsandbytes.nn import Linear4bit
 
+    from ray_spider.train import take_peak_memory_gb
+
     model = load_model(ModelConfig(name=tiny_dir), "cuda:0")
     assert any(isinstance(module, Linear4bit) for module in model.modules())
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     model = apply_lora(model, LoraConfig(r=4, alpha=8))
     ids = torch.randint(0, model.config.vocab_size, (2, 16), device="cuda:0")
     model(input_ids=ids, labels=ids).loss.backward()
+    assert take_peak_memory_gb(torch.device("cuda:0")) > 0 and take_peak_memory_gb(torch.device("cpu")) is None
     tokenizer = load_tokenizer(tiny_dir)
     answers = generate(model, tokenizer, PROMPTS, GREEDY, progress=False)
     assert len(answers) == len(PROMPTS)
