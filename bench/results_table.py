@@ -1,0 +1,56 @@
+"""Markdown tables for docs/results.md from scored prediction folders (each holding summary.json).
+
+    python bench/results_table.py baseline=docs/results/baseline/dev_summary.json \
+        r16=docs/results/qlora-r16/dev_summary.json best=proof/best_dev972
+
+Prints the dev table (EX, EM, EX per hardness, SQL-only rate, questions) and the error-type
+counts side by side, so the numbers in the docs come from one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ray_spider.evaluate import ERROR_TYPES, HARDNESS_LEVELS
+
+
+def read_summary(path: str) -> dict:
+    file = Path(path) / "summary.json" if Path(path).is_dir() else Path(path)
+    return json.loads(file.read_text())
+
+
+def dev_table(summaries: dict[str, dict]) -> str:
+    lines = [
+        "| run | EX | EM | EX easy / medium / hard / extra | SQL-only | questions |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for name, summary in summaries.items():
+        levels = " / ".join(f"{summary['by_hardness'][level]['ex']:.3f}" for level in HARDNESS_LEVELS)
+        lines.append(f"| {name} | {summary['ex']:.3f} | {summary['em']:.3f} | {levels} | {summary['sql_only_rate']:.3f} | {summary['n']} |")
+    return "\n".join(lines)
+
+
+def error_table(summaries: dict[str, dict]) -> str:
+    lines = ["| error type | " + " | ".join(summaries) + " |", "| --- |" + " ---: |" * len(summaries)]
+    for error in ERROR_TYPES:
+        lines.append(f"| {error} | " + " | ".join(str(s["error_types"].get(error, 0)) for s in summaries.values()) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="NAME=PATH", help="a summary.json or the folder holding it")
+    args = parser.parse_args()
+    summaries = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            parser.error(f"{item!r}: expected NAME=PATH")
+        summaries[name] = read_summary(path)
+    print(dev_table(summaries), error_table(summaries), sep="\n\n")
+
+
+if __name__ == "__main__":
+    main()
