@@ -1,5 +1,6 @@
 """Sweeps on a real local Ray cluster: trials table, a killed trial retried, a killed driver resumed
-without re-running finished trials, and `best` fetching an adapter that loads. Tiny random LLaMA."""
+without re-running finished trials, `best` fetching an adapter that loads (tiny random LLaMA), and
+trials stopped by ASHA giving their Train workers' resources back."""
 
 from __future__ import annotations
 
