@@ -18,7 +18,8 @@
 #                     dev-972) and the slow-path sample;
 #                     then the generation benchmark on a quiet GPU; as an extra, the training benchmark.
 # Budget (docs/results.md): attempt 3 stalled on leaked GPU shares (fixed since); from its timings the
-# sweep needs ~14 min and the re-runs ~8, so start `follow` in the call that sends the last ferry part.
+# sweep needs ~14 min (cut at SWEEP_DEADLINE_S, 17 min) and the re-runs ~8, so start `follow` in the
+# call that sends the last ferry part.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first):
 #   FERRY_ENV=my_env.sh SWEEP_EXTRA="..." RUN_EXTRA="..." BENCH_EXTRA="--device cpu ..." bash bench/gpu_proof.sh pipeline
@@ -26,6 +27,7 @@ set -euo pipefail
 stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 . "${FERRY_ENV:-/tmp/ferry/env.sh}" > /dev/null  # PYTHONPATH, FERRY_MODEL, FERRY_SPIDER
 SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
+SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1020}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300  # trials start side by side
@@ -61,7 +63,9 @@ pipeline() {
   local sweep=$RUNS/sweeps/sweep-smollm2 best=$RUNS/best
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   step setup python3 -m ray_spider setup-model
-  step sweep python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps $SWEEP_EXTRA
+  step sweep timeout -s INT -k 60 "$SWEEP_DEADLINE_S" python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps $SWEEP_EXTRA
+  pkill -9 -f -e "ray::|/raylet|gcs_server" || true  # what an interrupted sweep's local Ray may leave holding the GPU
+  step trials python3 -m ray_spider trials "$sweep"  # the trials table, also of an interrupted sweep
   step best python3 -m ray_spider best "$sweep" --out "$best"
   # Side by side on the GPU: the best adapter on all of dev-972; two re-runs of the winning config
   # (same seed, another seed), each picked as in the sweep (best round on the dev subset) and then
