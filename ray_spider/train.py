@@ -87,6 +87,7 @@ class DevEvalCallback(TrainerCallback):
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.history: list[dict] = []  # every logged loss and every eval round, for the run records
         self.last_eval_step = -1
+        self.setup_s: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "num_tokens" in logs:
@@ -155,6 +156,7 @@ class DevEvalCallback(TrainerCallback):
             "sql_only_rate": summary["sql_only_rate"],
             "dev_n": summary["n"],
             "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
+            "setup_s": self.setup_s,
             **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
             **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
             **peaks,
@@ -219,6 +221,7 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
 
 def train_loop(config: dict) -> dict:
     """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
+    started = time.perf_counter()
     cfg = RunConfig.model_validate(config["run"])
     import ray.train.torch  # Ray
 
@@ -240,6 +243,7 @@ def train_loop(config: dict) -> dict:
             print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
                   f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
                   "dropped (their prompt alone fills it); raise train.max_length to keep them")
+        callback.setup_s = round(time.perf_counter() - started, 1)  # model, data, tokenizing: before the first step
         runtime = trainer.train().metrics["train_runtime"]
     train_seconds = runtime - callback.eval_seconds_in_loop
     speed = {
