@@ -21,7 +21,8 @@
 # sweep needs ~14 min (cut at SWEEP_DEADLINE_S, 17 min) and the re-runs ~8, so start `follow` in the
 # call that sends the last ferry part.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
-# A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first):
+# A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
+# the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):
 #   FERRY_ENV=my_env.sh SWEEP_EXTRA="..." RUN_EXTRA="..." BENCH_EXTRA="--device cpu ..." bash bench/gpu_proof.sh pipeline
 set -euo pipefail
 stage=${1:?stage: speed | controls | r32 | follow | pipeline}
