@@ -45,6 +45,13 @@ def _run_config(config: Path | None, overrides: list[str] = ()):
         fail(str(exc))
 
 
+def _job_config(config: Path | None, overrides: list[str]):
+    """The run config of a command that loads a model; a missing Spider folder fails here, named, before any model loads."""
+    cfg = _run_config(config, overrides)
+    _spider(None, cfg.data)
+    return cfg
+
+
 def _spider(spider_dir: str | None, data: DataConfig) -> Spider:
     try:
         return Spider(spider_dir or data.spider_dir)
@@ -172,8 +179,7 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     """One QLoRA SFT run through Ray Train, with dev EX/EM during training; writes a run folder."""
     from ray_spider.train import run_training
 
-    cfg = _run_config(config, overrides or [])
-    _spider(None, cfg.data)  # a missing Spider folder fails here, named, before any model loads
+    cfg = _job_config(config, overrides or [])
     _show_run(run_training(cfg, _command_line()))
 
 
@@ -183,8 +189,7 @@ def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)
     from ray_spider.predict import run_prediction
     from ray_spider.records import finish_run, new_run_dir, write_config
 
-    cfg = _run_config(config, [*(overrides or []), "lora.enabled=false"])
-    _spider(None, cfg.data)  # a missing Spider folder fails here, named, before any model loads
+    cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
     run_dir = new_run_dir(cfg)
     write_config(cfg, run_dir)
     result = run_prediction(cfg, None, run_dir / "dev_eval")
@@ -212,8 +217,7 @@ def predict(
 
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
-    cfg = _run_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
-    _spider(None, cfg.data)  # a missing Spider folder fails here, named, before any model loads
+    cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
     result = run_prediction(cfg, adapter, out, split)
     stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
     console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}")
@@ -233,7 +237,7 @@ def sweep(
         sweep_cfg = load_sweep_config(sweep_file, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
-    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))
+    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
     experiment = run_sweep(sweep_cfg, resume=resume)
     _show_trials(f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}")
     console.print(f"[bold green]experiment:[/] {experiment}")
