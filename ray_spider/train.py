@@ -141,7 +141,7 @@ class DevEvalCallback(TrainerCallback):
                 model.save_pretrained(tmp)  # PEFT format: adapter_config.json + adapter_model.safetensors
                 result.write(Path(tmp) / "dev_eval")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()} if metrics else metrics
+            report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()}
             ray.train.report(report, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
 
     def _round_metrics(self, state, result: PredictionResult | None, peaks: dict) -> dict:
