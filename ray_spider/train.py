@@ -87,7 +87,8 @@ class DevEvalCallback(TrainerCallback):
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.history: list[dict] = []  # every logged loss and every eval round, for the run records
         self.last_eval_step = -1
-        self.setup_s: float | None = None
+        self.start_s: float | None = None  # from launching the Ray Train job to train_loop: Ray's part of the start-up
+        self.setup_s: float | None = None  # from there to the first step: model, data, tokenizing
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "num_tokens" in logs:
@@ -156,6 +157,7 @@ class DevEvalCallback(TrainerCallback):
             "sql_only_rate": summary["sql_only_rate"],
             "dev_n": summary["n"],
             "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
+            "start_s": self.start_s,
             "setup_s": self.setup_s,
             **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
             **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
@@ -222,6 +224,7 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
 def train_loop(config: dict) -> dict:
     """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
     started = time.perf_counter()
+    start_s = round(time.time() - config["launched_at"], 1) if "launched_at" in config else None
     cfg = RunConfig.model_validate(config["run"])
     import ray.train.torch  # Ray
 
@@ -236,6 +239,7 @@ def train_loop(config: dict) -> dict:
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
+    callback.start_s = start_s
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
@@ -243,7 +247,7 @@ def train_loop(config: dict) -> dict:
             print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
                   f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
                   "dropped (their prompt alone fills it); raise train.max_length to keep them")
-        callback.setup_s = round(time.perf_counter() - started, 1)  # model, data, tokenizing: before the first step
+        callback.setup_s = round(time.perf_counter() - started, 1)
         runtime = trainer.train().metrics["train_runtime"]
     train_seconds = runtime - callback.eval_seconds_in_loop
     speed = {
@@ -278,7 +282,7 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
         worker["GPU"] = gpus_per_worker or 1  # a fraction lets several trials share one GPU
     return TorchTrainer(
         train_loop,
-        train_loop_config={"run": cfg.model_dump(mode="json")},
+        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time()},  # fit() follows at once
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=worker),
         run_config=RayRunConfig(
             name=name,
