@@ -12,14 +12,19 @@
 #                     results into $OUT/proof.tgz + $OUT/pipeline.log. Call it again at once (the
 #                     machine is given back 30 s after a call; a long pause loses everything)
 #                     until it prints PIPELINE RESULTS DONE.
-#   pipeline          (what `follow` starts) the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials
-#                     per GPU), `best`, then side by side: the best adapter on all of dev-972, the
-#                     same-seed and another-seed re-runs of the best config (each then scored on
-#                     dev-972) and the slow-path sample;
-#                     then the generation benchmark on a quiet GPU; as an extra, the training benchmark.
-# Budget (docs/results.md): attempt 3 stalled on leaked GPU shares (fixed since); from its timings the
-# sweep needs ~14 min (cut at SWEEP_DEADLINE_S, 17 min) and the re-runs ~8, so start `follow` in the
-# call that sends the last ferry part.
+#   pipeline          (what `follow` starts) the parts named in PARTS, in order:
+#                     sweep   the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials per GPU, cut at
+#                             SWEEP_DEADLINE_S), `trials`, `best`, then side by side: the best adapter
+#                             on all of dev-972 and the slow path on a 100-question sample
+#                     reruns  the winning config (the sweep's, else BEST_CONFIG) trained again with the
+#                             same seed and with seed 7, side by side, each scored on dev-972
+#                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
+#                     bench   the generation benchmark on a quiet GPU; as an extra, the training one
+# Budget (docs/results.md, attempt 4): on one H200 the sweep needs ~20 min, the re-runs ~10, the
+# bench ~2 (+4 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
+# if the sweep ends early) or PARTS="reruns bench". Start `follow` in the call that sends the last
+# ferry part. With two GPUs (nvidia-h200-x2), SWEEP_EXTRA="max_concurrent_trials=6" runs 6 trials
+# at once and the two re-runs get a GPU each, so PARTS="sweep reruns ddp bench" may fit one session.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
 # the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):
@@ -28,7 +33,10 @@ set -euo pipefail
 stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 . "${FERRY_ENV:-/tmp/ferry/env.sh}" > /dev/null  # PYTHONPATH, FERRY_MODEL, FERRY_SPIDER
 SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
-SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1020}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
+PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
+BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
+BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with: the sweep's best or the same-seed re-run's
+SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300  # trials start side by side
@@ -52,40 +60,57 @@ step() {  # step NAME COMMAND...: run it, log its time and exit status, go on ei
   echo "=== $(date +%T) step $name took $((SECONDS - started)) s"
 }
 
-rerun() {  # rerun NAME [OVERRIDES]: train the sweep's best config again (own local Ray), score its best adapter on dev-972
-  local name=$1 run; shift
-  env RAY_ADDRESS=local python3 -m ray_spider train "$RUNS/best/config.yaml" output_dir=$RUNS name=$name "$@" $RUN_EXTRA
+rerun() {  # rerun GPU NAME [OVERRIDES]: train the winning config again (own local Ray), score its best adapter on dev-972
+  local name=$2 run
+  export CUDA_VISIBLE_DEVICES=$1; shift 2
+  env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name "$@" $RUN_EXTRA
   run=$(ls -td "$RUNS/$name"-* | head -1)
   python3 -m ray_spider predict --config "$run/config.yaml" --adapter "$run/adapter" --out "$run/dev972" \
     data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
 }
 
-pipeline() {
+part_sweep() {  # the Optuna sweep, `best`, then side by side: the best adapter on dev-972 and the slow path on a sample
   local sweep=$RUNS/sweeps/sweep-smollm2 best=$RUNS/best
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  step setup python3 -m ray_spider setup-model
   step sweep timeout -s INT -k 60 "$SWEEP_DEADLINE_S" python3 -m ray_spider sweep sweeps/sweep_smollm2.yaml storage=$RUNS/sweeps $SWEEP_EXTRA
   pkill -9 -f -e "ray::|/raylet|gcs_server" || true  # what an interrupted sweep's local Ray may leave holding the GPU
   step trials python3 -m ray_spider trials "$sweep"  # the trials table, also of an interrupted sweep
   step best python3 -m ray_spider best "$sweep" --out "$best"
-  # Side by side on the GPU: the best adapter on all of dev-972; two re-runs of the winning config
-  # (same seed, another seed), each picked as in the sweep (best round on the dev subset) and then
-  # scored on all of dev-972; the slow path (4-bit + adapter, transformers' generate) on a sample.
-  # Then the generation benchmark on a quiet GPU.
   step best-dev972 python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/best_dev972" \
     data.dev_subset=null generation.batch_size=512 $RUN_EXTRA > "$RUNS/best-dev972.log" &
-  step rerun-seed42 rerun best-rerun-seed42 > "$RUNS/rerun-seed42.log" &
-  step rerun-seed7 rerun best-seed7 train.seed=7 > "$RUNS/rerun-seed7.log" &
   step slow-sample python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/slow_sample" \
     generation.merge_adapter=false generation.engine=hf generation.batch_size=100 data.dev_subset=100 $RUN_EXTRA
   wait
   step fast-vs-slow python3 bench/compare_predictions.py "$RUNS/best_dev972" "$RUNS/slow_sample"
+  BEST_CONFIG=$best/config.yaml BENCH_ADAPTER=$best
+}
+
+part_reruns() {  # the winning config trained again, same seed and seed 7, side by side (one GPU each where there are two)
+  local gpus; gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
+  step rerun-seed42 rerun 0 best-rerun-seed42 > "$RUNS/rerun-seed42.log" &
+  step rerun-seed7 rerun $((gpus > 1 ? 1 : 0)) best-seed7 train.seed=7 > "$RUNS/rerun-seed7.log" &
+  wait
   side_by_side_status
-  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$best" \
+  BENCH_ADAPTER=${BENCH_ADAPTER:-$(ls -td "$RUNS"/best-rerun-seed42-*/adapter 2>/dev/null | head -1 || true)}
+}
+
+part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Train workers), against the 1-GPU run in docs/results
+  step r16-ddp2 env RAY_ADDRESS=local python3 -m ray_spider train sweeps/qlora_r16.yaml output_dir=$RUNS name=qlora-r16-ddp2 \
+    train.num_workers=2 train.per_device_batch_size=32 $RUN_EXTRA
+}
+
+part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as an extra, the training benchmark
+  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$BENCH_ADAPTER" \
     --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 $BENCH_EXTRA
   echo "PIPELINE RESULTS DONE (what follows is extra)"
   step bench-train python3 bench/bench_train.py --device cuda --steps 60 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
+}
+
+pipeline() {
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  step setup python3 -m ray_spider setup-model
+  local part
+  for part in $PARTS; do "part_$part"; done
   echo "PIPELINE DONE"
 }
 
@@ -134,15 +159,16 @@ case "$stage" in
       : > "$LOG"
       setsid nohup bash bench/gpu_proof.sh pipeline >> "$LOG" 2>&1 < /dev/null &
       echo "pipeline started"
+      sleep 5  # so that pgrep below finds it
     fi
     deadline=$((SECONDS + seconds))
-    while ((SECONDS < deadline)) && ! grep -q "PIPELINE RESULTS DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
+    while ((SECONDS < deadline)) && ! grep -q -e "PIPELINE RESULTS DONE" -e "PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    grep -a -e "^=== " -e "^Trial status" -e "Current best trial" -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 14
+    grep -a -e "^=== " -e "^Trial status" -e "Current best trial" -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 14 || true
     side_by_side_status
     pack_results
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
-    grep -q "PIPELINE RESULTS DONE" "$LOG" && echo "PIPELINE RESULTS DONE" || echo "pipeline still running: call follow again now"
+    grep -q -e "PIPELINE RESULTS DONE" -e "PIPELINE DONE" "$LOG" && echo "PIPELINE RESULTS DONE" || echo "pipeline still running: call follow again now"
     ;;
 esac
