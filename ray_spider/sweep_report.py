@@ -38,21 +38,21 @@ def _format(value) -> str:
 
 
 def plot_trials(experiment: str, rows: list[dict]) -> Path:
-    """dev EX per trial over steps, and each searched parameter against the trial's best dev EX."""
+    """dev EX and EM per trial over steps, and each searched parameter against the trial's best dev EX."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     params = sorted({key for row in rows for key in row if key.startswith("param.")})
-    figure, axes = plt.subplots(1, 1 + len(params), figsize=(4.5 * (1 + len(params)), 4), squeeze=False)
-    curves = axes[0][0]
-    for row in rows:
-        curves.plot(row["curve_steps"], row["curve_dev_ex"], marker="o", label=row["trial_id"])
-    curves.set(xlabel="optimizer step", ylabel="dev EX", title="dev EX per trial")
-    if rows:
-        curves.legend(fontsize=7)
-    for axis, param in zip(axes[0][1:], params):
+    figure, axes = plt.subplots(1, 2 + len(params), figsize=(4.5 * (2 + len(params)), 4), squeeze=False)
+    for axis, metric in zip(axes[0][:2], ("ex", "em")):
+        for row in rows:
+            axis.plot(row["curve_steps"], row[f"curve_dev_{metric}"], marker="o", label=row["trial_id"])
+        axis.set(xlabel="optimizer step", ylabel=f"dev {metric.upper()}", title=f"dev {metric.upper()} per trial")
+        if rows:
+            axis.legend(fontsize=7)
+    for axis, param in zip(axes[0][2:], params):
         scored = [row for row in rows if row["best_dev_ex"] is not None]
         axis.scatter([row[param] for row in scored], [row["best_dev_ex"] for row in scored])
         if param.endswith("learning_rate"):

@@ -213,6 +213,7 @@ def trial_rows(experiment_uri: str) -> list[dict]:
                 "eval_rounds": len(rounds),
                 "curve_steps": [int(row["step"]) for row in rounds],
                 "curve_dev_ex": [float(row["dev_ex"]) for row in rounds],
+                "curve_dev_em": [float(row["dev_em"]) for row in rounds],
                 "checkpoint_uri": best.get("checkpoint_path") if best else None,
                 "wall_time_s": float(wall),
                 "gpu_hours": float(wall) * gpus / 3600,

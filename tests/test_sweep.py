@@ -92,6 +92,7 @@ def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
     assert sum(row["retries"] for row in rows) == 1
     for row in rows:
         assert row["best_dev_ex"] is not None
+        assert len(row["curve_dev_ex"]) == len(row["curve_dev_em"]) == len(row["curve_steps"]) == row["eval_rounds"] > 0
         assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
 
 
