@@ -89,12 +89,16 @@ class DevEvalCallback(TrainerCallback):
         self.last_eval_step = -1
         self.start_s: float | None = None  # from launching the Ray Train job to train_loop: Ray's part of the start-up
         self.setup_s: float | None = None  # from there to the first step: model, data, tokenizing
+        self.steps_started = 0.0  # when the optimizer steps since the last round began
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "num_tokens" in logs:
             self.tokens_seen = float(logs["num_tokens"])  # TRL's running count of non-pad tokens trained on
         if logs and "loss" in logs:
             self.history.append({"step": state.global_step, "epoch": state.epoch, "train_loss": float(logs["loss"]), "learning_rate": logs.get("learning_rate")})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.steps_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.cfg.train.eval_every_steps == 0:
@@ -126,12 +130,14 @@ class DevEvalCallback(TrainerCallback):
 
         self.last_eval_step = state.global_step
         started = self.round_started = time.perf_counter()
+        steps_s = round(started - self.steps_started, 2)  # optimizer steps since the previous round
         peaks = {"gpu_peak_gb_train": take_peak_memory_gb(self.device)}  # since the previous round
         raw = self._all_raw_outputs(model)
         peaks["gpu_peak_gb_dev"] = take_peak_memory_gb(self.device)
         result = score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False) if self.rank == 0 else None
         self.eval_seconds += time.perf_counter() - started
-        metrics = self._round_metrics(state, result, {key: gb for key, gb in peaks.items() if gb is not None})
+        measured = {"train_s": steps_s, **{key: gb for key, gb in peaks.items() if gb is not None}}
+        metrics = self._round_metrics(state, result, measured)
         if self.world > 1:
             shared = [metrics]
             dist.broadcast_object_list(shared, src=0)
@@ -144,8 +150,9 @@ class DevEvalCallback(TrainerCallback):
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()}
             ray.train.report(report, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
+        self.steps_started = time.perf_counter()
 
-    def _round_metrics(self, state, result: PredictionResult | None, peaks: dict) -> dict:
+    def _round_metrics(self, state, result: PredictionResult | None, measured: dict) -> dict:
         if result is None:
             return {}
         summary = result.summary
@@ -161,7 +168,7 @@ class DevEvalCallback(TrainerCallback):
             "setup_s": self.setup_s,
             **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
             **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
-            **peaks,
+            **measured,
         }
         self.history.append(dict(metrics))
         return metrics

@@ -97,6 +97,7 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
     assert [row["step"] for row in evals] == [2, 4]
     assert all(row["setup_s"] > 0 for row in evals)  # time before the first step, reported with every round
     assert all(0 < row["start_s"] < 600 for row in evals)  # Ray's start-up before train_loop
+    assert all(row["train_s"] > 0 for row in evals)  # the optimizer steps since the previous round
     assert all(row.get("train_loss") is not None for row in rows)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["best_step"] == best_round(evals)["step"]
