@@ -123,6 +123,13 @@ side_by_side_status() {  # the steps that run side by side log to their own file
   done
 }
 
+sweep_status() {  # the sweep's latest trial table from Tune's progress output: status and dev EX of each trial
+  local last; last=$(grep -a -n "^Trial status" "$LOG" | tail -1 | cut -d: -f1 || true)
+  [[ -n $last ]] || return 0
+  tail -n +"$last" "$LOG" | grep -a -e "^Trial status" -e "run_trial_" | head -n 13 | cut -c1-150 || true
+  grep -a "Current best trial" "$LOG" | tail -n 1 || true
+}
+
 pack_results() {  # the small files of every run so far, for $OUT (8 files at most come back)
   (cd "$RUNS" && find . \( -name '*.safetensors' -o -name '*.pt' -o -name '*.bin' -o -path '*/train_runs/*' -o -path '*/ray/*' -o -name 'events.out*' \) -prune -o \
     -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.yaml' -o -name '*.parquet' -o -name '*.png' -o -name '*.md' -o -name '*.log' -o -name '*.csv' \) -print0 \
@@ -165,7 +172,8 @@ case "$stage" in
     while ((SECONDS < deadline)) && ! grep -q -e "PIPELINE RESULTS DONE" -e "PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    grep -a -e "^=== " -e "^Trial status" -e "Current best trial" -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 14 || true
+    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 12 || true
+    sweep_status
     side_by_side_status
     pack_results
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
