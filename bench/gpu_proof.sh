@@ -23,8 +23,8 @@
 # Budget (docs/results.md, attempt 4): on one H200 the sweep needs ~20 min, the re-runs ~10, the
 # bench ~2 (+4 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
 # if the sweep ends early) or PARTS="reruns bench". Start `follow` in the call that sends the last
-# ferry part. With two GPUs (nvidia-h200-x2), SWEEP_EXTRA="max_concurrent_trials=6" runs 6 trials
-# at once and the two re-runs get a GPU each, so PARTS="sweep reruns ddp bench" may fit one session.
+# ferry part. With two GPUs (nvidia-h200-x2) the same sweep file runs 6 trials at once and the two
+# re-runs get a GPU each, so PARTS="sweep reruns bench ddp" may fit one session.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
 # the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):

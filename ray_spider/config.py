@@ -239,7 +239,7 @@ class SweepConfig(_Strict):
     base: dict = Field(default_factory=dict, description="a run config (as in a train YAML) shared by all trials")
     search_space: dict[str, SearchDimension] = Field(min_length=1, description="dotted run-config key -> distribution")
     num_samples: int = Field(8, ge=1, description="trials")
-    max_concurrent_trials: int = Field(1, ge=1)
+    max_concurrent_trials: int | None = Field(1, ge=1, description="trials at once; null: as many as the cluster's free resources fit")
     resources: TrialResources = Field(default_factory=TrialResources)
     search: SearchAlgorithm = Field(default_factory=SearchAlgorithm)
     scheduler: Scheduler | None = None

@@ -146,9 +146,10 @@ def _tuner(sweep: SweepConfig, resume: bool):
         import optuna
 
         searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.search.seed))
-        search_alg = ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent_trials)
+        # Unlimited: Tune then asks Optuna for one trial at a time, whenever one more fits the cluster.
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent_trials) if sweep.max_concurrent_trials else searcher
     else:
-        search_alg = BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=sweep.max_concurrent_trials)
+        search_alg = BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=sweep.max_concurrent_trials or 0)
     scheduler = (
         ASHAScheduler(time_attr="training_iteration", grace_period=sweep.scheduler.grace_period, reduction_factor=sweep.scheduler.reduction_factor)
         if sweep.scheduler

@@ -96,6 +96,28 @@ def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
         assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
 
 
+def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
+    """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
+    On a running 3-CPU Ray cluster two trials (1 CPU each) train side by side."""
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    subprocess.run([*ray_cli, "start", "--head", "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        result = subprocess.run(
+            sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
+            capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": "auto"},
+        )
+    finally:
+        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    spans = []
+    for path in (tmp_path / "sweep-smoke-cpu").glob("trial_*/result.json"):
+        last = json.loads(path.read_text().splitlines()[-1])
+        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+    assert len(spans) == 2
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert second_start < first_end  # the second trial started before the first one ended
+
+
 def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spider_dir, tmp_path):
     experiment = tmp_path / "sweep-smoke-cpu"
     process = start(sweep_command(tmp_path, tiny_dir, 2), tmp_path / "first.log")
