@@ -3,7 +3,7 @@
     python bench/results_table.py baseline=docs/results/baseline/dev_summary.json \
         r16=docs/results/qlora-r16/dev_summary.json best=proof/best_dev972
 
-Prints the dev table (EX, EM, EX per hardness, SQL-only rate, questions) and the error-type
+Prints the dev table (EX, EM, both per hardness, SQL-only rate, questions) and the error-type
 counts side by side, so the numbers in the docs come from one command.
 """
 
@@ -23,12 +23,12 @@ def read_summary(path: str) -> dict:
 
 def dev_table(summaries: dict[str, dict]) -> str:
     lines = [
-        "| run | EX | EM | EX easy / medium / hard / extra | SQL-only | questions |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
+        "| run | EX | EM | EX easy / medium / hard / extra | EM easy / medium / hard / extra | SQL-only | questions |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: |",
     ]
     for name, summary in summaries.items():
-        levels = " / ".join(f"{summary['by_hardness'][level]['ex']:.3f}" for level in HARDNESS_LEVELS)
-        lines.append(f"| {name} | {summary['ex']:.3f} | {summary['em']:.3f} | {levels} | {summary['sql_only_rate']:.3f} | {summary['n']} |")
+        ex, em = (" / ".join(f"{summary['by_hardness'][level][metric]:.3f}" for level in HARDNESS_LEVELS) for metric in ("ex", "em"))
+        lines.append(f"| {name} | {summary['ex']:.3f} | {summary['em']:.3f} | {ex} | {em} | {summary['sql_only_rate']:.3f} | {summary['n']} |")
     return "\n".join(lines)
 
 
@@ -48,7 +48,10 @@ def main() -> None:
         name, sep, path = item.partition("=")
         if not sep:
             parser.error(f"{item!r}: expected NAME=PATH")
-        summaries[name] = read_summary(path)
+        try:
+            summaries[name] = read_summary(path)
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"{name}={path}: cannot read a summary.json ({exc})")
     print(dev_table(summaries), error_table(summaries), sep="\n\n")
 
 
