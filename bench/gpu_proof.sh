@@ -65,8 +65,11 @@ rerun() {  # rerun GPU NAME [OVERRIDES]: train the winning config again (own loc
   export CUDA_VISIBLE_DEVICES=$1; shift 2
   env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name "$@" $RUN_EXTRA
   run=$(ls -td "$RUNS/$name"-* | head -1)
-  python3 -m ray_spider predict --config "$run/config.yaml" --adapter "$run/adapter" --out "$run/dev972" \
-    data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
+  dev972 "$run/config.yaml" "$run/adapter" "$run/dev972"
+}
+
+dev972() {  # dev972 CONFIG ADAPTER OUT: generate and score all of dev-972 with that adapter
+  python3 -m ray_spider predict --config "$1" --adapter "$2" --out "$3" data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
 }
 
 part_sweep() {  # the Optuna sweep, `best`, then side by side: the best adapter on dev-972 and the slow path on a sample
@@ -75,8 +78,7 @@ part_sweep() {  # the Optuna sweep, `best`, then side by side: the best adapter 
   pkill -9 -f -e "ray::|/raylet|gcs_server" || true  # what an interrupted sweep's local Ray may leave holding the GPU
   step trials python3 -m ray_spider trials "$sweep"  # the trials table, also of an interrupted sweep
   step best python3 -m ray_spider best "$sweep" --out "$best"
-  step best-dev972 python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/best_dev972" \
-    data.dev_subset=null generation.batch_size=512 $RUN_EXTRA > "$RUNS/best-dev972.log" &
+  step best-dev972 dev972 "$best/config.yaml" "$best" "$RUNS/best_dev972" > "$RUNS/best-dev972.log" &
   step slow-sample python3 -m ray_spider predict --config "$best/config.yaml" --adapter "$best" --out "$RUNS/slow_sample" \
     generation.merge_adapter=false generation.engine=hf generation.batch_size=100 data.dev_subset=100 $RUN_EXTRA
   wait
