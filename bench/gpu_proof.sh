@@ -21,7 +21,7 @@
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     bench   the generation benchmark on a quiet GPU; as an extra, the training one
 # Budget (docs/results.md, attempt 4): on one H200 the sweep needs ~20 min, the re-runs ~10, the
-# bench ~2 (+4 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
+# bench ~2 (+6 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
 # if the sweep ends early) or PARTS="reruns bench". Start `follow` in the call that sends the last
 # ferry part. With two GPUs (nvidia-h200-x2) the same sweep file runs 6 trials at once and the two
 # re-runs get a GPU each, so PARTS="sweep reruns bench ddp" may fit one session.
@@ -104,7 +104,7 @@ part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as
   step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$BENCH_ADAPTER" \
     --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 $BENCH_EXTRA
   echo "PIPELINE RESULTS DONE (what follows is extra)"
-  step bench-train python3 bench/bench_train.py --device cuda --steps 60 --batch-size 16 --accumulation 4 --max-length 1536 \
+  step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
 }
 
