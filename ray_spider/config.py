@@ -89,6 +89,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     gradient_checkpointing: bool = Field(False)
     seed: int = Field(42)
+    deterministic: bool = Field(
+        False,
+        description="deterministic GPU kernels only (same seed = bitwise the same adapter; slower); "
+        "an op without a deterministic kernel then raises, naming itself",
+    )
     logging_steps: int = Field(10, ge=1)
     eval_every_steps: int = Field(50, ge=1, description="dev evaluation (EX/EM) every N optimizer steps, and at the end")
     keep_checkpoints: int = Field(2, ge=1, description="adapters kept in storage, best by dev EX (the latest is kept too)")

@@ -215,6 +215,14 @@ def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, 
     )
 
 
+def use_deterministic_kernels() -> None:
+    """Kernels that give bitwise the same result every run (cuBLAS with a fixed workspace, unsplit
+    attention backward); call before the first matmul. torch then raises on an op that has none."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
     """What the trainer kept of the data. TRL truncates long rows and drops rows whose prompt alone
     fills max_length (nothing left to learn); neither may pass unnoticed."""
@@ -236,6 +244,8 @@ def train_loop(config: dict) -> dict:
     import ray.train.torch  # Ray
 
     device = ray.train.torch.get_device()  # Ray: this worker's GPU, or cpu
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
     set_seed(cfg.train.seed)
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
@@ -263,7 +273,8 @@ def train_loop(config: dict) -> dict:
         "train_tokens_seen": callback.tokens_seen,  # non-pad, all workers (TRL gathers them)
         "train_tokens_per_s": round(callback.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
     }
-    return {"history": callback.history, "data": {**stats, **speed}}
+    kernels = {"deterministic_kernels": torch.are_deterministic_algorithms_enabled()}
+    return {"history": callback.history, "data": {**stats, **speed, **kernels}}
 
 
 def start_ray() -> None:

@@ -87,6 +87,7 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
         "data.dev_subset=4", "generation.max_new_tokens=8", f"train.num_workers={workers}",
         "train.per_device_batch_size=1", f"train.effective_batch_size={2 * workers}",
         f"generation.merge_adapter={workers == 1}",  # the fast eval path on one worker, the plain one under DDP
+        f"train.deterministic={workers == 1}",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
@@ -102,6 +103,7 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["best_step"] == best_round(evals)["step"]
     assert manifest["train_examples"] == 64
+    assert manifest["deterministic_kernels"] is (workers == 1)  # train.deterministic reached the worker
     predictions = [json.loads(line) for line in (run_dir / "dev_eval/predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 4
 
