@@ -16,11 +16,12 @@
 #                     sweep   the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials per GPU, cut at
 #                             SWEEP_DEADLINE_S), `trials`, `best`, then side by side: the best adapter
 #                             on all of dev-972 and the slow path on a 100-question sample
-#                     reruns  the winning config (the sweep's, else BEST_CONFIG) trained again with the
-#                             same seed and with seed 7, side by side, each scored on dev-972
+#                     reruns  the winning config (the sweep's, else BEST_CONFIG) trained again, 3 side by
+#                             side: twice with its seed, once with seed 7 (RERUN_EXTRA: deterministic
+#                             kernels), each scored on dev-972; then the two same-seed runs compared
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     bench   the generation benchmark on a quiet GPU; as an extra, the training one
-# Budget (docs/results.md, attempt 4): on one H200 the sweep needs ~20 min, the re-runs ~10, the
+# Budget (docs/results.md, attempt 4): on one H200 the sweep needs ~20 min, the re-runs ~14 (two; three ~18?), the
 # bench ~2 (+6 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
 # if the sweep ends early) or PARTS="reruns bench". Start `follow` in the call that sends the last
 # ferry part. With two GPUs (nvidia-h200-x2) the same sweep file runs 6 trials at once and the two
@@ -36,6 +37,7 @@ SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:
 PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
 BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with: the sweep's best or the same-seed re-run's
+RERUN_EXTRA=${RERUN_EXTRA-train.deterministic=true}  # the re-runs' overrides: deterministic kernels, so one seed gives one adapter
 SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -86,13 +88,15 @@ part_sweep() {  # the Optuna sweep, `best`, then side by side: the best adapter 
   BEST_CONFIG=$best/config.yaml BENCH_ADAPTER=$best
 }
 
-part_reruns() {  # the winning config trained again, same seed and seed 7, side by side (one GPU each where there are two)
+part_reruns() {  # the winning config trained 3 times side by side (spread over the GPUs): twice with its seed, once with seed 7
   local gpus; gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
-  step rerun-seed42 rerun 0 best-rerun-seed42 > "$RUNS/rerun-seed42.log" &
-  step rerun-seed7 rerun $((gpus > 1 ? 1 : 0)) best-seed7 train.seed=7 > "$RUNS/rerun-seed7.log" &
+  step rerun-seed42-a rerun 0 best-seed42-a $RERUN_EXTRA > "$RUNS/rerun-seed42-a.log" &
+  step rerun-seed42-b rerun $((gpus > 1 ? 1 : 0)) best-seed42-b $RERUN_EXTRA > "$RUNS/rerun-seed42-b.log" &
+  step rerun-seed7 rerun 0 best-seed7 train.seed=7 $RERUN_EXTRA > "$RUNS/rerun-seed7.log" &
   wait
   side_by_side_status
-  BENCH_ADAPTER=${BENCH_ADAPTER:-$(ls -td "$RUNS"/best-rerun-seed42-*/adapter 2>/dev/null | head -1 || true)}
+  step same-seed python3 bench/compare_predictions.py "$(ls -td "$RUNS"/best-seed42-a-* | head -1)/dev972" "$(ls -td "$RUNS"/best-seed42-b-* | head -1)/dev972"
+  BENCH_ADAPTER=${BENCH_ADAPTER:-$(ls -td "$RUNS"/best-seed42-a-*/adapter 2>/dev/null | head -1 || true)}
 }
 
 part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Train workers), against the 1-GPU run in docs/results
@@ -102,7 +106,7 @@ part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Trai
 
 part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as an extra, the training benchmark
   step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$BENCH_ADAPTER" \
-    --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 $BENCH_EXTRA
+    --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 --profile $BENCH_EXTRA
   echo "PIPELINE RESULTS DONE (what follows is extra)"
   step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
