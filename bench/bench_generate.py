@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared machine)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating unbatched/batched pairs; medians are reported")
     parser.add_argument("--seed", type=int, default=42, help="dev sample seed (train.seed picks the same sample)")
+    parser.add_argument("--profile", action="store_true", help="then run the last side once more under torch.profiler: where its time goes")
     args = parser.parse_args()
     print("python " + shlex.join(sys.argv), flush=True)
 
@@ -126,6 +127,22 @@ def main() -> None:
         print(f"  {name:12s} {seconds:8.2f} {n / seconds:8.2f} {base_s / seconds:13.2f}x {len(differ)} of {n}")
         for index in differ[:2]:
             print(f"    [{index}] {first}: {answers[first][index]!r}\n    [{index}] {name}: {answers[name][index]!r}")
+    if args.profile:
+        profile(list(sides)[-1], sides[list(sides)[-1]], args.device)
+
+
+def profile(name: str, side, device: str) -> None:
+    """The ops that take the time of one more run of a side, and how busy the GPU was meanwhile."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        seconds, _ = timed(side)
+    ops = prof.key_averages()
+    busy = sum(op.self_device_time_total for op in ops) / 1e6
+    print(f"\nprofile of {name}: {seconds:.2f} s wall (profiled), device busy {busy:.2f} s")
+    print(ops.table(sort_by="self_device_time_total" if device == "cuda" else "self_cpu_time_total", row_limit=20))
 
 
 if __name__ == "__main__":
