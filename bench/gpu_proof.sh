@@ -11,7 +11,8 @@
 #                     runs, wait up to SECONDS (default 540), print a short status, pack its small
 #                     results into $OUT/proof.tgz + $OUT/pipeline.log. Call it again at once (the
 #                     machine is given back 30 s after a call; a long pause loses everything)
-#                     until it prints PIPELINE RESULTS DONE.
+#                     until it prints PIPELINE RESULTS DONE (or, with UNTIL="PIPELINE DONE", until the
+#                     extras after the results have run too).
 #   pipeline          (what `follow` starts) the parts named in PARTS, in order:
 #                     sweep   the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials per GPU, cut at
 #                             SWEEP_DEADLINE_S), `trials`, `best`, then side by side: the best adapter
@@ -21,7 +22,7 @@
 #                             kernels), each scored on dev-972; then the two same-seed runs compared
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     bench   the generation benchmark on a quiet GPU; as an extra, the training one
-# Budget (docs/results.md, attempt 4): on one H200 the sweep needs ~20 min, the re-runs ~14 (two; three ~18?), the
+# Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (two side by side; three, deterministic: not yet measured), the
 # bench ~2 (+6 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
 # if the sweep ends early) or PARTS="reruns bench". Start `follow` in the call that sends the last
 # ferry part. With two GPUs (nvidia-h200-x2) the same sweep file runs 6 trials at once and the two
@@ -36,8 +37,9 @@ stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
 PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
-BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with: the sweep's best or the same-seed re-run's
+BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
 RERUN_EXTRA=${RERUN_EXTRA-train.deterministic=true}  # the re-runs' overrides: deterministic kernels, so one seed gives one adapter
+UNTIL=${UNTIL:-PIPELINE RESULTS DONE}  # what `follow` waits for in the log; "PIPELINE DONE" also waits for the extras
 SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -105,8 +107,8 @@ part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Trai
 }
 
 part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as an extra, the training benchmark
-  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 --adapter "$BENCH_ADAPTER" \
-    --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 --profile $BENCH_EXTRA
+  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
+    --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 --profile $BENCH_EXTRA
   echo "PIPELINE RESULTS DONE (what follows is extra)"
   step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
@@ -175,14 +177,16 @@ case "$stage" in
       sleep 5  # so that pgrep below finds it
     fi
     deadline=$((SECONDS + seconds))
-    while ((SECONDS < deadline)) && ! grep -q -e "PIPELINE RESULTS DONE" -e "PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
+    while ((SECONDS < deadline)) && ! grep -q -e "$UNTIL" -e "^PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" "$LOG" | tail -n 12 || true
+    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" "$LOG" | tail -n 12 || true
     sweep_status
     side_by_side_status
     pack_results
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
-    grep -q -e "PIPELINE RESULTS DONE" -e "PIPELINE DONE" "$LOG" && echo "PIPELINE RESULTS DONE" || echo "pipeline still running: call follow again now"
+    if grep -q "^PIPELINE DONE" "$LOG"; then echo "PIPELINE DONE"
+    elif grep -q "PIPELINE RESULTS DONE" "$LOG"; then echo "PIPELINE RESULTS DONE (the extra bench-train may still run: UNTIL='PIPELINE DONE' follow waits for it)"
+    else echo "pipeline still running: call follow again now"; fi
     ;;
 esac
