@@ -111,9 +111,9 @@ def run_ray(args) -> dict:
     }
 
 
-def run_plain_process(args) -> dict:
+def run_plain_process(args, extra: tuple[str, ...] = ()) -> dict:
     """run_plain in a fresh process with the thread env a Ray worker gets (OMP_NUM_THREADS = its CPUs)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--plain-child", *sys.argv[1:]]
+    command = [sys.executable, str(Path(__file__).resolve()), "--plain-child", *sys.argv[1:], *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
@@ -216,6 +216,11 @@ def main() -> None:
     parser.add_argument("--ray-batch-size", type=int, default=None, help="Ray side's per-device batch (default: --batch-size)")
     parser.add_argument("--ray-accumulation", type=int, default=None, help="Ray side's accumulation (default: --accumulation)")
     parser.add_argument("--ray-group-by-length", action="store_true", help="Ray side batches similar lengths together")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=0,
+        help="first an untimed plain run of N steps: kernels compiled on first use (TRL's Triton loss on a GPU) are "
+        "cached on disk, so neither timed side pays for compiling them (else the side that runs first does)",
+    )
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -225,6 +230,9 @@ def main() -> None:
         return
     examples = args.steps * args.batch_size * args.accumulation
     print(f"ray-spider train {BASE_CONFIG} " + shlex.join(overrides(args, "<tmp>")), flush=True)
+    if args.warmup_steps:
+        warmup = run_plain_process(args, ("--steps", str(args.warmup_steps), "--warmup-steps", "0"))
+        print(f"  warm-up (untimed): plain, {args.warmup_steps} steps, {warmup['wall_s']:.1f} s", flush=True)
     ray_runs, plain_runs = [], []
     sides = [("ray", run_ray, ray_runs), ("plain", run_plain_process, plain_runs)]
     for repeat in range(args.repeats):

@@ -111,7 +111,7 @@ part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as
     --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 --profile $BENCH_EXTRA
   echo "PIPELINE RESULTS DONE (what follows is extra)"
   step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 \
-    --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length
+    --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2
 }
 
 pipeline() {
