@@ -128,7 +128,8 @@ def main() -> None:
         for index in differ[:2]:
             print(f"    [{index}] {first}: {answers[first][index]!r}\n    [{index}] {name}: {answers[name][index]!r}")
     if args.profile:
-        profile(list(sides)[-1], sides[list(sides)[-1]], args.device)
+        last = list(sides)[-1]
+        profile(last, sides[last], args.device)
 
 
 def profile(name: str, side, device: str) -> None:

@@ -49,8 +49,12 @@ RUNS=${RUNS:-/tmp/proof_runs}
 LOG=$RUNS/pipeline.log
 mkdir -p "$OUT" "$RUNS"
 
+latest_run() {  # latest_run NAME: the newest run folder NAME-<timestamp> under $RUNS (empty if none)
+  ls -td "$RUNS/$1"-* 2>/dev/null | head -1 || true
+}
+
 keep_run() {  # copy a run folder's small files to $OUT/<name>/
-  local run; run=$(ls -td "$RUNS"/"$1"-* | head -1)
+  local run; run=$(latest_run "$1")
   mkdir -p "$OUT/$1"
   cp "$run"/{config.yaml,manifest.json,report.md,metrics.parquet,curves.png} "$OUT/$1/" 2>/dev/null || true
   cp "$run"/dev_eval/summary.json "$OUT/$1/dev_summary.json" 2>/dev/null || true
@@ -67,8 +71,8 @@ step() {  # step NAME COMMAND...: run it, log its time and exit status, go on ei
 rerun() {  # rerun GPU NAME [OVERRIDES]: train the winning config again (own local Ray), score its best adapter on dev-972
   local name=$2 run
   export CUDA_VISIBLE_DEVICES=$1; shift 2
-  env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name "$@" $RUN_EXTRA
-  run=$(ls -td "$RUNS/$name"-* | head -1)
+  env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name "$@" $RERUN_EXTRA $RUN_EXTRA
+  run=$(latest_run "$name")
   dev972 "$run/config.yaml" "$run/adapter" "$run/dev972"
 }
 
@@ -92,13 +96,14 @@ part_sweep() {  # the Optuna sweep, `best`, then side by side: the best adapter 
 
 part_reruns() {  # the winning config trained 3 times side by side (spread over the GPUs): twice with its seed, once with seed 7
   local gpus; gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
-  step rerun-seed42-a rerun 0 best-seed42-a $RERUN_EXTRA > "$RUNS/rerun-seed42-a.log" &
-  step rerun-seed42-b rerun $((gpus > 1 ? 1 : 0)) best-seed42-b $RERUN_EXTRA > "$RUNS/rerun-seed42-b.log" &
-  step rerun-seed7 rerun 0 best-seed7 train.seed=7 $RERUN_EXTRA > "$RUNS/rerun-seed7.log" &
+  step rerun-seed42-a rerun 0 best-seed42-a > "$RUNS/rerun-seed42-a.log" &
+  step rerun-seed42-b rerun $((gpus > 1 ? 1 : 0)) best-seed42-b > "$RUNS/rerun-seed42-b.log" &
+  step rerun-seed7 rerun 0 best-seed7 train.seed=7 > "$RUNS/rerun-seed7.log" &
   wait
   side_by_side_status
-  step same-seed python3 bench/compare_predictions.py "$(ls -td "$RUNS"/best-seed42-a-* | head -1)/dev972" "$(ls -td "$RUNS"/best-seed42-b-* | head -1)/dev972"
-  BENCH_ADAPTER=${BENCH_ADAPTER:-$(ls -td "$RUNS"/best-seed42-a-*/adapter 2>/dev/null | head -1 || true)}
+  local a b; a=$(latest_run best-seed42-a) b=$(latest_run best-seed42-b)
+  step same-seed python3 bench/compare_predictions.py "$a/dev972" "$b/dev972"
+  BENCH_ADAPTER=${BENCH_ADAPTER:-${a:+$a/adapter}}
 }
 
 part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Train workers), against the 1-GPU run in docs/results

@@ -273,8 +273,8 @@ def train_loop(config: dict) -> dict:
         "train_tokens_seen": callback.tokens_seen,  # non-pad, all workers (TRL gathers them)
         "train_tokens_per_s": round(callback.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
     }
-    kernels = {"deterministic_kernels": torch.are_deterministic_algorithms_enabled()}
-    return {"history": callback.history, "data": {**stats, **speed, **kernels}}
+    kernels = torch.are_deterministic_algorithms_enabled()
+    return {"history": callback.history, "data": {**stats, **speed, "deterministic_kernels": kernels}}
 
 
 def start_ray() -> None:
