@@ -11,9 +11,9 @@
 #                     runs, wait up to SECONDS (default 540), print a short status, pack its small
 #                     results into $OUT/proof.tgz + $OUT/pipeline.log. Call it again at once (the
 #                     machine is given back 30 s after a call; a long pause loses everything)
-#                     until it prints PIPELINE RESULTS DONE (or, with UNTIL="PIPELINE DONE", until the
-#                     extras after the results have run too).
-#   pipeline          (what `follow` starts) the parts named in PARTS, in order:
+#                     until it prints PIPELINE DONE.
+#   pipeline          (what `follow` starts) the parts named in PARTS, in order; "a+b" runs parts a and b
+#                     side by side (on two GPUs: determinism on the first, bench on BENCH_GPU=1):
 #                     sweep   the Optuna sweep (sweeps/sweep_smollm2.yaml, 3 trials per GPU, cut at
 #                             SWEEP_DEADLINE_S), `trials`, `best`, then side by side: the best adapter
 #                             on all of dev-972 and the slow path on a 100-question sample
@@ -21,12 +21,15 @@
 #                             side: twice with its seed, once with seed 7 (RERUN_EXTRA: deterministic
 #                             kernels), each scored on dev-972; then the two same-seed runs compared
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
-#                     bench   the generation benchmark on a quiet GPU; as an extra, the training one
+#                     determinism  the winner's first 50 steps 3 times on the first GPU: twice with
+#                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
+#                     bench   the generation benchmark (profiled) on a quiet GPU
+#                     bench_train  the training benchmark: ray-spider train against plain TRL, 100 steps
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (two side by side; three, deterministic: not yet measured), the
-# bench ~2 (+6 extra), the ferry and setup ~1.5: one 30-minute session fits PARTS=sweep (add bench
-# if the sweep ends early) or PARTS="reruns bench". Start `follow` in the call that sends the last
-# ferry part. With two GPUs (nvidia-h200-x2) the same sweep file runs 6 trials at once and the two
-# re-runs get a GPU each, so PARTS="sweep reruns bench ddp" may fit one session.
+# bench ~2, bench_train ~6, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
+# or PARTS="reruns bench". Start `follow` in the call that sends the last ferry part. With two GPUs
+# (nvidia-h200-x2) the same sweep file runs 6 trials at once (~11 min):
+# PARTS="sweep ddp determinism+bench" SWEEP_DEADLINE_S=900 fits one session.
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
 # the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):
@@ -39,11 +42,14 @@ PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* b
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
 BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
 RERUN_EXTRA=${RERUN_EXTRA-train.deterministic=true}  # the re-runs' overrides: deterministic kernels, so one seed gives one adapter
-UNTIL=${UNTIL:-PIPELINE RESULTS DONE}  # what `follow` waits for in the log; "PIPELINE DONE" also waits for the extras
 SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300  # trials start side by side
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off (device KINDS.md)
+# The multi-GPU kinds' memory grows as it is used (MemTotal starts at 31 GiB of 256): Ray's memory
+# monitor would read that as nearly full and kill trials. Off here; the machine's limit still holds.
+export RAY_memory_monitor_refresh_ms=0
 OUT=${OUT:-/tmp/proof_out}
 RUNS=${RUNS:-/tmp/proof_runs}
 LOG=$RUNS/pipeline.log
@@ -106,15 +112,41 @@ part_reruns() {  # the winning config trained 3 times side by side (spread over 
   BENCH_ADAPTER=${BENCH_ADAPTER:-${a:+$a/adapter}}
 }
 
+probe() {  # probe GPU NAME [OVERRIDES]: the winning config's first 50 steps (own local Ray), scored on the dev subset at step 50
+  local name=$2
+  export CUDA_VISIBLE_DEVICES=$1; shift 2
+  step "probe-$name" env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name \
+    train.max_steps=50 "$@" $RUN_EXTRA > "$RUNS/probe-$name.log"
+}
+
+same_run() {  # same_run A B: two runs' adapters bit-equal? their dev predictions, tokens/s and kernels
+  local a b; a=$(latest_run "$1") b=$(latest_run "$2")
+  sha256sum "$a/adapter/adapter_model.safetensors" "$b/adapter/adapter_model.safetensors"
+  python3 bench/compare_predictions.py "$a/dev_eval" "$b/dev_eval"
+  grep -H -o -e '"train_tokens_per_s": [0-9.]*' -e '"deterministic_kernels": [a-z]*' "$a/manifest.json" "$b/manifest.json"
+}
+
+part_determinism() {  # the winner's first 50 steps 3 times side by side on the first GPU: twice deterministic, once not
+  probe 0 det-a train.deterministic=true &
+  probe 0 det-b train.deterministic=true &
+  probe 0 default train.deterministic=false &
+  wait
+  side_by_side_status
+  step det-same-seed same_run det-a det-b
+  step det-vs-default same_run det-a default
+}
+
 part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Train workers), against the 1-GPU run in docs/results
   step r16-ddp2 env RAY_ADDRESS=local python3 -m ray_spider train sweeps/qlora_r16.yaml output_dir=$RUNS name=qlora-r16-ddp2 \
     train.num_workers=2 train.per_device_batch_size=32 $RUN_EXTRA
 }
 
-part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as an extra, the training benchmark
-  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
+part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target); BENCH_GPU picks which
+  CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0} step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
     --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 --profile $BENCH_EXTRA
-  echo "PIPELINE RESULTS DONE (what follows is extra)"
+}
+
+part_bench_train() {  # the training benchmark: ray-spider train's settings against the plain TRL script, one run
   step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 \
     --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2
 }
@@ -122,14 +154,21 @@ part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target), then, as
 pipeline() {
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   step setup python3 -m ray_spider setup-model
-  local part
-  for part in $PARTS; do "part_$part"; done
+  local parts part
+  for parts in $PARTS; do
+    if [[ $parts == *+* ]]; then  # "a+b": side by side, in subshells (what a part sets is lost)
+      for part in ${parts//+/ }; do "part_$part" & done
+      wait
+    else
+      "part_$parts"  # in this shell: part_sweep sets BEST_CONFIG and BENCH_ADAPTER for the parts after it
+    fi
+  done
   echo "PIPELINE DONE"
 }
 
 side_by_side_status() {  # the steps that run side by side log to their own files: last line, or last dev round
   local log round
-  for log in "$RUNS"/best-dev972.log "$RUNS"/rerun-*.log; do
+  for log in "$RUNS"/best-dev972.log "$RUNS"/rerun-*.log "$RUNS"/probe-*.log; do
     [[ -f $log ]] || continue
     round=$(grep -a -o -e "'step': [0-9]*, 'epoch': [0-9.]*, 'dev_ex': [0-9.]*, 'dev_em': [0-9.]*" -e "│ all .*" "$log" | tail -1)
     echo "$(basename "$log"): ${round:-$(tr '\r' '\n' < "$log" | grep -a -v -e '^\s*$' -e PlacementGroupCleaner | tail -1 | cut -c1-150)}"
@@ -182,16 +221,15 @@ case "$stage" in
       sleep 5  # so that pgrep below finds it
     fi
     deadline=$((SECONDS + seconds))
-    while ((SECONDS < deadline)) && ! grep -q -e "$UNTIL" -e "^PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
+    while ((SECONDS < deadline)) && ! grep -q "^PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" "$LOG" | tail -n 12 || true
+    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" -e "safetensors$" -e "device busy" "$LOG" | tail -n 16 || true
     sweep_status
     side_by_side_status
     pack_results
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
     if grep -q "^PIPELINE DONE" "$LOG"; then echo "PIPELINE DONE"
-    elif grep -q "PIPELINE RESULTS DONE" "$LOG"; then echo "PIPELINE RESULTS DONE (the extra bench-train may still run: UNTIL='PIPELINE DONE' follow waits for it)"
     else echo "pipeline still running: call follow again now"; fi
     ;;
 esac
