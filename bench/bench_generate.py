@@ -10,6 +10,8 @@ Sides (``--sides``, comma-separated, timed in this order, then in reverse for --
   unbatched      one ``model.generate`` call per question, no padding (the obvious loop)
   hf:N           ``inference.generate`` with engine hf (transformers' generate) at batch N
   pruned:N       ``inference.generate`` with engine pruned (finished answers leave the batch) at batch N
+  ...+cudnn      hf:N or pruned:N with cuDNN attention allowed too (torch's default set of SDPA kernels,
+                 which ``inference.DECODING_ATTENTION`` leaves out)
 Every side gets the same model object, the same rendered prompts (``prompt.render_generation_prompt``)
 and the same stop tokens (``inference.greedy_config``). One short warm-up call per side runs first,
 untimed. Greedy decoding is not bit-identical across batch shapes (padding and matmul shapes change
@@ -26,10 +28,11 @@ import sys
 import time
 
 import torch
+from torch.nn.attention import SDPBackend
 
 from ray_spider.config import GenerationConfig, ModelConfig, PromptConfig
 from ray_spider.data import dev_examples
-from ray_spider.inference import generate, greedy_config
+from ray_spider.inference import DECODING_ATTENTION, generate, greedy_config
 from ray_spider.model import load_for_inference
 from ray_spider.prompt import Prompter, render_generation_prompt
 from ray_spider.spider import Spider
@@ -91,19 +94,23 @@ def main() -> None:
     sides = {}
     for spec in args.sides.split(","):
         engine, _, batch = spec.partition(":")
+        batch, plus_cudnn, _ = batch.partition("+cudnn")
+        attention = (SDPBackend.CUDNN_ATTENTION, *DECODING_ATTENTION) if plus_cudnn else DECODING_ATTENTION
         if engine == "unbatched":
             sides[spec] = lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens)
         elif engine in ("hf", "pruned") and batch.isdigit():
             side_cfg = gen_cfg.model_copy(update={"engine": engine, "batch_size": int(batch)})
-            sides[spec] = lambda side_cfg=side_cfg: generate(model, tokenizer, prompts, side_cfg, progress=False)
+            sides[spec] = lambda side_cfg=side_cfg, attention=attention: generate(
+                model, tokenizer, prompts, side_cfg, progress=False, attention=attention
+            )
         else:
-            parser.error(f"--sides: {spec!r} is not unbatched, hf:N or pruned:N")
+            parser.error(f"--sides: {spec!r} is not unbatched, hf:N or pruned:N (each may end in +cudnn)")
     runs, answers = {name: [] for name in sides}, {}
     for repeat in range(args.repeats):
         for name in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:  # alternate the order against drift
             seconds, answers[name] = timed(sides[name])
             runs[name].append(seconds)
-            print(f"  [{repeat + 1}/{args.repeats}] {name:12s} {seconds:7.2f} s", flush=True)
+            print(f"  [{repeat + 1}/{args.repeats}] {name:18s} {seconds:7.2f} s", flush=True)
 
     prompt_tokens = [len(tokenizer(render_generation_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
     new_tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers[next(iter(sides))]]
@@ -119,12 +126,12 @@ def main() -> None:
         f"  answers ({first}): mean {statistics.fmean(new_tokens):.1f} tokens, "
         f"{sum(length >= args.max_new_tokens for length in new_tokens)} of {n} at max_new_tokens"
     )
-    print(f"  {'side':12s} {'seconds':>8s} {'q/s':>8s} {'vs ' + first:>14s} {'answers differing from ' + first}")
+    print(f"  {'side':18s} {'seconds':>8s} {'q/s':>8s} {'vs ' + first:>14s} {'answers differing from ' + first}")
     base_s = statistics.median(runs[first])
     for name in sides:
         seconds = statistics.median(runs[name])
         differ = [i for i, (a, b) in enumerate(zip(answers[first], answers[name])) if a != b]
-        print(f"  {name:12s} {seconds:8.2f} {n / seconds:8.2f} {base_s / seconds:13.2f}x {len(differ)} of {n}")
+        print(f"  {name:18s} {seconds:8.2f} {n / seconds:8.2f} {base_s / seconds:13.2f}x {len(differ)} of {n}")
         for index in differ[:2]:
             print(f"    [{index}] {first}: {answers[first][index]!r}\n    [{index}] {name}: {answers[name][index]!r}")
     if args.profile:

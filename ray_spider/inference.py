@@ -23,6 +23,7 @@ import time
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
 from ray_spider.config import GenerationConfig
@@ -79,6 +80,11 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+# The attention kernels decoding may use: not cuDNN's, which torch picks for masked batches on the
+# H200 but plans anew for each shape, and the KV cache grows every step: 0.64 ms of CPU per layer
+# and step there; without it dev-972 decoded 1.64x faster (docs/benchmarks.md).
+DECODING_ATTENTION = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
 PRUNE_WHEN_FINISHED = 0.25  # drop finished rows once they are this share of the batch (each drop copies the cache)
 
 
@@ -119,11 +125,14 @@ def greedy_pruned(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig, progress: bool = True) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig, progress: bool = True,
+    attention: tuple[SDPBackend, ...] = DECODING_ATTENTION,
+) -> list[str]:
     """Greedy answers to chat prompts (system + user messages), in the order of ``prompts``.
 
     Works on a plain or a PeftModel, also one in training mode: it is switched to eval for the
-    call and back afterwards.
+    call and back afterwards. ``attention``: the SDPA kernels torch may pick from.
     """
     if not prompts:
         return []
@@ -145,7 +154,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig,
         TimeRemainingColumn(),
     )
     try:
-        with Progress(*columns, disable=not progress, transient=True) as bar:
+        with sdpa_kernel(list(attention)), Progress(*columns, disable=not progress, transient=True) as bar:
             task = bar.add_task("generating", total=len(prompts))
             for start in range(0, len(order), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]

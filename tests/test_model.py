@@ -188,6 +188,17 @@ def test_generate_on_a_training_peft_model_restores_its_mode(tiny_dir):
     assert model.training and model.config.use_cache is False
 
 
+def test_generate_decodes_without_cudnn_attention_and_restores_it(tiny_dir):
+    """cuDNN attention plans per shape, and decoding changes the shape every step (docs/benchmarks.md)."""
+    model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    generate(model, tokenizer, PROMPTS[:2], GREEDY, progress=False)
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_merged_adapter_generates_like_the_unmerged_one(tiny_dir, tmp_path):
     from peft import PeftModel
 
