@@ -18,15 +18,15 @@
 #                             SWEEP_DEADLINE_S), `trials`, `best`, then side by side: the best adapter
 #                             on all of dev-972 and the slow path on a 100-question sample
 #                     reruns  the winning config (the sweep's, else BEST_CONFIG) trained again, 3 side by
-#                             side: twice with its seed, once with seed 7 (RERUN_EXTRA: deterministic
-#                             kernels), each scored on dev-972; then the two same-seed runs compared
+#                             side: twice with its seed, once with seed 7, each scored on dev-972;
+#                             then the two same-seed runs compared
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     determinism  the winner's first 50 steps 3 times on the first GPU: twice with
 #                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
 #                     bench   the generation benchmark (profiled) on a quiet GPU
 #                     bench_train  the training benchmark: ray-spider train against plain TRL, 100 steps
-# Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (two side by side; three, deterministic: not yet measured), the
-# bench ~2, bench_train ~6, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
+# Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
+# bench ~2, bench_train ~6, determinism ~4, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
 # or PARTS="reruns bench". Start `follow` in the call that sends the last ferry part. With two GPUs
 # (nvidia-h200-x2) the same sweep file runs 6 trials at once (~11 min):
 # PARTS="sweep ddp determinism+bench" SWEEP_DEADLINE_S=900 fits one session.
@@ -41,7 +41,7 @@ SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:
 PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
 BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
-RERUN_EXTRA=${RERUN_EXTRA-train.deterministic=true}  # the re-runs' overrides: deterministic kernels, so one seed gives one adapter
+RERUN_EXTRA=${RERUN_EXTRA:-}  # the re-runs' overrides
 SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -129,11 +129,11 @@ same_run() {  # same_run A B: two runs' adapters bit-equal? their dev prediction
 part_determinism() {  # the winner's first 50 steps 3 times side by side on the first GPU: twice deterministic, once not
   probe 0 det-a train.deterministic=true &
   probe 0 det-b train.deterministic=true &
-  probe 0 default train.deterministic=false &
+  probe 0 nondet train.deterministic=false &
   wait
   side_by_side_status
   step det-same-seed same_run det-a det-b
-  step det-vs-default same_run det-a default
+  step det-vs-nondet same_run det-a nondet
 }
 
 part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Train workers), against the 1-GPU run in docs/results
