@@ -19,7 +19,7 @@
 #                             on all of dev-972 and the slow path on a 100-question sample
 #                     reruns  the winning config (the sweep's, else BEST_CONFIG) trained again, 3 side by
 #                             side: twice with its seed, once with seed 7, each scored on dev-972;
-#                             then the two same-seed runs compared
+#                             then the two same-seed runs compared (and the sweep's winner, if it ran)
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     determinism  the winner's first 50 steps 3 times on the first GPU: twice with
 #                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
@@ -28,8 +28,9 @@
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
 # bench ~2, bench_train ~6, determinism ~4, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
 # or PARTS="reruns bench". Start `follow` in the call that sends the last ferry part. With two GPUs
-# (nvidia-h200-x2) the same sweep file runs 6 trials at once (~11 min):
-# PARTS="sweep ddp determinism+bench" SWEEP_DEADLINE_S=900 fits one session.
+# (nvidia-h200-x2) the same sweep file runs 6 trials at once (~11 min): PARTS="sweep ddp
+# determinism+bench" SWEEP_DEADLINE_S=900 fitted one session (session 7); so should
+# PARTS="sweep reruns" (the re-runs get a GPU each).
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
 # the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):
@@ -109,6 +110,9 @@ part_reruns() {  # the winning config trained 3 times side by side (spread over 
   side_by_side_status
   local a b; a=$(latest_run best-seed42-a) b=$(latest_run best-seed42-b)
   step same-seed python3 bench/compare_predictions.py "$a/dev972" "$b/dev972"
+  if [[ -d $RUNS/best_dev972 ]]; then  # after a sweep in this pipeline: its winning trial against the re-run
+    step trial-vs-rerun python3 bench/compare_predictions.py "$RUNS/best_dev972" "$a/dev972"
+  fi
   BENCH_ADAPTER=${BENCH_ADAPTER:-${a:+$a/adapter}}
 }
 
