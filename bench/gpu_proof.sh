@@ -228,7 +228,7 @@ case "$stage" in
     while ((SECONDS < deadline)) && ! grep -q "^PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" -e "safetensors$" -e "device busy" "$LOG" | tail -n 16 || true
+    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" -e "safetensors$" -e "GPU kernels [0-9]" "$LOG" | tail -n 16 || true
     sweep_status
     side_by_side_status
     pack_results
