@@ -42,7 +42,6 @@ SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:
 PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
 BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
-RERUN_EXTRA=${RERUN_EXTRA:-}  # the re-runs' overrides
 SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -75,11 +74,16 @@ step() {  # step NAME COMMAND...: run it, log its time and exit status, go on ei
   echo "=== $(date +%T) step $name took $((SECONDS - started)) s"
 }
 
-rerun() {  # rerun GPU NAME [OVERRIDES]: train the winning config again (own local Ray), score its best adapter on dev-972
-  local name=$2 run
+train_winner() {  # train_winner GPU NAME [OVERRIDES]: train the winning config again on that GPU (own local Ray)
+  local name=$2
   export CUDA_VISIBLE_DEVICES=$1; shift 2
-  env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name "$@" $RERUN_EXTRA $RUN_EXTRA
-  run=$(latest_run "$name")
+  env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name "$@" $RUN_EXTRA
+}
+
+rerun() {  # rerun GPU NAME [OVERRIDES]: train the winning config again, score its best adapter on dev-972
+  local run
+  train_winner "$@"
+  run=$(latest_run "$2")
   dev972 "$run/config.yaml" "$run/adapter" "$run/dev972"
 }
 
@@ -116,11 +120,8 @@ part_reruns() {  # the winning config trained 3 times side by side (spread over 
   BENCH_ADAPTER=${BENCH_ADAPTER:-${a:+$a/adapter}}
 }
 
-probe() {  # probe GPU NAME [OVERRIDES]: the winning config's first 50 steps (own local Ray), scored on the dev subset at step 50
-  local name=$2
-  export CUDA_VISIBLE_DEVICES=$1; shift 2
-  step "probe-$name" env RAY_ADDRESS=local python3 -m ray_spider train "$BEST_CONFIG" output_dir=$RUNS name=$name \
-    train.max_steps=50 "$@" $RUN_EXTRA > "$RUNS/probe-$name.log"
+probe() {  # probe GPU NAME [OVERRIDES]: the winning config's first 50 steps, scored on the dev subset at step 50
+  step "probe-$2" train_winner "$@" train.max_steps=50 > "$RUNS/probe-$2.log"
 }
 
 same_run() {  # same_run A B: two runs' adapters bit-equal? their dev predictions, tokens/s and kernels
