@@ -23,8 +23,10 @@
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     determinism  the winner's first 50 steps 3 times on the first GPU: twice with
 #                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
-#                     bench   the generation benchmark (profiled) on a quiet GPU
-#                     bench_train  the training benchmark: ray-spider train against plain TRL, 100 steps
+#                     bench   the generation benchmark (profiled) on a quiet GPU, then `predict` on dev-972 at
+#                             batch 1024 with the same adapter (its summary: generate_s + score_s)
+#                     bench_train  the training benchmark on the first GPU: ray-spider train against plain
+#                             TRL, 100 steps after an untimed 2-step warm-up (BENCH_TRAIN_EXTRA appended)
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
 # bench ~2, bench_train ~6, determinism ~4, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
 # or PARTS="reruns bench". Start `follow` in the call that sends the last ferry part. With two GPUs
@@ -38,7 +40,7 @@
 set -euo pipefail
 stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 . "${FERRY_ENV:-/tmp/ferry/env.sh}" > /dev/null  # PYTHONPATH, FERRY_MODEL, FERRY_SPIDER
-SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-}  # overrides appended to the pipeline's commands
+SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-} BENCH_TRAIN_EXTRA=${BENCH_TRAIN_EXTRA:-}  # appended to the pipeline's commands
 PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
 BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
@@ -146,14 +148,19 @@ part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Trai
     train.num_workers=2 train.per_device_batch_size=32 $RUN_EXTRA
 }
 
-part_bench() {  # dev-972 generation on a quiet GPU (the <15 s target); BENCH_GPU picks which
-  CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0} step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
-    --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024 --profile $BENCH_EXTRA
+part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation benchmark, then `predict` itself (the <15 s target)
+  local -x CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
+  step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
+    --max-new-tokens 256 --sides hf:512,pruned:1024+cudnn,pruned:1024 --profile $BENCH_EXTRA
+  if [[ -n $BENCH_ADAPTER ]]; then  # the product's own command, alone on the GPU: generate_s + score_s in its summary
+    step bench-predict python3 -m ray_spider predict --config "$BEST_CONFIG" --adapter "$BENCH_ADAPTER" --out "$RUNS/bench_dev972" \
+      data.dev_subset=null generation.batch_size=1024 $RUN_EXTRA
+  fi
 }
 
-part_bench_train() {  # the training benchmark: ray-spider train's settings against the plain TRL script, one run
-  step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 \
-    --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2
+part_bench_train() {  # the training benchmark on the first GPU: ray-spider train's settings against the plain TRL script, one run
+  CUDA_VISIBLE_DEVICES=0 step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 \
+    --max-length 1536 --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2 $BENCH_TRAIN_EXTRA
 }
 
 pipeline() {
