@@ -24,15 +24,17 @@
 #                     determinism  the winner's first 50 steps 3 times on the first GPU: twice with
 #                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
 #                     bench   the generation benchmark (profiled) on a quiet GPU, then `predict` on dev-972 at
-#                             batch 1024 with the same adapter (its summary: generate_s + score_s)
+#                             batch 1024 with the same adapter (its summary: generate_s + score_s), with
+#                             max_new_tokens 256 and 192 (time is ~steps x a fixed launch cost per step)
 #                     bench_train  the training benchmark on the first GPU: ray-spider train against plain
 #                             TRL, 100 steps after an untimed 2-step warm-up (BENCH_TRAIN_EXTRA appended)
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
 # bench ~2, bench_train ~6, determinism ~4, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
 # or PARTS="reruns bench". Start `follow` in the call that sends the last ferry part. With two GPUs
 # (nvidia-h200-x2) the same sweep file runs 6 trials at once (~11 min): PARTS="sweep ddp
-# determinism+bench" SWEEP_DEADLINE_S=900 fitted one session (session 7); so should
-# PARTS="sweep reruns" (the re-runs get a GPU each).
+# determinism+bench" SWEEP_DEADLINE_S=900 fitted one session (session 7), and PARTS="reruns bench_train+bench"
+# BENCH_GPU=1 took 21.7 min with the ferry (session 8: re-runs 12 min, then bench_train 8 beside bench 7);
+# PARTS="sweep reruns" should fit too (the re-runs spread over both GPUs).
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
 # the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):
@@ -153,8 +155,11 @@ part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation be
   step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
     --max-new-tokens 256 --sides hf:512,pruned:1024+cudnn,pruned:1024 --profile $BENCH_EXTRA
   if [[ -n $BENCH_ADAPTER ]]; then  # the product's own command, alone on the GPU: generate_s + score_s in its summary
-    step bench-predict python3 -m ray_spider predict --config "$BEST_CONFIG" --adapter "$BENCH_ADAPTER" --out "$RUNS/bench_dev972" \
-      data.dev_subset=null generation.batch_size=1024 $RUN_EXTRA
+    local tokens
+    for tokens in 256 192; do  # 192 covers every dev gold SQL (163 tokens at most); longer answers so far were loops
+      step "bench-predict-$tokens" python3 -m ray_spider predict --config "$BEST_CONFIG" --adapter "$BENCH_ADAPTER" \
+        --out "$RUNS/bench_dev972_$tokens" data.dev_subset=null generation.batch_size=1024 generation.max_new_tokens=$tokens $RUN_EXTRA
+    done
   fi
 }
 
