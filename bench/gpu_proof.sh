@@ -25,7 +25,8 @@
 #                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
 #                     bench   the generation benchmark (profiled) on a quiet GPU, then `predict` on dev-972 at
 #                             batch 1024 with the same adapter (its summary: generate_s + score_s), with
-#                             max_new_tokens 256 and 192 (time is ~steps x a fixed launch cost per step)
+#                             max_new_tokens 256 and 192 (time is ~steps x a fixed launch cost per step), and
+#                             bench_eval --with-model (scoring's pool size, forked from a process holding the model)
 #                     bench_train  the training benchmark on the first GPU: ray-spider train against plain
 #                             TRL, 100 steps after an untimed 2-step warm-up (BENCH_TRAIN_EXTRA appended)
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
@@ -161,6 +162,7 @@ part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation be
         --out "$RUNS/bench_dev972_$tokens" data.dev_subset=null generation.batch_size=1024 generation.max_new_tokens=$tokens $RUN_EXTRA
     done
   fi
+  step bench-eval python3 bench/bench_eval.py --repeats 3 --workers "$(nproc),16,8,4" --with-model  # scoring's pool, forked beside a model
 }
 
 part_bench_train() {  # the training benchmark on the first GPU: ray-spider train's settings against the plain TRL script, one run

@@ -124,7 +124,7 @@ def eval_command(
     per_example: Annotated[Optional[Path], typer.Option(help="write one JSON object per example here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON on stdout")] = False,
     timeout: Annotated[float, typer.Option(help="seconds per predicted query")] = 10.0,
-    workers: Annotated[Optional[int], typer.Option(help="scoring processes (default: all cores)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="scoring processes (default: all cores, at most 8)")] = None,
 ) -> None:
     """Score predictions: EX (execution) and EM (exact set match) per hardness level."""
     from ray_spider.evaluate import EvalInputError, per_example_records, read_gold_file, read_pred_file, score, summary_table

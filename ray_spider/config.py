@@ -118,7 +118,7 @@ class GenerationConfig(_Strict):
 
 class EvalConfig(_Strict):
     query_timeout_s: float = Field(10.0, gt=0, description="per predicted query; a timeout counts as wrong")
-    workers: int | None = Field(None, ge=1, description="processes for scoring (None = all cores)")
+    workers: int | None = Field(None, ge=1, description="processes for scoring (None = all cores, at most 8: more cost more to start than they save)")
 
 
 class RunConfig(_Strict):

@@ -28,6 +28,10 @@ from ray_spider.execution import GoldQueryError, execution_match
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 ERROR_TYPES = ("no_sql", "syntax_error", "unknown_table_or_column", "wrong_result", "timeout", "error")
 CHUNK = 16
+# The pool's default size: all cores, at most this many. Forking a worker from a process that holds
+# a model on the GPU (predict, the dev rounds in training) costs more than it scores: on a 32-core
+# H200 host dev-972 scored in 0.43 s with 8 workers and 0.80-0.85 s with 32 (docs/benchmarks.md).
+DEFAULT_MAX_WORKERS = 8
 
 
 class EvalInputError(ValueError):
@@ -174,7 +178,7 @@ def score(
         else:
             report.skipped.append((index, gold.db_id))
     chunks = [work[start : start + CHUNK] for start in range(0, len(work), CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, max(len(chunks), 1))
+    workers = min(workers or min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS), max(len(chunks), 1))
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("scoring", total=len(work))
         for results in _map_chunks(chunks, workers, (db_dir, tables_json, timeout_s)):
