@@ -1,5 +1,5 @@
-"""Benchmark: scoring dev-972 gold against itself (EX + EM) with `evaluate.score` (process pool,
-all cores) beside a plain single-process loop doing the same work, in one run.
+"""Benchmark: scoring dev-972 gold against itself (EX + EM) with `evaluate.score` (a process
+pool) beside a plain single-process loop doing the same work, in one run.
 
     SPIDER_DIR=../shared/spider python bench/bench_eval.py [--repeats 3] [--workers 2,4,8,0]
 
