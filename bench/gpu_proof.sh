@@ -46,7 +46,7 @@ stage=${1:?stage: speed | controls | r32 | follow | pipeline}
 SWEEP_EXTRA=${SWEEP_EXTRA:-} RUN_EXTRA=${RUN_EXTRA:-} BENCH_EXTRA=${BENCH_EXTRA:-} BENCH_TRAIN_EXTRA=${BENCH_TRAIN_EXTRA:-}  # appended to the pipeline's commands
 PARTS=${PARTS:-sweep reruns bench}  # what the pipeline runs, in order (part_* below); one 30-minute session fits "sweep" or "reruns bench"
 BEST_CONFIG=${BEST_CONFIG:-docs/results/sweep-h200-attempt4/best-dev972/config.yaml}  # the winner to re-run; part_sweep sets its own
-BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter bench-generate decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
+BENCH_ADAPTER=${BENCH_ADAPTER:-}  # the adapter part_bench decodes with (merged): the sweep's best or the same-seed re-run's; none = the base model
 SWEEP_DEADLINE_S=${SWEEP_DEADLINE_S:-1320}  # past it the sweep is interrupted (Ctrl-C) and the pipeline goes on with the trials so far
 export PYTHONPATH="$PWD:$PYTHONPATH" RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER"
 export RAY_SPIDER_CACHE=/tmp/rs_cache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -92,8 +92,8 @@ rerun() {  # rerun GPU NAME [OVERRIDES]: train the winning config again, score i
   dev972 "$run/config.yaml" "$run/adapter" "$run/dev972"
 }
 
-dev972() {  # dev972 CONFIG ADAPTER OUT: generate and score all of dev-972 with that adapter
-  python3 -m ray_spider predict --config "$1" --adapter "$2" --out "$3" data.dev_subset=null generation.batch_size=512 $RUN_EXTRA
+dev972() {  # dev972 CONFIG ADAPTER OUT [OVERRIDES]: generate and score all of dev-972 with that adapter
+  python3 -m ray_spider predict --config "$1" --adapter "$2" --out "$3" data.dev_subset=null generation.batch_size=512 "${@:4}" $RUN_EXTRA
 }
 
 part_sweep() {  # the Optuna sweep, `best`, then side by side: the best adapter on dev-972 and the slow path on a sample
@@ -158,8 +158,8 @@ part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation be
   if [[ -n $BENCH_ADAPTER ]]; then  # the product's own command, alone on the GPU: generate_s + score_s in its summary
     local tokens
     for tokens in 256 192; do  # 192 covers every dev gold SQL (163 tokens at most); longer answers so far were loops
-      step "bench-predict-$tokens" python3 -m ray_spider predict --config "$BEST_CONFIG" --adapter "$BENCH_ADAPTER" \
-        --out "$RUNS/bench_dev972_$tokens" data.dev_subset=null generation.batch_size=1024 generation.max_new_tokens=$tokens $RUN_EXTRA
+      step "bench-predict-$tokens" dev972 "$BEST_CONFIG" "$BENCH_ADAPTER" "$RUNS/bench_dev972_$tokens" \
+        generation.batch_size=1024 generation.max_new_tokens=$tokens
     done
   fi
   step bench-eval python3 bench/bench_eval.py --repeats 3 --workers "$(nproc),16,8,4" --with-model  # scoring's pool, forked beside a model
