@@ -12,6 +12,8 @@ Sides (``--sides``, comma-separated, timed in this order, then in reverse for --
   pruned:N       ``inference.generate`` with engine pruned (finished answers leave the batch) at batch N
   ...+cudnn      hf:N or pruned:N with cuDNN attention allowed too (torch's default set of SDPA kernels,
                  which ``inference.DECODING_ATTENTION`` leaves out)
+  ...+graphR     pruned:N with generation.cuda_graph_rows R (0: never leave the eager loop; without
+                 the suffix, the default)
 Every side gets the same model object, the same rendered prompts (``prompt.render_generation_prompt``)
 and the same stop tokens (``inference.greedy_config``). One short warm-up call per side runs first,
 untimed. Greedy decoding is not bit-identical across batch shapes (padding and matmul shapes change
@@ -22,6 +24,7 @@ Figures go to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import statistics
 import sys
@@ -93,18 +96,18 @@ def main() -> None:
 
     sides = {}
     for spec in args.sides.split(","):
-        engine, _, batch = spec.partition(":")
-        batch, plus_cudnn, _ = batch.partition("+cudnn")
-        attention = (SDPBackend.CUDNN_ATTENTION, *DECODING_ATTENTION) if plus_cudnn else DECODING_ATTENTION
-        if engine == "unbatched":
+        if spec == "unbatched":
             sides[spec] = lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens)
-        elif engine in ("hf", "pruned") and batch.isdigit():
-            side_cfg = gen_cfg.model_copy(update={"engine": engine, "batch_size": int(batch)})
-            sides[spec] = lambda side_cfg=side_cfg, attention=attention: generate(
-                model, tokenizer, prompts, side_cfg, progress=False, attention=attention
-            )
-        else:
-            parser.error(f"--sides: {spec!r} is not unbatched, hf:N or pruned:N (each may end in +cudnn)")
+            continue
+        side = re.fullmatch(r"(hf|pruned):(\d+)(\+cudnn)?(?:\+graph(\d+))?", spec)
+        if side is None:
+            parser.error(f"--sides: {spec!r} is not unbatched, hf:N or pruned:N (each may end in +cudnn, then +graphR)")
+        engine, batch, plus_cudnn, graph_rows = side.groups()
+        attention = (SDPBackend.CUDNN_ATTENTION, *DECODING_ATTENTION) if plus_cudnn else DECODING_ATTENTION
+        update = {"engine": engine, "batch_size": int(batch)} | ({"cuda_graph_rows": int(graph_rows)} if graph_rows else {})
+        sides[spec] = lambda side_cfg=gen_cfg.model_copy(update=update), attention=attention: generate(
+            model, tokenizer, prompts, side_cfg, progress=False, attention=attention
+        )
     runs, answers = {name: [] for name in sides}, {}
     for repeat in range(args.repeats):
         for name in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:  # alternate the order against drift

@@ -23,10 +23,12 @@
 #                     ddp     (2+ GPUs) the r=16 control with DDP over 2 GPUs, for issue 5
 #                     determinism  the winner's first 50 steps 3 times on the first GPU: twice with
 #                             deterministic kernels (bit-equal adapters?), once without (tokens/s cost)
-#                     bench   the generation benchmark (profiled) on a quiet GPU, then `predict` on dev-972 at
-#                             batch 1024 with the same adapter (its summary: generate_s + score_s), with
-#                             max_new_tokens 256 and 192 (time is ~steps x a fixed launch cost per step), and
-#                             bench_eval --with-model (scoring's pool size, forked from a process holding the model)
+#                     winner  the winning config trained once more with its seed on the first GPU, on dev-972
+#                     gputests  the tests marked gpu (a failure turns CUDA graph decoding off for the runs after)
+#                     bench   the generation benchmark (profiled) on a quiet GPU: the pruned engine at batch 1024
+#                             with CUDA graph decoding off, from 64 and from 128 open answers; then `predict` on
+#                             dev-972 at batch 1024 with the same adapter (its summary: generate_s + score_s):
+#                             max_new_tokens 256, 256 without CUDA graphs, 192, 256 again
 #                     bench_train  the training benchmark on the first GPU: ray-spider train against plain
 #                             TRL, 100 steps after an untimed 2-step warm-up (BENCH_TRAIN_EXTRA appended)
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
@@ -125,6 +127,20 @@ part_reruns() {  # the winning config trained 3 times side by side (spread over 
   BENCH_ADAPTER=${BENCH_ADAPTER:-${a:+$a/adapter}}
 }
 
+part_winner() {  # the winning config trained once more with its seed, alone on the first GPU, scored on dev-972
+  step winner-seed42 rerun 0 best-seed42
+  local run; run=$(latest_run best-seed42)
+  BENCH_ADAPTER=${BENCH_ADAPTER:-${run:+$run/adapter}}
+}
+
+part_gputests() {  # the tests marked gpu; if they fail, the pipeline's runs decode without CUDA graphs
+  echo "=== $(date +%T) step gpu-tests"
+  if ! python3 -m pytest -m gpu -q -p no:cacheprovider tests/ 2>&1 | tail -25; then
+    echo "!!! step gpu-tests failed: the runs below get generation.cuda_graph_rows=0"
+    RUN_EXTRA="$RUN_EXTRA generation.cuda_graph_rows=0"
+  fi
+}
+
 probe() {  # probe GPU NAME [OVERRIDES]: the winning config's first 50 steps, scored on the dev subset at step 50
   step "probe-$2" train_winner "$@" train.max_steps=50 > "$RUNS/probe-$2.log"
 }
@@ -154,15 +170,17 @@ part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Trai
 part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation benchmark, then `predict` itself (the <15 s target)
   local -x CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
-    --max-new-tokens 256 --sides hf:512,pruned:1024+cudnn,pruned:1024 --profile $BENCH_EXTRA
+    --max-new-tokens 256 --sides pruned:1024+graph0,pruned:1024+graph64,pruned:1024+graph128 --profile $BENCH_EXTRA
   if [[ -n $BENCH_ADAPTER ]]; then  # the product's own command, alone on the GPU: generate_s + score_s in its summary
-    local tokens
-    for tokens in 256 192; do  # 192 covers every dev gold SQL (163 tokens at most); longer answers so far were loops
-      step "bench-predict-$tokens" dev972 "$BEST_CONFIG" "$BENCH_ADAPTER" "$RUNS/bench_dev972_$tokens" \
-        generation.batch_size=1024 generation.max_new_tokens=$tokens
+    local run overrides
+    for run in 256 256-graph0 192 256-again; do  # 192 covers every dev gold SQL (163 tokens at most)
+      overrides="generation.max_new_tokens=${run%%-*}"
+      [[ $run == *graph0 ]] && overrides+=" generation.cuda_graph_rows=0"
+      step "bench-predict-$run" dev972 "$BEST_CONFIG" "$BENCH_ADAPTER" "$RUNS/bench_dev972_$run" generation.batch_size=1024 $overrides
+      echo "timing $run: $(grep -h -o -e '"generate_s": [0-9.]*' -e '"score_s": [0-9.]*' "$RUNS/bench_dev972_$run/summary.json" | tr '\n' ' ')"
     done
+    step graph-vs-eager python3 bench/compare_predictions.py "$RUNS/bench_dev972_256-graph0" "$RUNS/bench_dev972_256"
   fi
-  step bench-eval python3 bench/bench_eval.py --repeats 3 --workers "$(nproc),16,8,4" --with-model  # scoring's pool, forked beside a model
 }
 
 part_bench_train() {  # the training benchmark on the first GPU: ray-spider train's settings against the plain TRL script, one run
@@ -243,7 +261,7 @@ case "$stage" in
     while ((SECONDS < deadline)) && ! grep -q "^PIPELINE DONE" "$LOG" 2>/dev/null && pgrep -f "gpu_proof.sh pipeline" > /dev/null; do
       sleep 5
     done
-    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" -e "safetensors$" -e "GPU kernels [0-9]" "$LOG" | tail -n 16 || true
+    grep -a -e "^=== " -e "questions in both" -e "x [0-9]* of" -e "^  hf:\|^  pruned:" -e "ratio Ray / plain" -e "safetensors$" -e "GPU kernels [0-9]" -e "^timing " "$LOG" | tail -n 16 || true
     sweep_status
     side_by_side_status
     pack_results

@@ -114,6 +114,12 @@ class GenerationConfig(_Strict):
     merge_adapter: bool = Field(
         False, description="generate with a full-precision copy of the base with LoRA merged in (faster; more memory)"
     )
+    cuda_graph_rows: int = Field(
+        64, ge=0,
+        description="engine pruned on a GPU: once at most this many answers of a batch are open, decode them over a "
+        "static KV cache of this many rows, one CUDA graph replay per step (the eager loop is bound by kernel "
+        "launches there; docs/benchmarks.md); 0 = never",
+    )
 
 
 class EvalConfig(_Strict):

@@ -11,7 +11,9 @@ first so each left-padded batch holds prompts of similar length, and decoded wit
 Two engines give the same greedy answers (up to float rounding): ``hf`` is transformers'
 ``generate``, which keeps decoding every row of a batch until its longest answer ends;
 ``pruned`` (the default, ``greedy_pruned``) drops rows whose answer has ended from the batch and
-the KV cache, so a few long answers do not keep hundreds of finished ones busy.
+the KV cache, so a few long answers do not keep hundreds of finished ones busy. On a GPU, once few
+answers are left open (``generation.cuda_graph_rows``), it decodes them with ``StaticDecoder``: a
+static KV cache and one CUDA graph replay per step instead of ~1,300 kernel launches from Python.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from ray_spider.config import GenerationConfig
 from ray_spider.model import end_of_turn_token
@@ -88,13 +91,85 @@ DECODING_ATTENTION = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION
 PRUNE_WHEN_FINISHED = 0.25  # drop finished rows once they are this share of the batch (each drop copies the cache)
 
 
-def greedy_pruned(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int) -> torch.Tensor:
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([tensor, tensor.new_zeros((rows - len(tensor), *tensor.shape[1:]))])
+
+
+class StaticDecoder:
+    """The open answers of a batch, decoded step by step over a static KV cache of ``rows`` rows.
+
+    A step reads and writes only tensors made here, at fixed addresses, and never waits for the
+    GPU: captured once as a CUDA graph, each later step is one replay. The eager loop spends ~40 ms
+    of CPU per step launching ~1,300 kernels whatever the batch size (docs/benchmarks.md), which is
+    all the time a step of a few long answers takes. Rows past the open answers are padding; they
+    attend to their own tokens only and nobody reads their answers.
+
+    Built from ``greedy_pruned``'s state between two steps: ``cache`` holds one position less than
+    ``mask`` (the incoming ``tokens``' own), ``positions`` has one column.
+    """
+
+    def __init__(self, model, cache: DynamicCache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, rows: int, steps: int):
+        open_rows, width = mask.shape
+        length = -(-(width + steps) // 8) * 8  # room for every step; a multiple of 8 suits the attention kernels
+        self.model, self.cache_kwarg = model, _cache_argument(model)
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        for static, dynamic in zip(self.cache.layers, cache.layers):
+            static.update(_pad_rows(dynamic.keys, rows), _pad_rows(dynamic.values, rows))
+        self.mask = torch.zeros(rows, length, dtype=torch.bool, device=mask.device)
+        self.mask[:open_rows, :width] = mask.bool()
+        self.mask[open_rows:, width - 1] = True
+        self.tokens = _pad_rows(tokens.view(open_rows, 1), rows)
+        self.positions = _pad_rows(positions, rows)
+        self.next_column = torch.tensor([width], device=mask.device)
+
+    def step(self) -> None:
+        """One decoding step: the next token of every row into ``tokens``, ready for the next step."""
+        output = self.model(
+            input_ids=self.tokens, attention_mask=self.mask[:, None, None, :], position_ids=self.positions,
+            use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache},
+        )
+        self.tokens.copy_(output.logits[:, -1:].argmax(-1))
+        self.positions.add_(1)
+        self.mask.index_fill_(1, self.next_column, True)
+        self.next_column.add_(1)
+
+    def steps(self, cuda_graph: bool) -> Iterator[None]:
+        """Decodes one step per ``next()``, without end. With ``cuda_graph`` the first step is also the
+        warm-up a capture needs (on a side stream), and every later one replays the captured step."""
+        if cuda_graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step()
+            torch.cuda.current_stream().wait_stream(side)
+            yield
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # records the step, runs nothing; thread_local: other threads (Ray's, a trainer's) may go on
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    self.step()
+            except RuntimeError as error:
+                log.warning("CUDA graph capture failed, decoding on without it: %s", error)
+            else:
+                while True:
+                    graph.replay()
+                    yield
+        while True:
+            self.step()
+            yield
+
+
+def greedy_pruned(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+    static_rows: int = 0,
+) -> torch.Tensor:
     """Greedy new tokens of a left-padded batch, shape (rows, max_new_tokens), pad after each stop token.
 
     Per row the arithmetic is generate's: the argmax of the last position's logits, positions
     counted over the real tokens only. Rows that have stopped are computed along (their token
     replaced by pad) until they make up PRUNE_WHEN_FINISHED of the batch; then they leave it and
-    the KV cache.
+    the KV cache. Once at most ``static_rows`` rows are left (and the prompt is read), a
+    ``StaticDecoder`` of that many rows takes over to the end, as a CUDA graph on a GPU.
     """
     rows, device = input_ids.shape[0], input_ids.device
     answers = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -104,15 +179,26 @@ def greedy_pruned(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     cache = DynamicCache(config=model.config)
     cache_kwarg = _cache_argument(model)
-    tokens, mask = input_ids, attention_mask
+    tokens, mask, decoder = input_ids, attention_mask, None
     for step in range(max_new_tokens):
-        output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
-        next_tokens = output.logits[:, -1].argmax(-1).masked_fill(finished, pad_id)
+        if decoder is None and step > 0 and len(active) <= static_rows:
+            decoder = StaticDecoder(model, cache, tokens, mask, positions, static_rows, max_new_tokens - step)
+            decoding = decoder.steps(cuda_graph=device.type == "cuda")
+            del cache
+        if decoder is None:
+            output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
+            next_tokens = output.logits[:, -1].argmax(-1)
+        else:
+            next(decoding)
+            next_tokens = decoder.tokens[: len(active), 0]
+        next_tokens = next_tokens.masked_fill(finished, pad_id)
         answers[active, step] = next_tokens
         finished |= torch.isin(next_tokens, stops)
         done = int(finished.sum())  # one sync per step, as in generate
         if done == len(active):
             break
+        if decoder is not None:
+            continue  # the static cache keeps its rows to the end
         if done >= PRUNE_WHEN_FINISHED * len(active):
             keep = (~finished).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
@@ -168,6 +254,7 @@ def generate(
                     new_tokens = greedy_pruned(
                         model, inputs["input_ids"], inputs["attention_mask"], cfg.max_new_tokens,
                         generation_config.eos_token_id, generation_config.pad_token_id,
+                        static_rows=cfg.cuda_graph_rows if device.type == "cuda" else 0,
                     )
                 # no space clean-up: it rewrites the SQL (" ," -> ",", " 's" -> "'s", inside string literals too)
                 decoded = tokenizer.batch_decode(

@@ -148,8 +148,10 @@ def test_generate_keeps_input_order_and_batching_does_not_change_answers(tiny_di
     )
 
 
-def test_pruned_engine_answers_like_generate_when_rows_stop_early(tiny_dir):
-    """Rows stop at different steps (stop tokens picked from the answers), so finished rows leave the cache."""
+@pytest.mark.parametrize("static_rows", [0, 3, 8])  # never; after the first pruning; from the first step (padded)
+def test_pruned_engine_answers_like_generate_when_rows_stop_early(tiny_dir, static_rows):
+    """Rows stop at different steps (stop tokens picked from the answers), so finished rows leave the
+    cache; with static_rows the last open rows move to a StaticDecoder (run eagerly on a CPU)."""
     model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
     texts = [render_generation_prompt(tokenizer, messages) for messages in PROMPTS]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -158,7 +160,7 @@ def test_pruned_engine_answers_like_generate_when_rows_stop_early(tiny_dir):
     unstopped = greedy_pruned(model, inputs["input_ids"], inputs["attention_mask"], steps, [-1], pad)
     stops = [int(unstopped[0, 2]), int(unstopped[3, 6])]
 
-    pruned = greedy_pruned(model, inputs["input_ids"], inputs["attention_mask"], steps, stops, pad)
+    pruned = greedy_pruned(model, inputs["input_ids"], inputs["attention_mask"], steps, stops, pad, static_rows)
     config = greedy_config(tokenizer, model, GenerationConfig(max_new_tokens=steps)).__class__(
         do_sample=False, max_new_tokens=steps, eos_token_id=stops, pad_token_id=pad
     )
@@ -233,3 +235,14 @@ def test_qlora_on_cuda(tiny_dir, tmp_path):
     merged, _ = load_for_inference(ModelConfig(name=tiny_dir), tmp_path / "adapter", merge=True, device="cuda:0")
     assert merged.dtype == torch.bfloat16
     assert len(generate(merged, tokenizer, PROMPTS, GREEDY, progress=False)) == len(PROMPTS)
+
+
+@gpu
+@needs_cuda
+def test_cuda_graph_decoding_answers_like_eager_decoding(tiny_dir):
+    model, tokenizer = load_for_inference(ModelConfig(name=tiny_dir), None, merge=True, device="cuda:0")
+    eager = GREEDY.model_copy(update={"max_new_tokens": 24, "batch_size": 5, "cuda_graph_rows": 0})
+    graphed = eager.model_copy(update={"cuda_graph_rows": 4})  # 5 rows: the graph takes over after the first pruning
+    expected = generate(model, tokenizer, PROMPTS, eager, progress=False)
+    assert generate(model, tokenizer, PROMPTS, graphed, progress=False) == expected
+    assert generate(model, tokenizer, PROMPTS, graphed.model_copy(update={"cuda_graph_rows": 8}), progress=False) == expected
