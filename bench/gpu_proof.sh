@@ -26,9 +26,8 @@
 #                     winner  the winning config trained once more with its seed on the first GPU, on dev-972
 #                     gputests  the tests marked gpu (a failure turns CUDA graph decoding off for the runs after)
 #                     bench   the generation benchmark (profiled) on a quiet GPU: the pruned engine at batch 1024
-#                             with CUDA graph decoding off, from 64 and from 128 open answers; then `predict` on
-#                             dev-972 at batch 1024 with the same adapter (its summary: generate_s + score_s):
-#                             max_new_tokens 256, 256 without CUDA graphs, 192, 256 again
+#                             without and with CUDA graph decoding; then `predict` on dev-972 at batch 1024 with
+#                             the same adapter (its summary: generate_s + score_s): with graphs, without, with again
 #                     bench_train  the training benchmark on the first GPU: ray-spider train against plain
 #                             TRL, 100 steps after an untimed 2-step warm-up (BENCH_TRAIN_EXTRA appended)
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
@@ -37,7 +36,8 @@
 # (nvidia-h200-x2) the same sweep file runs 6 trials at once (~11 min): PARTS="sweep ddp
 # determinism+bench" SWEEP_DEADLINE_S=900 fitted one session (session 7), and PARTS="reruns bench_train+bench"
 # BENCH_GPU=1 took 21.7 min with the ferry (session 8: re-runs 12 min, then bench_train 8 beside bench 7);
-# PARTS="sweep reruns" should fit too (the re-runs spread over both GPUs).
+# PARTS="sweep reruns" should fit too (the re-runs spread over both GPUs). On one H200, PARTS="gputests
+# winner bench" took 16.6 min with the ferry (session 9: setup 0.6, tests 0.5, winner 10, bench 4.5).
 # Results (small files) land in $OUT; docs/results.md quotes them with these commands.
 # A dry run of the pipeline on a CPU machine, with a tiny sweep (minutes, catches mistakes first; after
 # the sweep it kills every Ray process on the machine, so run nothing else with Ray meanwhile):
@@ -170,16 +170,15 @@ part_ddp() {  # issue 5: the r=16 control trained with DDP on 2 GPUs (2 Ray Trai
 part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation benchmark, then `predict` itself (the <15 s target)
   local -x CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   step bench-generate python3 bench/bench_generate.py --device cuda --questions 972 --quantization nf4 ${BENCH_ADAPTER:+--adapter "$BENCH_ADAPTER" --merge} \
-    --max-new-tokens 256 --sides pruned:1024+graph0,pruned:1024+graph64,pruned:1024+graph128 --profile $BENCH_EXTRA
+    --max-new-tokens 256 --sides pruned:1024+graph0,pruned:1024 --repeats 2 --profile $BENCH_EXTRA
   if [[ -n $BENCH_ADAPTER ]]; then  # the product's own command, alone on the GPU: generate_s + score_s in its summary
-    local run overrides
-    for run in 256 256-graph0 192 256-again; do  # 192 covers every dev gold SQL (163 tokens at most)
-      overrides="generation.max_new_tokens=${run%%-*}"
-      [[ $run == *graph0 ]] && overrides+=" generation.cuda_graph_rows=0"
-      step "bench-predict-$run" dev972 "$BEST_CONFIG" "$BENCH_ADAPTER" "$RUNS/bench_dev972_$run" generation.batch_size=1024 $overrides
+    local run
+    for run in default graph0 again; do
+      step "bench-predict-$run" dev972 "$BEST_CONFIG" "$BENCH_ADAPTER" "$RUNS/bench_dev972_$run" generation.batch_size=1024 \
+        $([[ $run == graph0 ]] && echo generation.cuda_graph_rows=0)
       echo "timing $run: $(grep -h -o -e '"generate_s": [0-9.]*' -e '"score_s": [0-9.]*' "$RUNS/bench_dev972_$run/summary.json" | tr '\n' ' ')"
     done
-    step graph-vs-eager python3 bench/compare_predictions.py "$RUNS/bench_dev972_256-graph0" "$RUNS/bench_dev972_256"
+    step graph-vs-eager python3 bench/compare_predictions.py "$RUNS/bench_dev972_graph0" "$RUNS/bench_dev972_default"
   fi
 }
 

@@ -115,10 +115,10 @@ class GenerationConfig(_Strict):
         False, description="generate with a full-precision copy of the base with LoRA merged in (faster; more memory)"
     )
     cuda_graph_rows: int = Field(
-        64, ge=0,
+        32, ge=0,
         description="engine pruned on a GPU: once at most this many answers of a batch are open, decode them over a "
         "static KV cache of this many rows, one CUDA graph replay per step (the eager loop is bound by kernel "
-        "launches there; docs/benchmarks.md); 0 = never",
+        "launches there; on the H200 32 beat 16, 64 and 128, docs/benchmarks.md); 0 = never",
     )
 
 
