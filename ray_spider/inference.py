@@ -184,7 +184,7 @@ def greedy_pruned(
         if decoder is None and step > 0 and len(active) <= static_rows:
             decoder = StaticDecoder(model, cache, tokens, mask, positions, static_rows, max_new_tokens - step)
             decoding = decoder.steps(cuda_graph=device.type == "cuda")
-            del cache
+            del cache  # copied into the decoder's static cache: free it
         if decoder is None:
             output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
             next_tokens = output.logits[:, -1].argmax(-1)
