@@ -5,13 +5,14 @@
     ray-spider eval --gold dev_gold.sql --pred preds.sql --db database --table tables.json
     ray-spider setup-model
     ray-spider train sweeps/smoke_cpu.yaml train.max_steps=4
-    ray-spider baseline sweeps/baseline_smollm2.yaml
+    ray-spider baseline sweeps/baseline.yaml
     ray-spider predict --model smollm2-135m-instruct --adapter runs/<run>/adapter --out preds/
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ray_spider.config import ConfigError, DataConfig, load_run_config
+from ray_spider.config import ConfigError, DataConfig, load_run_config, require_adapter
 from ray_spider.spider import Spider, SpiderError
 
 app = typer.Typer(help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True)
@@ -31,6 +32,24 @@ stdout = Console(width=max(Console().width, 120))  # tables stay readable when p
 
 SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
+
+
+@app.callback()
+def _main() -> None:
+    configure_logging()
+
+
+def configure_logging() -> None:
+    """ray_spider's log records (info and up) to stderr, once per process: the CLI here, and each
+    Ray Train worker at the top of ``train_loop``. Other libraries' loggers are left as they are."""
+    logger = logging.getLogger("ray_spider")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (Ray sets some up) would print each record twice
 
 
 def fail(message: str) -> None:
@@ -181,6 +200,10 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     from ray_spider.train import run_training
 
     cfg = _job_config(config, overrides or [])
+    try:
+        require_adapter(cfg, str(config))
+    except ConfigError as exc:
+        fail(str(exc))
     _show_run(run_training(cfg, _command_line()))
 
 

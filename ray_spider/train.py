@@ -1,6 +1,6 @@
 """One QLoRA SFT run: TRL's SFTTrainer inside a Ray Train TorchTrainer, with dev EX/EM during training.
 
-    ray-spider train sweeps/qlora_r16_smollm2.yaml [train.learning_rate=2e-4 ...]
+    ray-spider train sweeps/qlora_r16.yaml [train.learning_rate=2e-4 ...]
 
 ``train_loop`` runs on every Ray Train worker (DDP across workers, one GPU each when there are
 GPUs). Every ``train.eval_every_steps`` optimizer steps, and at the end, the workers generate the
@@ -12,6 +12,7 @@ are marked ``# Ray:``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -28,6 +29,8 @@ from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer,
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
+
+log = logging.getLogger(__name__)
 
 # Multicast over NVLink can put a host's shared GPUs out of service: off everywhere, children too.
 WORKER_ENV = {
@@ -229,6 +232,9 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
 
 def train_loop(config: dict) -> dict:
     """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
+    from ray_spider.cli import configure_logging
+
+    configure_logging()  # this is a fresh worker process
     started = time.perf_counter()
     start_s = round(time.time() - config["launched_at"], 1) if "launched_at" in config else None
     cfg = RunConfig.model_validate(config["run"])
@@ -241,9 +247,7 @@ def train_loop(config: dict) -> dict:
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
     tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    model = apply_lora(load_model(cfg.model, device=device), cfg.lora)
-    trainable, total = model.get_nb_trainable_parameters()
-    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    model = apply_lora(load_model(cfg.model, device=device), cfg.lora)  # logs "trainable params: ..."
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
@@ -252,9 +256,11 @@ def train_loop(config: dict) -> dict:
         trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
-            print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
-                  f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
-                  "dropped (their prompt alone fills it); raise train.max_length to keep them")
+            log.warning(
+                "of %d examples, %d are truncated to train.max_length=%d and %d dropped (their prompt alone fills it); "
+                "raise train.max_length to keep them",
+                len(train_set), stats["train_examples_truncated"], cfg.train.max_length, stats["train_examples_dropped_prompt_too_long"],
+            )
         callback.setup_s = round(time.perf_counter() - started, 1)
         runtime = trainer.train().metrics["train_runtime"]
     train_seconds = runtime - callback.eval_seconds_in_loop
