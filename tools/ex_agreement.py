@@ -6,7 +6,7 @@ triples and reports, per source of pairs, how often the EX verdicts agree. Not r
 
     mkdir -p /tmp/ts_official
     git -C /work/.mirror/taoyds+test-suite-sql-eval/repo archive HEAD | tar -x -C /tmp/ts_official
-    pip install tqdm sqlparse                        # for the official code only
+    pip install tqdm sqlparse==0.6.0                 # for the official code only (the sqlparse our copy freezes)
     python tools/ex_agreement.py --official /tmp/ts_official --spider $SPIDER_DIR \
         [--preds PRED_FILE:GOLD_FILE ...] [--perturbations 6000] [--seed 0] [--timeout 5] [--show 15]
 

@@ -34,6 +34,12 @@ Quirks kept on purpose (each changes EM on real predictions):
 - Two conditions with no AND/OR between them are both kept, side by side, in the flat list.
 - Anything after the last clause that the grammar stops at is ignored.
 Any failure, whatever its cause, is a parse error (the official tool catches them all).
+
+``word_split`` is our copy of nltk 3.10.3's ``NLTKWordTokenizer`` (``word_tokenize`` with
+``preserve_line=True``), frozen at that version on purpose: EM is defined by the tokens the
+official parser got, and nltk's plain ``word_tokenize`` also needs the punkt model, a download at
+run time. A new nltk release may split some text differently, which would silently move our EM
+away from the official per example. Re-check with tools/em_agreement.py before changing the rules.
 """
 
 from __future__ import annotations
