@@ -15,7 +15,7 @@ RUNS=$(realpath -m "${RUNS:-runs/study}")
 # ray.init() joins a cluster it finds on the host (a `ray start` of someone else's); "local" starts
 # one for each command instead. Set RAY_ADDRESS to run on your own cluster.
 export RAY_ADDRESS=${RAY_ADDRESS:-local}
-# Trials start side by side on one GPU, and their Train workers queue for it longer than Ray's 30 s.
+# Trials start side by side on one GPU; their Train workers can take longer to start than Ray's 60 s.
 export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=${RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S:-300}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 ray_spider=${RAY_SPIDER:-ray-spider}  # e.g. RAY_SPIDER="python -m ray_spider" for a checkout that is not installed
