@@ -26,7 +26,7 @@ from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
-from ray_spider.prompt import Prompter, render_training_texts
+from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
 
 # Multicast over NVLink can put a host's shared GPUs out of service: off everywhere, children too.
@@ -159,15 +159,15 @@ class DevEvalCallback(TrainerCallback):
         metrics = {
             "step": state.global_step,
             "epoch": float(state.epoch or 0.0),
-            "dev_ex": summary["ex"],
-            "dev_em": summary["em"],
-            "sql_only_rate": summary["sql_only_rate"],
-            "dev_n": summary["n"],
+            "dev_ex": summary.ex,
+            "dev_em": summary.em,
+            "sql_only_rate": summary.sql_only_rate,
+            "dev_n": summary.n,
             "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
             "start_s": self.start_s,
             "setup_s": self.setup_s,
-            **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
-            **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
+            **{f"dev_ex_{level}": rates.ex for level, rates in summary.by_hardness.items()},
+            **{f"dev_em_{level}": rates.em for level, rates in summary.by_hardness.items()},
             **measured,
         }
         self.history.append(dict(metrics))
@@ -192,15 +192,6 @@ def worker_placement_group_id() -> str | None:
 
     group = ray.util.get_current_placement_group() if ray.is_initialized() else None
     return group.id.hex() if group else None
-
-
-def tokenize_example(row: dict, tokenizer) -> dict:
-    """Prompt and completion tokenized apart, so the model trains on exactly the tokens inference sends
-    (tokenizing the joined text can merge tokens across the boundary, e.g. '\n\n' + 'SELECT')."""
-    prompt, completion = render_training_texts(tokenizer, row["messages"])
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return {"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
 def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, device, callbacks=()) -> SFTTrainer:
@@ -322,17 +313,16 @@ def fit(cfg: RunConfig, storage_path: str, name: str):
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:
-    """The `train` command: fit, then write the run folder (records.py) with the best adapter."""
-    from ray_spider.records import best_round, copy_best_checkpoint, finish_run, metrics_by_step, new_run_dir, plot_curves, read_summary, write_config, write_metrics
+    """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
+    from ray_spider.records import RunFolder, best_round, metrics_by_step
 
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
-    run_dir = new_run_dir(cfg)
-    write_config(cfg, run_dir)
+    run = RunFolder.create(cfg)
     started = time.time()
-    result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
+    result = fit(cfg, storage_path=str(run.path / "ray"), name="train")
     if result.error:
-        raise RuntimeError(f"training failed; Ray's logs are under {run_dir / 'ray'}") from result.error
+        raise RuntimeError(f"training failed; Ray's logs are under {run.path / 'ray'}") from result.error
     returned = result.return_value or {}
     history = metrics_by_step(returned.get("history", []))
     rounds = [metrics for _, metrics in result.best_checkpoints or []]
@@ -341,10 +331,9 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     if best:
         checkpoint = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == best["step"])
         with checkpoint.as_directory() as directory:
-            copy_best_checkpoint(Path(directory), run_dir)
+            run.save_best_checkpoint(Path(directory))
         info["best_step"] = best["step"]
         info["best_dev_ex"] = best["dev_ex"]
-    write_metrics(history, run_dir)
-    plot_curves(history, run_dir / "curves.png", title=run_dir.name)
-    finish_run(run_dir, cfg, Prompter(spider, cfg.prompt).version, read_summary(run_dir), command, **info)
-    return run_dir
+    run.save_history(history)
+    run.finish(Prompter(spider, cfg.prompt).version, command, **info)
+    return run.path

@@ -39,9 +39,10 @@ Any failure, whatever its cause, is a parse error (the official tool catches the
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ray_spider.evaluation.inputs import read_only_connection
 
 AGG_OPS = ("none", "max", "min", "count", "sum", "avg")
 WHERE_OPS = ("not", "between", "=", ">", "<", ">=", "<=", "!=", "in", "like", "is", "exists")
@@ -85,19 +86,12 @@ class SqlSchema:
     @classmethod
     def from_sqlite(cls, path: Path) -> SqlSchema:
         """Read the schema the way the official tool does: from the database file itself."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"database file not found: {path}")
-        # Read-only URI: a plain connect() would create an empty database at a wrong path.
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
+        with read_only_connection(path) as conn:
             tables = [row[0].lower() for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             columns: dict[str, list[str]] = {}
             for table in tables:
                 info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
                 columns[table] = [row[1].lower() for row in info]
-        finally:
-            conn.close()
         return cls(columns)
 
 
