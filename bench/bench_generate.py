@@ -128,7 +128,7 @@ def main() -> None:
         for name in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:  # alternate the order against drift
             seconds, answers[name] = timed(sides[name])
             runs[name].append(seconds)
-            print(f"  [{repeat + 1}/{args.repeats}] {name:18s} {seconds:7.2f} s", flush=True)
+            print(f"  [{repeat + 1}/{args.repeats}] {name:24s} {seconds:7.2f} s", flush=True)
 
     prompt_tokens = [len(tokenizer(render_generation_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
     new_tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers[next(iter(sides))]]
@@ -145,12 +145,12 @@ def main() -> None:
         f"  answers ({first}): mean {statistics.fmean(new_tokens):.1f} tokens, "
         f"{sum(length >= args.max_new_tokens for length in new_tokens)} of {n} at max_new_tokens"
     )
-    print(f"  {'side':18s} {'seconds':>8s} {'q/s':>8s} {'vs ' + first:>14s} {'answers differing from ' + first}")
+    print(f"  {'side':24s} {'seconds':>8s} {'q/s':>8s} {'vs ' + first:>14s} {'answers differing from ' + first}")
     base_s = statistics.median(runs[first])
     for name in sides:
         seconds = statistics.median(runs[name])
         differ = [i for i, (a, b) in enumerate(zip(answers[first], answers[name])) if a != b]
-        print(f"  {name:18s} {seconds:8.2f} {n / seconds:8.2f} {base_s / seconds:13.2f}x {len(differ)} of {n}")
+        print(f"  {name:24s} {seconds:8.2f} {n / seconds:8.2f} {base_s / seconds:13.2f}x {len(differ)} of {n}")
         for index in differ[:2]:
             print(f"    [{index}] {first}: {answers[first][index]!r}\n    [{index}] {name}: {answers[name][index]!r}")
     if args.profile:

@@ -6,6 +6,8 @@ that stop early, pruning and the static tail, groups of one and several database
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -58,7 +60,7 @@ def tiny(tiny_dir):
     return load_for_inference(ModelConfig(name=tiny_dir, quantization="none"), None, merge=False, device="cpu")
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 16])  # alone; databases split over batches; all in one batch
+@pytest.mark.parametrize("batch_size", [3, 16])  # databases split over batches; all in one batch (flight_2 a group of one)
 def test_generate_with_prefix_cache_answers_like_whole_prompts(tiny_dir, spider, batch_size):
     model, tokenizer = tiny(tiny_dir)
     prompts = spider_prompts(spider, PER_DATABASE)
@@ -99,3 +101,19 @@ def test_prefix_cache_answers_like_whole_prompts_on_the_real_model(offline_dir, 
     expected = generate(model, tokenizer, prompts, cached.model_copy(update={"prefix_cache": False}), progress=False)
     assert len(set(expected)) == len(prompts)
     assert generate(model, tokenizer, prompts, cached, progress=False) == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_prefix_cache_on_cuda_answers_like_whole_prompts_in_cuda_graphs(tiny_dir, spider, caplog):
+    """On a GPU the static tail runs as a CUDA graph after starting from the shared prefixes' cache
+    (float32, as on the CPU: bf16 rounds the two ways of reading a prompt differently)."""
+    model, tokenizer = load_for_inference(ModelConfig(name=tiny_dir, quantization="none"), None, merge=False, device="cuda:0")
+    model.float()
+    prompts = spider_prompts(spider, PER_DATABASE)
+    cached = GenerationConfig(max_new_tokens=24, batch_size=6, cuda_graph_rows=4, prefix_cache=True)
+    expected = generate(model, tokenizer, prompts, cached.model_copy(update={"prefix_cache": False, "cuda_graph_rows": 0}), progress=False)
+    with caplog.at_level(logging.WARNING, logger="ray_spider.inference"):
+        assert generate(model, tokenizer, prompts, cached, progress=False) == expected
+        assert generate(model, tokenizer, prompts, cached.model_copy(update={"batch_size": 16}), progress=False) == expected
+    assert "capture failed" not in caplog.text
