@@ -6,7 +6,13 @@ and how many answers differ from the first side.
     SPIDER_DIR=../shared/spider python bench/bench_generate.py --device cuda --questions 972 \
         --adapter ADAPTER --merge --max-new-tokens 256 --sides hf:512,pruned:512,pruned:1024   # H200: all of dev-972
     SPIDER_DIR=../shared/spider python bench/bench_generate.py --device cuda --questions 972 \
-        --max-new-tokens 48 --repeats 2 --sides pruned:256+noprefix,pruned:256+prefix,pruned:1024+prefix   # prefix caching A/B
+        --max-new-tokens 48 --repeats 2 --sides pruned:1024+noprefix,pruned:1024+prefix,pruned:256+noprefix,pruned:256+prefix
+    SPIDER_DIR=../shared/spider python bench/bench_generate.py --device cuda --questions 972 \
+        --model models/llama31-8b-shape --quantization none --max-new-tokens 48 \
+        --sides pruned:256+noprefix,pruned:256+prefix,pruned:512+prefix   # an 8B shape (bench/make_shape_model.py)
+
+The 8B shape model's weights are random: its answers are noise (ids past the tokenizer's
+vocabulary decode to nothing), so only its seconds count there, not the answers compared.
 
 Sides (``--sides``, comma-separated, timed in this order, then in reverse for --repeats 2):
   unbatched      one ``model.generate`` call per question, no padding (the obvious loop)
