@@ -30,6 +30,9 @@
 #                             the same adapter (its summary: generate_s + score_s): with graphs, without, with again
 #                     bench_train  the training benchmark on the first GPU: ray-spider train against plain
 #                             TRL, 100 steps after an untimed 2-step warm-up (BENCH_TRAIN_EXTRA appended)
+#                     prefix  generation.prefix_cache off and on, dev-972 at max_new_tokens 48: SmolLM2's base
+#                             (bf16) at batch 1024 and 256; then, when MODEL_8B names a folder (made by
+#                             bench/make_shape_model.py when missing), an 8B shape at batch 256 and 512 (~5-8 min)
 # Budget (docs/results.md): on one H200 the sweep needs ~20 min, the re-runs ~14 (three side by side), the
 # bench ~2, bench_train ~6, determinism ~4, the ferry and setup ~1.5: one 30-minute session fits PARTS="sweep bench"
 # or PARTS="reruns bench". Start `follow` in the call that sends the last ferry part. With two GPUs
@@ -185,6 +188,17 @@ part_bench() {  # dev-972 on a quiet GPU (BENCH_GPU picks it): the generation be
 part_bench_train() {  # the training benchmark on the first GPU: ray-spider train's settings against the plain TRL script, one run
   CUDA_VISIBLE_DEVICES=0 step bench-train python3 bench/bench_train.py --device cuda --steps 100 --batch-size 16 --accumulation 4 \
     --max-length 1536 --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2 $BENCH_TRAIN_EXTRA
+}
+
+part_prefix() {  # prefix caching A/B (generation.prefix_cache): SmolLM2's base, then an 8B shape model if MODEL_8B is set
+  local -x CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
+  step prefix-135m python3 bench/bench_generate.py --device cuda --questions 972 --quantization none --max-new-tokens 48 \
+    --sides pruned:1024+noprefix,pruned:1024+prefix,pruned:256+noprefix,pruned:256+prefix --repeats 2 $BENCH_EXTRA
+  if [[ -n ${MODEL_8B:-} ]]; then
+    [[ -d $MODEL_8B ]] || step make-8b python3 bench/make_shape_model.py --shape llama-3.1-8b --out "$MODEL_8B"
+    step prefix-8b python3 bench/bench_generate.py --device cuda --questions 972 --model "$MODEL_8B" --quantization none \
+      --max-new-tokens 48 --sides pruned:256+noprefix,pruned:256+prefix,pruned:512+prefix $BENCH_EXTRA
+  fi
 }
 
 pipeline() {
