@@ -9,7 +9,7 @@ and how many answers differ from the first side.
         --max-new-tokens 48 --repeats 2 --sides pruned:1024+noprefix,pruned:1024+prefix,pruned:256+noprefix,pruned:256+prefix
     SPIDER_DIR=../shared/spider python bench/bench_generate.py --device cuda --questions 972 \
         --model models/llama31-8b-shape --quantization none --max-new-tokens 48 \
-        --sides pruned:256+noprefix,pruned:256+prefix,pruned:512+prefix   # an 8B shape (bench/make_shape_model.py)
+        --sides pruned:256+noprefix,pruned:256+prefix,pruned:512+prefix   # an 8B shape (make_shape_model.py)
 
 The 8B shape model's weights are random: its answers are noise (ids past the tokenizer's
 vocabulary decode to nothing), so only its seconds count there, not the answers compared.
