@@ -120,6 +120,13 @@ class GenerationConfig(_Strict):
         "static KV cache of this many rows, one CUDA graph replay per step (the eager loop is bound by kernel "
         "launches there; on the H200 32 beat 16, 64 and 128, docs/benchmarks.md); 0 = never",
     )
+    prefix_cache: bool = Field(
+        True,
+        description="engine pruned: read the prompt tokens that several prompts of a batch share (a database's system "
+        "prompt and schema) once per batch and copy their KV cache to those rows; prompts are ordered so that they "
+        "share batches (ray_spider/prefix_cache.py). Same answers up to float rounding; false = every row reads its "
+        "whole prompt",
+    )
 
 
 class EvalConfig(_Strict):

@@ -14,6 +14,11 @@ Two engines give the same greedy answers (up to float rounding): ``hf`` is trans
 the KV cache, so a few long answers do not keep hundreds of finished ones busy. On a GPU, once few
 answers are left open (``generation.cuda_graph_rows``), it decodes them with ``StaticDecoder``: a
 static KV cache and one CUDA graph replay per step instead of ~1,300 kernel launches from Python.
+
+With ``generation.prefix_cache`` (engine pruned), prompts that share their first tokens (the
+questions of one database: system prompt and schema) are batched together instead, each shared
+prefix is read once per batch (``prefill_shared_prefixes``) and ``greedy_pruned`` starts from its
+copied KV cache, reading only the rest of each prompt (``prefix_cache.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from transformers import DynamicCache, StaticCache
 
 from ray_spider.config import GenerationConfig
 from ray_spider.model import end_of_turn_token
+from ray_spider.prefix_cache import SharedPrefixBatch, batch_order
 from ray_spider.prompt import render_generation_prompt
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,11 @@ def _cache_argument(model) -> str:
 DECODING_ATTENTION = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 PRUNE_WHEN_FINISHED = 0.25  # drop finished rows once they are this share of the batch (each drop copies the cache)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count a row's real tokens only (pads get 1, which nothing reads), as generate's."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
 
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
@@ -161,7 +172,7 @@ class StaticDecoder:
 
 def greedy_pruned(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-    static_rows: int = 0,
+    static_rows: int = 0, cache: DynamicCache | None = None,
 ) -> torch.Tensor:
     """Greedy new tokens of a left-padded batch, shape (rows, max_new_tokens), pad after each stop token.
 
@@ -170,14 +181,17 @@ def greedy_pruned(
     replaced by pad) until they make up PRUNE_WHEN_FINISHED of the batch; then they leave it and
     the KV cache. Once at most ``static_rows`` rows are left (and the prompt is read), a
     ``StaticDecoder`` of that many rows takes over to the end, as a CUDA graph on a GPU.
+
+    ``cache``: the KV cache of the first columns of ``attention_mask`` (``prefill_shared_prefixes``);
+    ``input_ids`` are then the last columns only.
     """
     rows, device = input_ids.shape[0], input_ids.device
     answers = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids, device=device)
     active = torch.arange(rows, device=device)  # the answers row of each batch row
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    cache = DynamicCache(config=model.config)
+    positions = _positions(attention_mask)[:, -input_ids.shape[1] :]
+    cache = DynamicCache(config=model.config) if cache is None else cache
     cache_kwarg = _cache_argument(model)
     tokens, mask, decoder = input_ids, attention_mask, None
     for step in range(max_new_tokens):
@@ -209,6 +223,18 @@ def greedy_pruned(
     return answers
 
 
+def prefill_shared_prefixes(model, batch: SharedPrefixBatch) -> DynamicCache:
+    """The KV cache of each row's shared prefix, (rows, heads, P, head dim) per layer: every distinct
+    prefix of the batch computed once, in one left-padded forward, then copied to its rows."""
+    cache = DynamicCache(config=model.config)
+    model(
+        input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, position_ids=_positions(batch.prefix_mask),
+        use_cache=True, logits_to_keep=1, **{_cache_argument(model): cache},
+    )
+    cache.batch_select_indices(batch.group_of_row)  # repeated indices: each prefix copied to its rows
+    return cache
+
+
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
 def generate(
@@ -225,7 +251,10 @@ def generate(
     texts = [render_generation_prompt(tokenizer, messages) for messages in prompts]
     # The chat template already writes any BOS it wants: no second one from the tokenizer.
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
+    # engine pruned reads a prefix shared by several prompts once per batch (prefix_cache.py); short
+    # prompts (fewer than 2 tokens) have none to share
+    shared_prefixes = cfg.prefix_cache and cfg.engine == "pruned" and min(map(len, encoded)) >= 2
+    order = batch_order(encoded) if shared_prefixes else sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
     generation_config = greedy_config(tokenizer, model, cfg)
     device = _device(model)
     answers: list[str | None] = [None] * len(prompts)
@@ -244,9 +273,15 @@ def generate(
             task = bar.add_task("generating", total=len(prompts))
             for start in range(0, len(order), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                inputs = tokenizer.pad(
-                    {"input_ids": [encoded[index] for index in batch]}, padding_side="left", return_tensors="pt"
-                ).to(device)
+                cache = None
+                if shared_prefixes:
+                    shared = SharedPrefixBatch.of([encoded[index] for index in batch], generation_config.pad_token_id, device)
+                    inputs = {"input_ids": shared.rest_ids, "attention_mask": shared.attention_mask}
+                    cache = prefill_shared_prefixes(model, shared)
+                else:
+                    inputs = tokenizer.pad(
+                        {"input_ids": [encoded[index] for index in batch]}, padding_side="left", return_tensors="pt"
+                    ).to(device)
                 if cfg.engine == "hf":
                     output = model.generate(**inputs, generation_config=generation_config)
                     new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -254,7 +289,7 @@ def generate(
                     new_tokens = greedy_pruned(
                         model, inputs["input_ids"], inputs["attention_mask"], cfg.max_new_tokens,
                         generation_config.eos_token_id, generation_config.pad_token_id,
-                        static_rows=cfg.cuda_graph_rows if device.type == "cuda" else 0,
+                        static_rows=cfg.cuda_graph_rows if device.type == "cuda" else 0, cache=cache,
                     )
                 # no space clean-up: it rewrites the SQL (" ," -> ",", " 's" -> "'s", inside string literals too)
                 decoded = tokenizer.batch_decode(
