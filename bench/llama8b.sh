@@ -95,9 +95,9 @@ part_ddp() {  # bench's Ray side again with 2 workers: same examples, steps, eff
   local dir=$RUNS/ddp2 workers=2
   rm -rf "$dir"
   python3 - "$OUT/bench/bench_8b.txt" > "$OUT/ddp/overrides.txt" <<'EOF'
-import sys
+import shlex, sys
 line = next(l for l in open(sys.argv[1]) if l.startswith("ray-spider train "))
-print(" ".join(w for w in line.split()[3:] if not w.startswith(("output_dir=", "train.num_workers="))))
+print(shlex.join(w for w in shlex.split(line)[3:] if not w.startswith(("output_dir=", "train.num_workers="))))
 EOF
   [[ $DRY == 1 ]] && workers=2
   RAY_ADDRESS=local python3 -m ray_spider train sweeps/smoke_cpu.yaml $(cat "$OUT/ddp/overrides.txt") output_dir="$dir" \

@@ -363,10 +363,10 @@ def apply_liger_kernels(model, setting: bool | str, device: str | torch.device) 
         return False
     try:
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
-    except ImportError as exc:
+    except Exception as exc:  # not installed, or built for other transformers/triton versions
         if setting is True:
-            raise ConfigError(f"train.liger_kernel=true needs the liger-kernel package ({exc}); pip install 'liger-kernel>=0.8.5'") from None
-        log.info("liger-kernel is not installed: training without its kernels")
+            raise ConfigError(f"train.liger_kernel=true needs the liger-kernel package ({exc!r}); pip install 'liger-kernel>=0.8.5'") from None
+        log.warning("liger-kernel does not import (%r): training without its kernels", exc)
         return False
     from transformers.models.llama import modeling_llama
 

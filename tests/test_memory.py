@@ -148,16 +148,60 @@ def test_shape_model_folder_loads_and_trains(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_liger_kernels_keep_the_loss_and_gradients(tiny_dir):
     from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama
 
     plain = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).to("cuda:0")
     fused = copy.deepcopy(plain)
-    assert apply_liger_kernels(fused, True, "cuda:0") is True
     ids = torch.randint(0, plain.config.vocab_size, (3, 40), device="cuda:0")
-    losses = []
-    for model in (plain, fused):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    rotary = modeling_llama.apply_rotary_pos_emb  # Liger swaps it for the whole process: plain runs first
+    try:
+        plain_loss = plain(input_ids=ids, labels=ids).loss
+        plain_loss.backward()
+        assert apply_liger_kernels(fused, True, "cuda:0") is True
+        assert modeling_llama.LlamaRMSNorm.__module__.startswith("transformers")  # classes put back
+        fused_loss = fused(input_ids=ids, labels=ids).loss
+        fused_loss.backward()
+    finally:
+        modeling_llama.apply_rotary_pos_emb = rotary
+    torch.testing.assert_close(plain_loss, fused_loss, rtol=1e-5, atol=1e-5)
     for (name, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_budget_below_the_gpu_is_enforced():
+    # in a child process: the cap holds for the whole process, and other tests share this one
+    code = (
+        "import torch; from ray_spider.memory import limit_gpu_memory; limit_gpu_memory(2, 'cuda:0'); "
+        "torch.empty(int(1.5e9), dtype=torch.uint8, device='cuda:0')\n"
+        "try:\n    torch.empty(int(3e9), dtype=torch.uint8, device='cuda:0')\nexcept torch.OutOfMemoryError:\n    print('capped')"
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.strip() == "capped", result.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_liger_kernels_under_4bit_and_lora_train_to_the_same_loss(tiny_dir):
+    from transformers.models.llama import modeling_llama
+
+    from ray_spider.config import LoraConfig, ModelConfig
+    from ray_spider.model import apply_lora, load_model
+
+    ids = torch.randint(0, 1000, (2, 32), device="cuda:0")
+    rotary, losses = modeling_llama.apply_rotary_pos_emb, []
+    try:
+        for liger in (False, True):
+            torch.manual_seed(0)
+            base = load_model(ModelConfig(name=tiny_dir), "cuda:0")
+            assert apply_liger_kernels(base, liger, "cuda:0") is liger
+            model = apply_lora(base, LoraConfig(r=4, alpha=8, dropout=0.0))
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            losses.append(loss.float())
+    finally:
+        modeling_llama.apply_rotary_pos_emb = rotary
+    torch.testing.assert_close(losses[0], losses[1], rtol=2e-2, atol=2e-2)  # bf16 compute
