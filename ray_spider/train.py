@@ -1,6 +1,6 @@
 """One QLoRA SFT run: TRL's SFTTrainer inside a Ray Train TorchTrainer, with dev EX/EM during training.
 
-    ray-spider train sweeps/qlora_r16_smollm2.yaml [train.learning_rate=2e-4 ...]
+    ray-spider train sweeps/qlora_r16.yaml [train.learning_rate=2e-4 ...]
 
 ``train_loop`` runs on every Ray Train worker (DDP across workers, one GPU each when there are
 GPUs). Every ``train.eval_every_steps`` optimizer steps, and at the end, the workers generate the
@@ -12,6 +12,7 @@ are marked ``# Ray:``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -27,8 +28,10 @@ from ray_spider.data import build_sft_dataset, scored_dev_examples, train_exampl
 from ray_spider.memory import resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
-from ray_spider.prompt import Prompter, render_training_texts
+from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
+
+log = logging.getLogger(__name__)
 
 # Multicast over NVLink can put a host's shared GPUs out of service: off everywhere, children too.
 WORKER_ENV = {
@@ -160,15 +163,15 @@ class DevEvalCallback(TrainerCallback):
         metrics = {
             "step": state.global_step,
             "epoch": float(state.epoch or 0.0),
-            "dev_ex": summary["ex"],
-            "dev_em": summary["em"],
-            "sql_only_rate": summary["sql_only_rate"],
-            "dev_n": summary["n"],
+            "dev_ex": summary.ex,
+            "dev_em": summary.em,
+            "sql_only_rate": summary.sql_only_rate,
+            "dev_n": summary.n,
             "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
             "start_s": self.start_s,
             "setup_s": self.setup_s,
-            **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
-            **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
+            **{f"dev_ex_{level}": rates.ex for level, rates in summary.by_hardness.items()},
+            **{f"dev_em_{level}": rates.em for level, rates in summary.by_hardness.items()},
             **measured,
         }
         self.history.append(dict(metrics))
@@ -193,15 +196,6 @@ def worker_placement_group_id() -> str | None:
 
     group = ray.util.get_current_placement_group() if ray.is_initialized() else None
     return group.id.hex() if group else None
-
-
-def tokenize_example(row: dict, tokenizer) -> dict:
-    """Prompt and completion tokenized apart, so the model trains on exactly the tokens inference sends
-    (tokenizing the joined text can merge tokens across the boundary, e.g. '\n\n' + 'SELECT')."""
-    prompt, completion = render_training_texts(tokenizer, row["messages"])
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return {"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
 def tokenize_dataset(train_set, tokenizer):
@@ -248,6 +242,9 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
 
 def train_loop(config: dict) -> dict:
     """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
+    from ray_spider.cli import configure_logging
+
+    configure_logging()  # this is a fresh worker process
     started = time.perf_counter()
     start_s = round(time.time() - config["launched_at"], 1) if "launched_at" in config else None
     cfg = RunConfig.model_validate(config["run"])
@@ -264,12 +261,10 @@ def train_loop(config: dict) -> dict:
     tokenized = tokenize_dataset(train_set, tokenizer)
     # Before the model loads: the budget is enforced from here, and `auto` settings get their values.
     cfg, plan = resolve_memory_settings(cfg, device, longest_sequence(tokenized, cfg.train.max_length))
-    print(f"memory plan: {plan}")
+    log.info("memory plan: %s", plan)
     base = load_model(cfg.model, device=device)
     liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)
-    model = apply_lora(base, cfg.lora)
-    trainable, total = model.get_nb_trainable_parameters()
-    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
     callback.start_s = start_s
@@ -277,9 +272,11 @@ def train_loop(config: dict) -> dict:
         trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, [callback])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
-            print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
-                  f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
-                  "dropped (their prompt alone fills it); raise train.max_length to keep them")
+            log.warning(
+                "of %d examples, %d are truncated to train.max_length=%d and %d dropped (their prompt alone fills it); "
+                "raise train.max_length to keep them",
+                len(train_set), stats["train_examples_truncated"], cfg.train.max_length, stats["train_examples_dropped_prompt_too_long"],
+            )
         callback.setup_s = round(time.perf_counter() - started, 1)
         runtime = trainer.train().metrics["train_runtime"]
     train_seconds = runtime - callback.eval_seconds_in_loop
@@ -354,17 +351,16 @@ def fit(cfg: RunConfig, storage_path: str, name: str):
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:
-    """The `train` command: fit, then write the run folder (records.py) with the best adapter."""
-    from ray_spider.records import best_round, copy_best_checkpoint, finish_run, metrics_by_step, new_run_dir, plot_curves, read_summary, write_config, write_metrics
+    """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
+    from ray_spider.records import RunFolder, best_round, metrics_by_step
 
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
-    run_dir = new_run_dir(cfg)
-    write_config(cfg, run_dir)
+    run = RunFolder.create(cfg)
     started = time.time()
-    result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
+    result = fit(cfg, storage_path=str(run.path / "ray"), name="train")
     if result.error:
-        raise RuntimeError(f"training failed; Ray's logs are under {run_dir / 'ray'}") from result.error
+        raise RuntimeError(f"training failed; Ray's logs are under {run.path / 'ray'}") from result.error
     returned = result.return_value or {}
     history = metrics_by_step(returned.get("history", []))
     rounds = [metrics for _, metrics in result.best_checkpoints or []]
@@ -373,10 +369,9 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     if best:
         checkpoint = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == best["step"])
         with checkpoint.as_directory() as directory:
-            copy_best_checkpoint(Path(directory), run_dir)
+            run.save_best_checkpoint(Path(directory))
         info["best_step"] = best["step"]
         info["best_dev_ex"] = best["dev_ex"]
-    write_metrics(history, run_dir)
-    plot_curves(history, run_dir / "curves.png", title=run_dir.name)
-    finish_run(run_dir, cfg, Prompter(spider, cfg.prompt).version, read_summary(run_dir), command, **info)
-    return run_dir
+    run.save_history(history)
+    run.finish(Prompter(spider, cfg.prompt).version, command, **info)
+    return run.path
