@@ -3,17 +3,21 @@
 #   OUT=$OUT bash bench/llama8b.sh PART...        (GPU machine, repo root, after the ferry: FERRY_ENV or /tmp/ferry/env.sh)
 #   DRY=1 OUT=/tmp/l8b_out bash bench/llama8b.sh all   (CPU: the same commands on a 2-layer tiny shape, minutes)
 # Each part prints one line starting with RESULT and keeps its raw output under $OUT/<part>/.
-# Parts (GPU minutes on H200s, estimated: none of them ran on a GPU yet):
+# Parts (GPU minutes on H200s: estimates, none of this has run on a GPU yet):
 #   make     the 8B shape model in $MODEL_DIR (init on the GPU in bf16, 16 GB of safetensors)          ~1.5
-#   budgets  ray-spider train at 24 GB and 48 GB budgets (train.gpu_memory_gb, enforced), side by side on
-#            GPU 0 and 1: the auto micro-batch/checkpointing/merge, peak train/dev GB, tokens/s       ~2.5
-#   bench    bench_train at 8B: product (48 GB budget) vs plain TRL, 30 steps x effective batch 32,
-#            on GPU 0; beside it on GPU 1 the 135M ratio as before (100 steps)                       ~6
-#   ddp      the bench's Ray side with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU         ~2
-#   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials, one per GPU), then `best` ~3
-#   all      make budgets bench ddp sweep                                                             ~15
-# In one 10-minute call each: "make budgets", "bench", "ddp sweep" (the model folder lives in /tmp: keep the
-# machine warm between calls, or run make again). RESULT lines: grep '^RESULT' $OUT/*/log.txt
+#   budgets  ray-spider train sweeps/qlora_llama31_8b.yaml at 24 GB and 48 GB budgets (train.gpu_memory_gb,
+#            enforced), 3 steps + a 32-question dev round, side by side on GPU 0 and 1: the auto
+#            micro-batch/checkpointing/merged copy, peak train/dev GB against the budget            ~2.5
+#   bench    bench_train at 8B on GPU 0: the product under a 48 GB budget vs plain TRL (micro-batch 4 x 8,
+#            30 steps = 960 examples, max_length 2048, nf4 both); beside it on GPU 1 the 135M ratio as
+#            before (100 steps, bench/gpu_proof.sh's shape)                                           ~5
+#   ddp      bench's Ray side again with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU      ~2
+#   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials at once, 6 steps, 20 dev
+#            questions, whole GPUs: no budget), then `best`                                          ~3
+#   all      make budgets bench ddp sweep                                                             ~14
+# Calls of at most 10 minutes: "make budgets", then "bench", then "ddp sweep" (the model folder lives in
+# /tmp: keep the machine warm between calls, or run make again). BENCH8B_EXTRA is appended to the 8B
+# bench (e.g. "--ray-set train.deterministic=false"). RESULT lines: $OUT/RESULTS.txt
 set -uo pipefail
 DRY=${DRY:-0}
 OUT=${OUT:-/tmp/llama8b_out}
@@ -76,7 +80,8 @@ part_budgets() {
 bench_args() {  # the 8B bench shape: plain TRL at micro-batch 4 x 8 accumulation, the product at auto under 48 GB
   echo --model "$MODEL_DIR" --device $DEVICE --steps $STEPS --batch-size $BENCH_BATCH --max-length 2048 \
     --threads $THREADS --ray-batch-size auto --ray-group-by-length --warmup-steps 1 \
-    --ray-set train.gpu_memory_gb=48 --ray-set train.gradient_checkpointing=auto --ray-set generation.merge_adapter=auto
+    --ray-set train.gpu_memory_gb=48 --ray-set train.gradient_checkpointing=auto --ray-set generation.merge_adapter=auto \
+    ${BENCH8B_EXTRA:-}
 }
 
 part_bench() {
@@ -122,7 +127,8 @@ part_sweep() {
     > "$OUT/sweep/sweep.log" 2>&1 || { echo "RESULT sweep: FAILED"; tail -25 "$OUT/sweep/sweep.log"; return; }
   python3 -m ray_spider best "$storage/sweep-llama31-8b" --out "$RUNS/best" --no-check-load > "$OUT/sweep/best.log" 2>&1 \
     || { echo "RESULT sweep: best FAILED"; tail -25 "$OUT/sweep/best.log"; return; }
-  echo "RESULT sweep: $(grep -c -i 'TERMINATED' "$OUT/sweep/sweep.log" || true) TERMINATED lines; best: $(tr -d '\n ' < "$OUT/sweep/best.log" | grep -o '"dev_ex":[0-9.]*' | head -1); adapter files: $(ls "$RUNS/best" | tr '\n' ' ')"
+  cp "$storage"/sweep-llama31-8b/trials.* "$OUT/sweep/" 2>/dev/null || true
+  echo "RESULT sweep: $(grep -c '│ TERMINATED │' "$OUT/sweep/sweep.log" || true) of 2 trials TERMINATED; best: $(tr -d '\n ' < "$OUT/sweep/best.log" | grep -o -e '"trial_id":"[0-9a-f]*"' -e '"best_dev_ex":[0-9.]*' | tr '\n' ' '); in $RUNS/best: $(ls "$RUNS/best" | tr '\n' ' ')"
 }
 
 parts=("$@")
