@@ -256,15 +256,21 @@ def model_shape(model_name: str) -> ModelShape:
     return ModelShape.from_hf_config(AutoConfig.from_pretrained(resolve_model(model_name)))
 
 
-def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None = None):
+def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None = None, gpu_share: float = 1.0):
     """(cfg with every ``auto`` memory setting replaced by its value, the MemoryPlan) for a worker on ``device``.
 
-    ``cfg`` is a RunConfig; ``seq_len`` the longest training sequence (tokens). On a GPU the budget is
-    enforced first (limit_gpu_memory). A CPU worker without train.gpu_memory_gb plans for the host's RAM.
+    ``cfg`` is a RunConfig; ``seq_len`` the longest training sequence (tokens); ``gpu_share`` the
+    worker's share of its GPU (a sweep's fractional ``gpus_per_worker``): without an explicit budget
+    the plan takes that share of the GPU's memory (not enforced: trials sharing a GPU never were).
+    An explicit budget is enforced first (limit_gpu_memory). A CPU worker without train.gpu_memory_gb
+    plans for the host's RAM.
     """
     train, generation = cfg.train, cfg.generation
+    explicit = train.gpu_memory_gb is not None or bool(os.environ.get(MEMORY_ENV))
     budget = budget_gb(train.gpu_memory_gb, device)
     limit_gpu_memory(budget, device)
+    if budget is not None and not explicit:
+        budget *= min(1.0, gpu_share)
     plan = plan_memory(
         budget if budget is not None else host_memory_gb(),
         shape or model_shape(cfg.model.name),

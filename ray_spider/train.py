@@ -190,6 +190,15 @@ def take_peak_memory_gb(device: torch.device) -> float | None:
 PLACEMENT_GROUP_METRIC = "placement_group"  # reported each round: a sweep frees it when Tune stops the trial
 
 
+def worker_gpu_share() -> float:
+    """The GPUs Ray assigned this worker (a fraction when trials share a GPU); 1.0 outside Ray or without GPUs."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1.0
+    return ray.get_runtime_context().get_assigned_resources().get("GPU") or 1.0
+
+
 def worker_placement_group_id() -> str | None:
     """Hex id of the placement group holding this Ray Train worker's resources (None outside Ray)."""
     import ray
@@ -260,7 +269,7 @@ def train_loop(config: dict) -> dict:
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     tokenized = tokenize_dataset(train_set, tokenizer)
     # Before the model loads: the budget is enforced from here, and `auto` settings get their values.
-    cfg, plan = resolve_memory_settings(cfg, device, longest_sequence(tokenized, cfg.train.max_length))
+    cfg, plan = resolve_memory_settings(cfg, device, longest_sequence(tokenized, cfg.train.max_length), gpu_share=worker_gpu_share())
     log.info("memory plan: %s", plan)
     base = load_model(cfg.model, device=device)
     liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)

@@ -205,3 +205,16 @@ def test_liger_kernels_under_4bit_and_lora_train_to_the_same_loss(tiny_dir):
     finally:
         modeling_llama.apply_rotary_pos_emb = rotary
     torch.testing.assert_close(losses[0], losses[1], rtol=2e-2, atol=2e-2)  # bf16 compute
+
+
+def test_a_trial_sharing_a_gpu_plans_for_its_share(tiny_dir, monkeypatch):
+    import ray_spider.memory as memory
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    monkeypatch.setattr(memory, "budget_gb", lambda setting, device: setting if setting is not None else 141.0)  # an H200
+    cfg = load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", [f"model.name={tiny_dir}"])
+    _, whole = resolve_memory_settings(cfg, torch.device("cpu"), seq_len=1024, gpu_share=1.0)
+    _, third = resolve_memory_settings(cfg, torch.device("cpu"), seq_len=1024, gpu_share=0.33)
+    assert whole.budget_gb == 141.0 and third.budget_gb == round(141.0 * 0.33, 2)
+    cfg = load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", [f"model.name={tiny_dir}", "train.gpu_memory_gb=40"])
+    assert resolve_memory_settings(cfg, torch.device("cpu"), seq_len=1024, gpu_share=0.33)[1].budget_gb == 40  # explicit: per worker
