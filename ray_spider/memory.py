@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from ray_spider.config import ConfigError
+
 GB = 1e9  # decimal, as gpu_peak_gb_* and the GPU vendors' sizes
 MEMORY_ENV = "RAY_SPIDER_GPU_MEMORY_GB"
 # Without checkpointing, a micro-batch this small leaves the GPU waiting on per-micro-batch costs
@@ -257,7 +259,8 @@ def model_shape(model_name: str) -> ModelShape:
 
 
 def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None = None, gpu_share: float = 1.0):
-    """(cfg with every ``auto`` memory setting replaced by its value, the MemoryPlan) for a worker on ``device``.
+    """(cfg with every ``auto`` memory setting replaced by its value, the MemoryPlan) for a worker on ``device``;
+    the plan is None for a model whose config lacks LLaMA's size names when no setting is ``auto``.
 
     ``cfg`` is a RunConfig; ``seq_len`` the longest training sequence (tokens); ``gpu_share`` the
     worker's share of its GPU (a sweep's fractional ``gpus_per_worker``): without an explicit budget
@@ -271,9 +274,19 @@ def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None 
     limit_gpu_memory(budget, device)
     if budget is not None and not explicit:
         budget *= min(1.0, gpu_share)
+    if shape is None:
+        try:
+            shape = model_shape(cfg.model.name)
+        except AttributeError as exc:  # a config without LLaMA's size names
+            autos = [key for key, value in (("train.per_device_batch_size", train.per_device_batch_size),
+                     ("train.gradient_checkpointing", train.gradient_checkpointing),
+                     ("generation.merge_adapter", generation.merge_adapter), ("generation.batch_size", generation.batch_size)) if value == "auto"]
+            if autos:
+                raise ConfigError(f"{', '.join(autos)}=auto needs a LLaMA-family model.name, {cfg.model.name!r} has no {exc.name}") from None
+            return cfg, None
     plan = plan_memory(
         budget if budget is not None else host_memory_gb(),
-        shape or model_shape(cfg.model.name),
+        shape,
         seq_len,
         train.effective_batch_size // train.num_workers,
         lora_rank=cfg.lora.r,

@@ -211,7 +211,7 @@ def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: PredictionS
     ]
     if "best_step" in info:
         parts.append(f"Best checkpoint by dev EX: step {info['best_step']} of {info['last_step']} (kept in `adapter/`). Wall time {info['wall_s']:.0f} s.")
-    if "memory_plan" in info:
+    if info.get("memory_plan"):
         parts.append(memory_line(info))
     if summary:
         parts += [

@@ -297,7 +297,7 @@ def train_loop(config: dict) -> dict:
     }
     kernels = torch.are_deterministic_algorithms_enabled()
     memory = {
-        "memory_plan": plan.as_dict(),
+        "memory_plan": plan.as_dict() if plan else None,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "liger_kernel": liger,
         **peak_memory(callback.history),
