@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 from rich.table import Table
 
 from ray_spider.config import ModelConfig
+from ray_spider.records import ADAPTER_FILES
 from ray_spider.storage import TRIALS_PLOT, is_local, storage
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def trials_table(rows: list[dict]) -> Table:
