@@ -218,3 +218,14 @@ def test_a_trial_sharing_a_gpu_plans_for_its_share(tiny_dir, monkeypatch):
     assert whole.budget_gb == 141.0 and third.budget_gb == round(141.0 * 0.33, 2)
     cfg = load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", [f"model.name={tiny_dir}", "train.gpu_memory_gb=40"])
     assert resolve_memory_settings(cfg, torch.device("cpu"), seq_len=1024, gpu_share=0.33)[1].budget_gb == 40  # explicit: per worker
+
+
+def test_prediction_resolves_auto_generation_settings(tiny_dir, monkeypatch):
+    from ray_spider.memory import resolve_generation_settings
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    cfg = load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", [f"model.name={tiny_dir}", "train.gpu_memory_gb=24"])
+    resolved = resolve_generation_settings(cfg, torch.device("cpu"))
+    assert isinstance(resolved.generation.batch_size, int) and isinstance(resolved.generation.merge_adapter, bool)
+    fixed = load_run_config(None, [f"model.name={tiny_dir}"])
+    assert resolve_generation_settings(fixed, torch.device("cpu")) is fixed  # nothing auto: untouched
