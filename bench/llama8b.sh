@@ -25,14 +25,14 @@ RUNS=${RUNS:-/tmp/llama8b_runs}
 if [[ $DRY == 1 ]]; then
   SHAPE_ARGS=${SHAPE_ARGS:---shape tiny --device cpu}
   MODEL_DIR=${MODEL_DIR:-/tmp/llama8b_tiny}
-  DEVICE=cpu; USE_GPU=false; STEPS=${STEPS:-2}; SMALL_STEPS=2; BENCH_BATCH="1 --accumulation 2"; THREADS=1
+  DEVICE=cpu; USE_GPU=false; STEPS=${STEPS:-2}; BUDGET_STEPS=2; BENCH_BATCH="1 --accumulation 2"; THREADS=1
   EXTRA="data.max_train_examples=16 generation.max_new_tokens=8 eval.workers=1 train.cpus_per_worker=1"
 else
   . "${FERRY_ENV:-/tmp/ferry/env.sh}" > /dev/null  # PYTHONPATH, FERRY_MODEL, FERRY_SPIDER
   export RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER" RAY_SPIDER_CACHE=/tmp/rs_cache HF_HUB_OFFLINE=1
   SHAPE_ARGS=${SHAPE_ARGS:---shape llama-3.1-8b}
   MODEL_DIR=${MODEL_DIR:-/tmp/llama31-8b-shape}
-  DEVICE=cuda; USE_GPU=true; STEPS=${STEPS:-30}; SMALL_STEPS=100; BENCH_BATCH="4 --accumulation 8"; THREADS=4
+  DEVICE=cuda; USE_GPU=true; STEPS=${STEPS:-30}; BUDGET_STEPS=${BUDGET_STEPS:-3}; BENCH_BATCH="4 --accumulation 8"; THREADS=4
   EXTRA="generation.max_new_tokens=128"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -66,13 +66,12 @@ budget_run() {  # budget_run GB GPU: a few steps + one small dev round of the 8B
   local dir=$RUNS/budget$1
   rm -rf "$dir"
   CUDA_VISIBLE_DEVICES=$2 RAY_ADDRESS=local python3 -m ray_spider train sweeps/qlora_llama31_8b.yaml output_dir="$dir" \
-    model.name="$MODEL_DIR" train.gpu_memory_gb=$1 train.max_steps=$SMALL_STEPS train.eval_every_steps=1000 \
+    model.name="$MODEL_DIR" train.gpu_memory_gb=$1 train.max_steps=$BUDGET_STEPS train.eval_every_steps=1000 \
     train.logging_steps=1 train.use_gpu=$USE_GPU data.dev_subset=32 $EXTRA > "$OUT/budgets/train$1.log" 2>&1 \
     && manifest_line "budgets ${1} GB" "$(latest_run "$dir")" || { echo "RESULT budgets ${1} GB: FAILED (tail below)"; tail -25 "$OUT/budgets/train$1.log"; }
 }
 
 part_budgets() {
-  [[ $DRY == 1 ]] || SMALL_STEPS=3
   budget_run 24 0 &
   if [[ $GPUS -gt 1 || $DRY == 1 ]]; then budget_run 48 "$GPU1" & wait; else wait; budget_run 48 0; fi
 }
