@@ -73,7 +73,8 @@ budget_run() {  # budget_run GB GPU: a few steps + one small dev round of the 8B
 
 part_budgets() {
   budget_run 24 0 &
-  if [[ $GPUS -gt 1 || $DRY == 1 ]]; then budget_run 48 "$GPU1" & wait; else wait; budget_run 48 0; fi
+  # two local Ray clusters starting at the same moment can time out waiting for their raylets: stagger them
+  if [[ $GPUS -gt 1 || $DRY == 1 ]]; then sleep 20; budget_run 48 "$GPU1" & wait; else wait; budget_run 48 0; fi
 }
 
 bench_args() {  # the 8B bench shape: plain TRL at micro-batch 4 x 8 accumulation, the product at auto under 48 GB
@@ -88,6 +89,7 @@ part_bench() {
   local small
   if [[ $DRY == 1 ]]; then small="--device cpu --steps 2 --batch-size 1 --accumulation 2 --max-length 1024"
   else small="--device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2"; fi
+  sleep 20  # staggered: two local Ray clusters starting at once can time out waiting for their raylets
   CUDA_VISIBLE_DEVICES=$GPU1 python3 bench/bench_train.py $small > "$OUT/bench/bench_135m.txt" 2>&1 &
   wait
   for name in 8b 135m; do
