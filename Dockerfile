@@ -8,9 +8,9 @@ COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users ray_spider ./ray_spider
 COPY --chown=ray:users sweeps ./sweeps
 
-# torch from PyPI is the CUDA build on Linux x86-64; bitsandbytes ships its CUDA kernels.
+# torch from PyPI is the CUDA build on Linux x86-64; bitsandbytes ships its CUDA kernels; [gpu] adds liger-kernel.
 RUN pip install --no-cache-dir "torch>=2.11" && \
-    pip install --no-cache-dir . && \
+    pip install --no-cache-dir ".[gpu]" && \
     ray-spider --help > /dev/null
 
 ENV RAY_TRAIN_ENABLE_PRINT_PATCH=0 \

@@ -54,12 +54,15 @@ NUM_TOKENS = re.compile(r"'num_tokens': '?([0-9.eE+-]+)'?")
 RESULT_PREFIX = "PLAIN_RESULT "
 
 
-def overrides(args, output_dir: str) -> list[str]:
-    """The `ray-spider train` overrides that give the run the benchmark's shape."""
+def overrides(args, output_dir: str, ray_side: bool = True) -> list[str]:
+    """The `ray-spider train` overrides that give the run the benchmark's shape (+ --ray-set on the Ray side)."""
     examples = args.steps * args.batch_size * args.accumulation
-    ray_batch = args.ray_batch_size or args.batch_size
-    ray_accumulation = args.ray_accumulation or args.accumulation
-    ray_steps = examples // (ray_batch * ray_accumulation)
+    if args.ray_batch_size == "auto":  # the worker picks the micro-batch; the effective batch stays the plain side's
+        ray_batch, effective = "auto", args.batch_size * args.accumulation
+    else:
+        ray_batch = int(args.ray_batch_size or args.batch_size)
+        effective = ray_batch * (args.ray_accumulation or args.accumulation)
+    ray_steps = examples // effective
     return [
         f"output_dir={output_dir}",
         "name=bench-train",
@@ -68,7 +71,7 @@ def overrides(args, output_dir: str) -> list[str]:
         f"train.max_steps={ray_steps}",
         "train.epochs=1",
         f"train.per_device_batch_size={ray_batch}",
-        f"train.effective_batch_size={ray_batch * ray_accumulation}",
+        f"train.effective_batch_size={effective}",
         f"train.group_by_length={str(args.ray_group_by_length).lower()}",
         f"train.max_length={args.max_length}",
         f"train.logging_steps={args.logging_steps}",
@@ -80,6 +83,7 @@ def overrides(args, output_dir: str) -> list[str]:
         "data.dev_subset=1",  # the final dev round is not timed: keep it short
         "generation.max_new_tokens=8",
         "eval.workers=1",
+        *(args.ray_set if ray_side else []),
     ]
 
 
@@ -108,6 +112,10 @@ def run_ray(args) -> dict:
         "examples": manifest["train_examples_used"],
         "truncated": manifest["train_examples_truncated"],
         "wall_s": wall,
+        "peak_gb": manifest.get("gpu_peak_gb_train"),
+        "micro_batch": manifest.get("memory_plan", {}).get("micro_batch"),
+        "checkpointing": manifest.get("memory_plan", {}).get("gradient_checkpointing"),
+        "liger": manifest.get("liger_kernel"),
     }
 
 
@@ -156,6 +164,10 @@ def run_plain(args, cfg: RunConfig) -> dict:
         )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization, device_map={"": device})
     model.config.use_cache = False
+    if args.plain_liger:  # the untimed warm-up only: compiles Liger's kernels for the Ray side's first steps
+        from ray_spider.model import apply_liger_kernels
+
+        apply_liger_kernels(model, "auto", device)
     lora = cfg.lora
     model = get_peft_model(
         model,
@@ -198,6 +210,7 @@ def run_plain(args, cfg: RunConfig) -> dict:
         "logged_tokens": int(logged_tokens[-1]) if logged_tokens else None,
         "examples": len(kept),
         "truncated": sum(len(ids) >= train.max_length for ids in kept),
+        "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,
     }
 
 
@@ -213,7 +226,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each side (Ray: train.cpus_per_worker)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating Ray/plain pairs; medians are reported")
-    parser.add_argument("--ray-batch-size", type=int, default=None, help="Ray side's per-device batch (default: --batch-size)")
+    parser.add_argument("--ray-batch-size", default=None, help="Ray side's per-device batch, or auto (default: --batch-size)")
     parser.add_argument("--ray-accumulation", type=int, default=None, help="Ray side's accumulation (default: --accumulation)")
     parser.add_argument("--ray-group-by-length", action="store_true", help="Ray side batches similar lengths together")
     parser.add_argument(
@@ -221,17 +234,22 @@ def main() -> None:
         help="first an untimed plain run of N steps: kernels compiled on first use (TRL's Triton loss on a GPU) are "
         "cached on disk, so neither timed side pays for compiling them (else the side that runs first does)",
     )
+    parser.add_argument(
+        "--ray-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a run-config override for the Ray side only, e.g. train.gpu_memory_gb=48 (repeatable)",
+    )
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-liger", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    cfg = load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused"))
+    cfg = load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused", ray_side=False))
     if args.plain_child:  # the plain side, in its own process like the Ray worker
         print(RESULT_PREFIX + json.dumps(run_plain(args, cfg)), flush=True)
         return
     examples = args.steps * args.batch_size * args.accumulation
     print(f"ray-spider train {BASE_CONFIG} " + shlex.join(overrides(args, "<tmp>")), flush=True)
     if args.warmup_steps:
-        warmup = run_plain_process(args, ("--steps", str(args.warmup_steps), "--warmup-steps", "0"))
+        warmup = run_plain_process(args, ("--steps", str(args.warmup_steps), "--warmup-steps", "0", "--plain-liger"))
         print(f"  warm-up (untimed): plain, {args.warmup_steps} steps, {warmup['wall_s']:.1f} s", flush=True)
     ray_runs, plain_runs = [], []
     sides = [("ray", run_ray, ray_runs), ("plain", run_plain_process, plain_runs)]
@@ -257,8 +275,11 @@ def main() -> None:
     for name, runs, rate in (("ray-spider train (Ray Train)", ray_runs, ray_rate), ("plain TRL script (no Ray)", plain_runs, plain_rate)):
         print(
             f"  {name:30s}: {median(runs, 'tokens'):8.0f} tokens in {median(runs, 'train_s'):7.2f} s train = {rate:8.1f} tokens/s"
-            f"   (end to end {median(runs, 'wall_s'):6.1f} s)"
+            f"   (end to end {median(runs, 'wall_s'):6.1f} s, peak {runs[-1].get('peak_gb')} GB)"
         )
+    last = ray_runs[-1]
+    if last.get("micro_batch") is not None:
+        print(f"  Ray side: micro-batch {last['micro_batch']}, gradient checkpointing {last['checkpointing']}, Liger kernels {last['liger']}")
     print(f"  ratio Ray / plain tokens/s    : {ray_rate / plain_rate:8.3f}")
     print("  (end to end = the whole process; Ray's also starts Ray and runs the final dev round and the run records)")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEFAULT_SYSTEM_PROMPT = "You are a text-to-SQL system. Output ONLY one SQLite SQL query and nothing else."
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OFFLINE_MODEL = "smollm2-135m-instruct"
+
+
+AUTO = "auto"
+Auto = Literal["auto"]
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class ConfigError(ValueError):
@@ -80,14 +85,30 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate of the LoRA weights")
     epochs: float = Field(2.0, gt=0, description="passes over the training set (a fraction stops part-way)")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
-    per_device_batch_size: int = Field(4, ge=1, description="micro-batch: examples per worker per forward pass; lower it to fit memory")
+    per_device_batch_size: PositiveInt | Auto = Field(
+        4, description="micro-batch: examples per worker per forward pass; auto: the largest that fits the GPU "
+        "(train.gpu_memory_gb, memory.py), gradient accumulation keeps effective_batch_size"
+    )
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
     group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
     lr_scheduler: str = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of all optimizer steps spent warming the learning rate up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, slower")
+    gradient_checkpointing: bool | Auto = Field(
+        False, description="recompute activations in the backward pass: less memory, ~1/3 more compute; auto: only "
+        "where a micro-batch of 4 does not fit without it (memory.py)"
+    )
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="GPU memory per worker the auto settings plan for; below the GPU's size it is "
+        "enforced (torch.cuda.set_per_process_memory_fraction: emulates a smaller GPU); None = $RAY_SPIDER_GPU_MEMORY_GB, "
+        "else the whole GPU"
+    )
+    liger_kernel: bool | Auto = Field(
+        AUTO, description="Liger's Triton kernels for RMSNorm, SwiGLU and RoPE (faster, less activation memory; the "
+        "LM head stays TRL's fused one); auto: on a CUDA worker when liger-kernel is installed; true on a CPU "
+        "worker is an error (Triton runs on GPUs only)"
+    )
     seed: int = Field(42, description="seed of model init (LoRA), data order and dropout; the dev subset has its own (data.dev_subset_seed)")
     deterministic: bool = Field(
         True,
@@ -105,14 +126,17 @@ class TrainConfig(_Strict):
 
 class GenerationConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens (greedy decoding)")
-    batch_size: int = Field(32, ge=1, description="questions generated together (padded to the longest prompt)")
+    batch_size: PositiveInt | Auto = Field(
+        32, description="questions generated together (padded to the longest prompt); auto: as many as fit the GPU (memory.py)"
+    )
     engine: Literal["pruned", "hf"] = Field(
         "pruned",
         description="pruned: greedy loop that drops finished answers from the batch and KV cache; "
         "hf: transformers' generate (decodes every row until the longest answer ends)",
     )
-    merge_adapter: bool = Field(
-        False, description="generate with a full-precision copy of the base with LoRA merged in (faster; more memory)"
+    merge_adapter: bool | Auto = Field(
+        False, description="generate with a full-precision copy of the base with LoRA merged in (faster; more memory); "
+        "auto: where the bf16 copy takes at most 35% of the GPU's memory (memory.py)"
     )
     cuda_graph_rows: int = Field(
         32, ge=0,
@@ -147,7 +171,8 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> RunConfig:
-        per_step = self.train.per_device_batch_size * self.train.num_workers
+        micro_batch = self.train.per_device_batch_size
+        per_step = (1 if micro_batch == AUTO else micro_batch) * self.train.num_workers
         if self.train.effective_batch_size % per_step:
             raise ValueError(
                 f"train.effective_batch_size={self.train.effective_batch_size} must be a multiple of "
@@ -157,6 +182,8 @@ class RunConfig(_Strict):
 
     @property
     def gradient_accumulation_steps(self) -> int:
+        if self.train.per_device_batch_size == AUTO:
+            raise ValueError("train.per_device_batch_size=auto is chosen on the worker (memory.resolve_memory_settings)")
         return self.train.effective_batch_size // (self.train.per_device_batch_size * self.train.num_workers)
 
 

@@ -340,3 +340,38 @@ def dequantized_base(model_cfg: ModelConfig, device: str | torch.device | None =
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)
     return model
+
+
+def apply_liger_kernels(model, setting: bool | str, device: str | torch.device) -> bool:
+    """Swap ``model``'s RMSNorm, SwiGLU MLP and rotary embedding for Liger's Triton kernels (liger-kernel);
+    returns whether they were applied. Call it on the base model, before ``apply_lora``.
+
+    ``setting`` is ``train.liger_kernel``: ``auto`` applies them on a CUDA device when liger-kernel
+    is installed, ``True`` requires both (ConfigError otherwise), ``False`` never. Liger's fused linear
+    cross-entropy is left out: TRL's SFTTrainer already computes the loss through its own fused LM
+    head (chunked log-probabilities of the completion tokens only) and refuses Liger's. The kernels
+    patch this instance's modules; the classes Liger also swaps in ``modeling_llama`` are put back, so
+    models built later (the merged copy of the dev rounds) are plain. The rotary function stays
+    swapped for the process: it is what the patched instance's attention calls.
+    """
+    device = torch.device(device)
+    if setting is False:
+        return False
+    if device.type != "cuda":
+        if setting is True:
+            raise ConfigError(f"train.liger_kernel=true needs a CUDA device (Liger's kernels are Triton), this worker runs on {device.type}; use auto or false")
+        return False
+    try:
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+    except Exception as exc:  # not installed, or built for other transformers/triton versions
+        if setting is True:
+            raise ConfigError(f"train.liger_kernel=true needs the liger-kernel package ({exc!r}); pip install 'liger-kernel>=0.8.5'") from None
+        log.warning("liger-kernel does not import (%r): training without its kernels", exc)
+        return False
+    from transformers.models.llama import modeling_llama
+
+    classes = {name: getattr(modeling_llama, name) for name in ("LlamaRMSNorm", "LlamaMLP")}
+    _apply_liger_kernel_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    for name, cls in classes.items():
+        setattr(modeling_llama, name, cls)
+    return True

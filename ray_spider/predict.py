@@ -117,8 +117,10 @@ def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Examp
 def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True) -> PredictionResult:
     """Load base (+ adapter), answer the split's scorable questions (cfg.data.dev_subset for dev), score, write."""
     from ray_spider.data import scored_dev_examples
-    from ray_spider.model import load_for_inference
+    from ray_spider.memory import resolve_generation_settings
+    from ray_spider.model import default_device, load_for_inference
 
+    cfg = resolve_generation_settings(cfg, default_device())
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
     if split == "dev":

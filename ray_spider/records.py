@@ -188,6 +188,20 @@ def error_table_md(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def memory_line(info: dict) -> str:
+    """The run's memory settings (memory.MemoryPlan, as chosen on the worker) and measured GPU peaks."""
+    plan = info["memory_plan"]
+    peaks = ", ".join(f"{info[key]} GB {label}" for key, label in (("gpu_peak_gb_train", "training"), ("gpu_peak_gb_dev", "dev rounds")) if key in info)
+    return (
+        f"Memory per worker: budget {plan['budget_gb']} GB; micro-batch {plan['micro_batch']} x accumulation "
+        f"{info.get('gradient_accumulation_steps')}, gradient checkpointing {'on' if plan['gradient_checkpointing'] else 'off'}, "
+        f"Liger kernels {'on' if info.get('liger_kernel') else 'off'}, dev rounds "
+        f"{'on a merged bf16 copy' if plan['merge_adapter'] else 'on the trained model (no merged copy)'} in batches of "
+        f"{plan['generation_batch']}; estimated {plan['estimate_train_gb']} GB training, {plan['estimate_dev_gb']} GB dev; "
+        f"measured peak: {peaks or 'n/a (no GPU)'}."
+    )
+
+
 def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: PredictionSummary | None, command: str) -> None:
     parts = [
         f"# Run {run_dir.name}",
@@ -198,6 +212,8 @@ def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: PredictionS
     ]
     if "best_step" in info:
         parts.append(f"Best checkpoint by dev EX: step {info['best_step']} of {info['last_step']} (kept in `adapter/`). Wall time {info['wall_s']:.0f} s.")
+    if info.get("memory_plan"):
+        parts.append(memory_line(info))
     if summary:
         parts += [
             f"## Dev ({summary.n} questions scored, {summary.skipped_missing_db} skipped: missing database)",

@@ -32,7 +32,8 @@ from trl import SFTConfig, SFTTrainer
 
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
-from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model
+from ray_spider.memory import resolve_memory_settings
+from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
@@ -210,6 +211,15 @@ def take_peak_memory_gb(device: torch.device) -> float | None:
 PLACEMENT_GROUP_METRIC = "placement_group"  # reported each round: a sweep frees it when Tune stops the trial
 
 
+def worker_gpu_share() -> float:
+    """The GPUs Ray assigned this worker (a fraction when trials share a GPU); 1.0 outside Ray or without GPUs."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1.0
+    return ray.get_runtime_context().get_assigned_resources().get("GPU") or 1.0
+
+
 def worker_placement_group_id() -> str | None:
     """Hex id of the placement group holding this Ray Train worker's resources (None outside Ray)."""
     import ray
@@ -218,9 +228,18 @@ def worker_placement_group_id() -> str | None:
     return group.id.hex() if group else None
 
 
-def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, device, callbacks=()) -> SFTTrainer:
-    """TRL's SFTTrainer on pre-tokenized rows: the loss covers the completion (SQL + end of turn) only."""
-    tokenized = train_set.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer}, remove_columns=train_set.column_names)
+def tokenize_dataset(train_set, tokenizer):
+    """The SFT rows (build_sft_dataset) as input_ids + completion_mask (tokenize_example)."""
+    return train_set.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer}, remove_columns=train_set.column_names)
+
+
+def longest_sequence(tokenized, max_length: int) -> int:
+    """Tokens of the longest row the trainer will see (rows are truncated to max_length)."""
+    return min(max_length, max((len(ids) for ids in tokenized["input_ids"]), default=1))
+
+
+def build_trainer(cfg: RunConfig, model, tokenizer, tokenized, output_dir: str, device, callbacks=()) -> SFTTrainer:
+    """TRL's SFTTrainer on pre-tokenized rows (tokenize_dataset): the loss covers the completion (SQL + end of turn) only."""
     return SFTTrainer(
         model=model,
         args=sft_config(cfg, output_dir, device),
@@ -269,13 +288,19 @@ def train_loop(config: dict) -> dict:
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
     tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    model = apply_lora(load_model(cfg.model, device=device), cfg.lora)  # logs "trainable params: ..."
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
+    tokenized = tokenize_dataset(train_set, tokenizer)
+    # Before the model loads: the budget is enforced from here, and `auto` settings get their values.
+    cfg, plan = resolve_memory_settings(cfg, device, longest_sequence(tokenized, cfg.train.max_length), gpu_share=worker_gpu_share())
+    log.info("memory plan: %s", plan)
+    base = load_model(cfg.model, device=device)
+    liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)
+    model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
     callback.start_s = start_s
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
+        trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, [callback])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
             log.warning(
@@ -297,7 +322,23 @@ def train_loop(config: dict) -> dict:
         "train_tokens_per_s": round(callback.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
     }
     kernels = torch.are_deterministic_algorithms_enabled()
-    return {"history": callback.history, "data": {**stats, **speed, "deterministic_kernels": kernels}}
+    memory = {
+        "memory_plan": plan.as_dict() if plan else None,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "liger_kernel": liger,
+        **peak_memory(callback.history),
+    }
+    return {"history": callback.history, "data": {**stats, **speed, **memory, "deterministic_kernels": kernels}}
+
+
+def peak_memory(history: list[dict]) -> dict:
+    """The highest GPU peaks of this worker over the run's rounds, in GB (none off CUDA)."""
+    peaks = {}
+    for key in ("gpu_peak_gb_train", "gpu_peak_gb_dev"):
+        values = [row[key] for row in history if row.get(key) is not None]
+        if values:
+            peaks[key] = max(values)
+    return peaks
 
 
 def resumed_step(checkpoint_dir: str | os.PathLike) -> int:

@@ -91,3 +91,23 @@ def test_cpu_smoke_twin_differs_from_its_gpu_file_in_values_and_smoke_only_keys(
     assert gpu_keys <= smoke_keys, f"{smoke} lacks {sorted(gpu_keys - smoke_keys)} of {gpu}"
     extra = smoke_keys - gpu_keys
     assert extra == {prefix + key for key in SMOKE_ONLY_KEYS}, f"{smoke} has keys beyond the smoke-only ones: {sorted(extra)}"
+
+
+# vCPUs, GPUs and GB per GPU of the AWS instance types cluster.yaml's GPU worker may name (AWS's published sizes)
+GPU_INSTANCES = {"g6e.xlarge": (4, 1, 48), "g6e.2xlarge": (8, 1, 48), "g6.xlarge": (4, 1, 24), "g6.2xlarge": (8, 1, 24), "g5.2xlarge": (8, 1, 24)}
+
+
+def test_cluster_gpu_worker_fits_a_trial_of_the_8b_sweep():
+    from ray_spider.config import build_run_config
+    from ray_spider.memory import ModelShape, plan_memory
+
+    node = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]["gpu_worker"]["node_config"]
+    cpus, gpus, gpu_gb = GPU_INSTANCES[node["InstanceType"]]
+    sweep = load_sweep_config(ROOT / "sweeps" / "sweep_llama31_8b.yaml")
+    resources = sweep.resources
+    assert resources.workers * resources.cpus_per_worker <= cpus and resources.workers * resources.gpus_per_worker <= gpus
+    run = build_run_config(sweep.base)
+    llama_31_8b = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256)
+    plan = plan_memory(gpu_gb, llama_31_8b, run.train.max_length, run.train.effective_batch_size // resources.workers,
+                       lora_rank=max(sweep.search_space["lora.r"].choice), max_new_tokens=run.generation.max_new_tokens)
+    assert plan.estimate_train_gb <= gpu_gb and plan.estimate_dev_gb <= gpu_gb

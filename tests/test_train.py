@@ -20,7 +20,7 @@ from ray_spider.data import build_sft_dataset, train_examples
 from ray_spider.model import apply_lora, load_model, load_tokenizer
 from ray_spider.prompt import Prompter, render_generation_prompt
 from ray_spider.records import best_round
-from ray_spider.train import build_trainer, data_stats
+from ray_spider.train import build_trainer, data_stats, tokenize_dataset
 
 LLAMA3_STYLE_TEMPLATE = (
     "{{- bos_token }}{%- for message in messages %}"
@@ -48,7 +48,7 @@ def trainer_for(model_dir: str, spider, tmp_path, examples: int = 6, **train):
     model = apply_lora(load_model(cfg.model, device="cpu"), cfg.lora)
     rows = train_examples(spider, DataConfig(max_train_examples=examples))
     dataset = build_sft_dataset(Prompter(spider, cfg.prompt), rows)
-    return build_trainer(cfg, model, tokenizer, dataset, str(tmp_path), torch.device("cpu")), tokenizer, dataset
+    return build_trainer(cfg, model, tokenizer, tokenize_dataset(dataset, tokenizer), str(tmp_path), torch.device("cpu")), tokenizer, dataset
 
 
 @pytest.mark.parametrize("template", ["smollm2", "llama3"])
