@@ -17,8 +17,9 @@ from pathlib import Path
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
 from ray_spider.evaluate import GoldQuery, Report, score
 from ray_spider.extract import extract_sql
-from ray_spider.inference import generate
+from ray_spider.inference import generate_candidates
 from ray_spider.prompt import Prompter
+from ray_spider.selection import pick_candidate
 from ray_spider.spider import Example, Spider
 
 
@@ -41,9 +42,23 @@ def _one_line(sql: str) -> str:
     return " ".join(sql.split())
 
 
-def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True) -> list[str]:
+def generate_raw(
+    model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True,
+    query_timeout_s: float = 10.0,
+) -> list[str]:
+    """One raw answer per example, decoded as ``cfg`` says: greedy, schema-constrained (each
+    question's database from ``prompter.spider``), or the execution-guided pick of
+    ``cfg.candidates`` candidates (``selection.pick_candidate``, each query cut at ``query_timeout_s``)."""
+    spider = prompter.spider
     prompts = [prompter.conversation(e.db_id, e.question) for e in examples]
-    return generate(model, tokenizer, prompts, cfg, progress=progress)
+    schemas = [spider.tables[e.db_id] for e in examples]
+    candidates = generate_candidates(model, tokenizer, prompts, cfg, progress=progress, schemas=schemas)
+    if cfg.candidates == 1:
+        return [answers[0] for answers in candidates]
+    return [
+        pick_candidate(answers, spider.db_path(e.db_id), cfg.pick, query_timeout_s)[0]
+        for e, answers in zip(examples, candidates)
+    ]
 
 
 def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:
@@ -86,7 +101,7 @@ def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str
 
 def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Example], gen_cfg: GenerationConfig, eval_cfg: EvalConfig, progress: bool = True) -> PredictionResult:
     started = time.perf_counter()
-    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress)
+    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress, eval_cfg.query_timeout_s)
     generated = time.perf_counter()
     result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
     result.summary["generate_s"] = round(generated - started, 2)
@@ -108,5 +123,6 @@ def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: st
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
     result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
     result.summary["prompt_version"] = prompter.version
+    result.summary["generation"] = cfg.generation.model_dump(mode="json")
     result.write(out_dir)
     return result

@@ -25,7 +25,7 @@ import yaml
 from ray_spider.config import RunConfig
 from ray_spider.evaluate import ERROR_TYPES, HARDNESS_LEVELS
 
-PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow")
+PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow", "llguidance")
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
