@@ -4,8 +4,8 @@ whose SQL runs on the question's database.
     answer, position = pick_candidate(["SELECT nme FROM singer", "SELECT name FROM singer"], db_path)
     # -> ("SELECT name FROM singer", 1): the first candidate names a column the table lacks
 
-Each candidate's SQL is extracted as for scoring (``extract.extract_sql``) and run by
-``execution.run_query``: the evaluator's read-only connection, deadline and row cap. Rules
+Each candidate's SQL is extracted as for scoring (``evaluation.extract.extract_sql``) and run by
+``evaluation.execution.run_query``: the evaluator's read-only connection, deadline and row cap. Rules
 (``generation.pick``): ``executes`` takes the first candidate whose query runs without error;
 ``returns_rows`` the first that also returns at least one row (Spider's gold queries rarely return
 nothing). When no candidate passes, the best-ranked one is kept: the answer never gets worse than
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_spider.execution import run_query
-from ray_spider.extract import extract_sql
+from ray_spider.evaluation.execution import run_query
+from ray_spider.evaluation.extract import extract_sql
 
 PICK_RULES = ("executes", "returns_rows")
 

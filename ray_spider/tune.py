@@ -1,20 +1,20 @@
 """Sweeps: Ray Tune + Optuna over QLoRA runs, objective dev EX, best adapters kept in storage.
 
-    ray-spider sweep sweeps/sweep_smollm2_cpu.yaml            # start (or --resume after a crash)
-    ray-spider trials runs/sweeps/sweep-smollm2-cpu           # table + PNG
-    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best/ # copy the winning adapter out
+    ray-spider sweep sweeps/sweep_smoke_cpu.yaml              # start (or --resume after a crash)
+    ray-spider trials runs/sweeps/sweep-smoke-cpu             # table + PNG
+    ray-spider best runs/sweeps/sweep-smoke-cpu --out best/   # copy the winning adapter out
 
 Each trial runs the training job of train.py (a Ray Train TorchTrainer launched inside the Tune
 trial function, reporting every dev-eval round to Tune through TuneReportCallback), so ASHA can stop
-weak trials and every reported adapter is a checkpoint in storage. Storage is any pyarrow
-filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix.
+weak trials and every reported adapter is a checkpoint in storage. The Train run is named by the
+trial id: a crashed trial that Tune retries (``trial_retries``) resumes from its latest checkpoint
+(adapter, optimizer, scheduler, position in the data) in the same folder. Storage is any pyarrow
+filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix (layout: storage.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -22,20 +22,11 @@ import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
+from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, experiment_path, experiment_uri, is_local, storage, train_runs_path
 
 log = logging.getLogger(__name__)
-
-TRIALS_FILE = "trials.parquet"
-SWEEP_FILE = "sweep.yaml"
-
-
-def storage(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or any URI pyarrow understands."""
-    if "://" not in uri:
-        uri = str(Path(uri).expanduser().resolve())
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
 
 
 def tune_distribution(dimension: SearchDimension):
@@ -71,11 +62,13 @@ def run_trial(params: dict, sweep: dict) -> None:
     from ray_spider.train import torch_trainer
 
     cfg = trial_run_config(sweep, params)
-    filesystem, root = storage(sweep["storage"])
+    filesystem, experiment = experiment_path(sweep["storage"], sweep["name"])
     trainer = torch_trainer(
         cfg,
-        storage_path=f"{root}/{sweep['name']}/train_runs",
-        name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
+        storage_path=train_runs_path(experiment),
+        # Named by the trial alone: a retried trial's Train run finds its own checkpoints in storage
+        # and resumes from the latest (train_loop), instead of starting over in a new folder.
+        name=ray.tune.get_context().get_trial_id(),
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
@@ -129,17 +122,17 @@ def _tuner(sweep: SweepConfig, resume: bool):
 
     start_ray()
     filesystem, root = storage(sweep.storage)
+    experiment = experiment_uri(root, sweep.name)
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
     base = dict(sweep.base)
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
     # Trials run in their own working dirs: a relative local storage path must be made absolute here.
-    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if isinstance(filesystem, pafs.LocalFileSystem) else sweep.storage}
+    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if is_local(filesystem) else sweep.storage}
     # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
-    experiment = f"{root}/{sweep.name}"
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
-            raise FileNotFoundError(f"no sweep to resume at {sweep.storage}/{sweep.name}")
+            raise FileNotFoundError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}")
         return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
     param_space = {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}
     if sweep.search.name == "optuna_tpe":
@@ -176,13 +169,12 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
     import yaml
 
     tuner = _tuner(sweep, resume)
-    filesystem, root = storage(sweep.storage)
-    experiment = f"{root}/{sweep.name}"
+    filesystem, experiment = experiment_path(sweep.storage, sweep.name)
     filesystem.create_dir(experiment, recursive=True)
     with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
         out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
     tuner.fit()
-    write_trials_table(sweep.storage.rstrip("/") + "/" + sweep.name)
+    write_trials_table(experiment_uri(sweep.storage, sweep.name))
     return experiment
 
 
@@ -199,8 +191,8 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     for trial in analysis.trials:
         frame = frames.get(trial.trial_id)
         history = frame.to_dict("records") if frame is not None else []
-        rounds = [row for row in history if _is_number(row.get(sweep["objective"]))]
-        best = max(rounds, key=lambda row: (row[sweep["objective"]], -row.get("step", 0)), default=None)
+        rounds = [row for row in history if is_number(row.get(sweep["objective"]))]
+        best = best_round(rounds, metric=sweep["objective"])
         wall = max((row.get("time_total_s") or 0.0 for row in history), default=0.0)
         rows.append(
             {
@@ -221,10 +213,6 @@ def trial_rows(experiment_uri: str) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda row: -(row["best_dev_ex"] if row["best_dev_ex"] is not None else -1))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and value == value  # NaN marks a result without that metric
 
 
 def read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ray_spider.constrained import grammars_for
-from ray_spider.evaluate import read_gold_file
+from ray_spider.evaluation.inputs import read_gold_file
 from ray_spider.model import load_tokenizer, resolve_model
 from ray_spider.spider import Spider
 
