@@ -173,3 +173,23 @@ def test_generate_raw_answers_each_question_once_with_candidates(spider, tiny_di
     cfg = GenerationConfig(max_new_tokens=8, engine="hf", candidates=2, constrained=True)
     raw = generate_raw(model, tokenizer, Prompter(spider, PromptConfig()), questions[:2], cfg, progress=False)
     assert len(raw) == 2 and all(re.match(r"select\b", answer, re.IGNORECASE) for answer in raw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_constrained_decoding_in_cuda_graphs_answers_like_eager(spider, tiny_dir, questions, caplog):
+    """The mask reaches the captured step through its static buffer: same answers as the eager loop."""
+    import logging
+
+    from ray_spider.config import ModelConfig
+    from ray_spider.inference import generate
+    from ray_spider.model import load_for_inference
+
+    model, tokenizer = load_for_inference(ModelConfig(name=tiny_dir), None, merge=True, device="cuda:0")
+    prompts, schemas = _prompts(spider, questions)
+    eager = GenerationConfig(max_new_tokens=24, batch_size=4, cuda_graph_rows=0, constrained=True)
+    expected = generate(model, tokenizer, prompts, eager, progress=False, schemas=schemas)
+    with caplog.at_level(logging.WARNING, logger="ray_spider.inference"):
+        graphed = generate(model, tokenizer, prompts, eager.model_copy(update={"cuda_graph_rows": 4}), progress=False, schemas=schemas)
+    assert graphed == expected and "capture failed" not in caplog.text
+    assert all(_unknown_words(answer, schema, ended=False) == [] for answer, schema in zip(graphed, schemas))
