@@ -151,6 +151,32 @@ class GenerationConfig(_Strict):
         "share batches (ray_spider/prefix_cache.py). Same answers up to float rounding; false = every row reads its "
         "whole prompt",
     )
+    constrained: bool = Field(
+        False,
+        description="schema-constrained decoding: only tokens that keep the answer a valid prefix of a SELECT over the "
+        "question's database (its tables and columns) are allowed (ray_spider/constrained.py); both engines",
+    )
+    candidates: int = Field(
+        1, ge=1, le=16,
+        description="execution-guided selection when > 1: this many candidates per question (needs engine hf), each run "
+        "read-only on the database in rank order; the answer is the first that passes `pick` (else the first)",
+    )
+    search: Literal["beam", "sample"] = Field(
+        "beam", description="how candidates are made: beam = beam search of `candidates` beams, ranked by score; sample = that many samples"
+    )
+    temperature: float = Field(0.7, gt=0, description="search sample only: the sampling temperature")
+    pick: Literal["executes", "returns_rows"] = Field(
+        "executes", description="the candidate taken: the first that executes without error, or the first that also returns rows"
+    )
+
+    @model_validator(mode="after")
+    def _candidates_need_hf(self) -> "GenerationConfig":
+        if self.candidates > 1 and self.engine != "hf":
+            raise ValueError(
+                f"generation.candidates={self.candidates} needs generation.engine=hf (the pruned engine decodes one greedy "
+                "answer per question); set generation.engine=hf or generation.candidates=1"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

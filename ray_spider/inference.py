@@ -1,4 +1,4 @@
-"""Batched greedy generation: chat prompts in, answer texts out, in the order given.
+"""Batched generation: chat prompts in, answer texts out, in the order given.
 
 Used by ``ray-spider predict`` and by the dev evaluation inside training:
 
@@ -19,6 +19,11 @@ With ``generation.prefix_cache`` (engine pruned), prompts that share their first
 questions of one database: system prompt and schema) are batched together instead, each shared
 prefix is read once per batch (``prefill_shared_prefixes``) and ``greedy_pruned`` starts from its
 copied KV cache, reading only the rest of each prompt (``prefix_cache.py``).
+
+``generation.constrained`` masks each step's logits to the tokens the question's database grammar
+allows (``constrained.py``), in both engines and inside the CUDA graph. ``generation.candidates``
+> 1 (engine ``hf``) returns k beams or samples per prompt (``generate_candidates``), from which
+``predict.generate_raw`` picks by execution (``selection.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
 from ray_spider.config import GenerationConfig
+from ray_spider.constrained import BatchConstraint, GrammarLogitsProcessor, grammars_for, mask_logits
 from ray_spider.model import end_of_turn_token
 from ray_spider.prefix_cache import SharedPrefixBatch, batch_order
 from ray_spider.prompt import render_generation_prompt
@@ -58,8 +64,8 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return sorted({token for token in ids if token is not None})
 
 
-def greedy_config(tokenizer, model, cfg: GenerationConfig):
-    """A transformers GenerationConfig for greedy decoding.
+def hf_generation_config(tokenizer, model, cfg: GenerationConfig):
+    """A transformers GenerationConfig for ``cfg``: greedy, or ``cfg.candidates`` beams / samples.
 
     transformers fills every field left None from the model's own generation_config (Llama 3.1
     ships temperature=0.6, top_p=0.9) and warns when greedy decoding meets sampling values, so
@@ -67,16 +73,25 @@ def greedy_config(tokenizer, model, cfg: GenerationConfig):
     """
     from transformers import GenerationConfig as HFGenerationConfig
 
+    sample = cfg.candidates > 1 and cfg.search == "sample"
+    beams = cfg.candidates if cfg.candidates > 1 and cfg.search == "beam" else 1
     return HFGenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        temperature=1.0,
+        do_sample=sample,
+        num_beams=beams,
+        num_return_sequences=cfg.candidates,
+        temperature=cfg.temperature if sample else 1.0,
         top_p=1.0,
+        **({"top_k": 0} if sample else {}),  # sample from the whole (masked) distribution
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer, model),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         use_cache=True,  # training turns the cache off in the model config; generating without it is quadratic
     )
+
+
+def greedy_config(tokenizer, model, cfg: GenerationConfig):
+    """``hf_generation_config`` of ``cfg`` with one greedy answer per prompt."""
+    return hf_generation_config(tokenizer, model, cfg.model_copy(update={"candidates": 1}))
 
 
 def _device(model) -> torch.device:
@@ -119,7 +134,10 @@ class StaticDecoder:
     ``mask`` (the incoming ``tokens``' own), ``positions`` has one column.
     """
 
-    def __init__(self, model, cache: DynamicCache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, rows: int, steps: int):
+    def __init__(
+        self, model, cache: DynamicCache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, rows: int, steps: int,
+        bitmask_words: int = 0,
+    ):
         open_rows, width = mask.shape
         length = -(-(width + steps) // 8) * 8  # room for every step; a multiple of 8 suits the attention kernels
         self.model, self.cache_kwarg = model, _cache_argument(model)
@@ -132,6 +150,8 @@ class StaticDecoder:
         self.tokens = _pad_rows(tokens.view(open_rows, 1), rows)
         self.positions = _pad_rows(positions, rows)
         self.next_column = torch.tensor([width], device=mask.device)
+        # a constrained step reads the allowed tokens from here (filled between replays: the graph keeps its address)
+        self.bitmask = torch.full((rows, bitmask_words), -1, dtype=torch.int32, device=mask.device) if bitmask_words else None
 
     def step(self) -> None:
         """One decoding step: the next token of every row into ``tokens``, ready for the next step."""
@@ -139,7 +159,10 @@ class StaticDecoder:
             input_ids=self.tokens, attention_mask=self.mask[:, None, None, :], position_ids=self.positions,
             use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache},
         )
-        self.tokens.copy_(output.logits[:, -1:].argmax(-1))
+        logits = output.logits[:, -1]
+        if self.bitmask is not None:
+            logits = mask_logits(logits, self.bitmask)
+        self.tokens.copy_(logits.argmax(-1, keepdim=True))
         self.positions.add_(1)
         self.mask.index_fill_(1, self.next_column, True)
         self.next_column.add_(1)
@@ -172,7 +195,7 @@ class StaticDecoder:
 
 def greedy_pruned(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-    static_rows: int = 0, cache: DynamicCache | None = None,
+    static_rows: int = 0, cache: DynamicCache | None = None, constraint: BatchConstraint | None = None,
 ) -> torch.Tensor:
     """Greedy new tokens of a left-padded batch, shape (rows, max_new_tokens), pad after each stop token.
 
@@ -184,6 +207,11 @@ def greedy_pruned(
 
     ``cache``: the KV cache of the first columns of ``attention_mask`` (``prefill_shared_prefixes``);
     ``input_ids`` are then the last columns only.
+
+    ``constraint`` (row i of the batch is its row i): each step's logits are masked to the tokens
+    it allows and the chosen tokens advance it. The mask is filled on the CPU between steps (the
+    step syncs for the finished count anyway) and copied into the static decoder's buffer, so
+    constrained rows stay in the CUDA graph.
     """
     rows, device = input_ids.shape[0], input_ids.device
     answers = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -196,17 +224,25 @@ def greedy_pruned(
     tokens, mask, decoder = input_ids, attention_mask, None
     for step in range(max_new_tokens):
         if decoder is None and step > 0 and len(active) <= static_rows:
-            decoder = StaticDecoder(model, cache, tokens, mask, positions, static_rows, max_new_tokens - step)
+            words = constraint.grammars.words if constraint is not None else 0
+            decoder = StaticDecoder(model, cache, tokens, mask, positions, static_rows, max_new_tokens - step, words)
             decoding = decoder.steps(cuda_graph=device.type == "cuda")
             del cache  # copied into the decoder's static cache: free it
         if decoder is None:
             output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
-            next_tokens = output.logits[:, -1].argmax(-1)
+            logits = output.logits[:, -1]
+            if constraint is not None:
+                logits = mask_logits(logits, constraint.bitmask(active.tolist()).to(device))
+            next_tokens = logits.argmax(-1)
         else:
+            if constraint is not None:
+                decoder.bitmask[: len(active)].copy_(constraint.bitmask(active.tolist()))
             next(decoding)
             next_tokens = decoder.tokens[: len(active), 0]
         next_tokens = next_tokens.masked_fill(finished, pad_id)
         answers[active, step] = next_tokens
+        if constraint is not None:
+            constraint.advance(active.tolist(), next_tokens.tolist())
         finished |= torch.isin(next_tokens, stops)
         done = int(finished.sum())  # one sync per step, as in generate
         if done == len(active):
@@ -237,17 +273,22 @@ def prefill_shared_prefixes(model, batch: SharedPrefixBatch) -> DynamicCache:
 
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
-def generate(
+def generate_candidates(
     model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig, progress: bool = True,
-    attention: tuple[SDPBackend, ...] = DECODING_ATTENTION,
-) -> list[str]:
-    """Greedy answers to chat prompts (system + user messages), in the order of ``prompts``.
+    attention: tuple[SDPBackend, ...] = DECODING_ATTENTION, schemas: list[dict] | None = None,
+) -> list[list[str]]:
+    """``cfg.candidates`` answers to each chat prompt (system + user messages), best-ranked first,
+    in the order of ``prompts``: greedy (one), beams (by score) or samples (in draw order).
 
-    Works on a plain or a PeftModel, also one in training mode: it is switched to eval for the
-    call and back afterwards. ``attention``: the SDPA kernels torch may pick from.
+    ``schemas``: the tables.json entry of each prompt's database, needed when
+    ``cfg.constrained`` (ValueError without them). Works on a plain or a PeftModel, also one in
+    training mode: it is switched to eval for the call and back afterwards. ``attention``: the
+    SDPA kernels torch may pick from.
     """
     if not prompts:
         return []
+    if cfg.constrained and (schemas is None or len(schemas) != len(prompts)):
+        raise ValueError("generation.constrained needs the database schema of every prompt (schemas=...)")
     texts = [render_generation_prompt(tokenizer, messages) for messages in prompts]
     # The chat template already writes any BOS it wants: no second one from the tokenizer.
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -255,9 +296,11 @@ def generate(
     # prompts (fewer than 2 tokens) have none to share
     shared_prefixes = cfg.prefix_cache and cfg.engine == "pruned" and min(map(len, encoded)) >= 2
     order = batch_order(encoded) if shared_prefixes else sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
-    generation_config = greedy_config(tokenizer, model, cfg)
+    generation_config = hf_generation_config(tokenizer, model, cfg)
+    grammars = grammars_for(tokenizer) if cfg.constrained else None
+    questions_per_batch = max(1, cfg.batch_size // cfg.candidates)  # batch_size counts rows: k per question
     device = _device(model)
-    answers: list[str | None] = [None] * len(prompts)
+    answers: list[list[str] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     started = time.perf_counter()
@@ -271,8 +314,9 @@ def generate(
     try:
         with sdpa_kernel(list(attention)), Progress(*columns, disable=not progress, transient=True) as bar:
             task = bar.add_task("generating", total=len(prompts))
-            for start in range(0, len(order), cfg.batch_size):
-                batch = order[start : start + cfg.batch_size]
+            for start in range(0, len(order), questions_per_batch):
+                batch = order[start : start + questions_per_batch]
+                batch_schemas = [schemas[index] for index in batch] if grammars else None
                 cache = None
                 if shared_prefixes:
                     shared = SharedPrefixBatch.of([encoded[index] for index in batch], generation_config.pad_token_id, device)
@@ -282,26 +326,42 @@ def generate(
                     inputs = tokenizer.pad(
                         {"input_ids": [encoded[index] for index in batch]}, padding_side="left", return_tensors="pt"
                     ).to(device)
+                width = inputs["input_ids"].shape[1]
                 if cfg.engine == "hf":
-                    output = model.generate(**inputs, generation_config=generation_config)
-                    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                    processors = [GrammarLogitsProcessor(grammars, batch_schemas, width)] if grammars else []
+                    output = model.generate(
+                        **inputs, generation_config=generation_config, logits_processor=LogitsProcessorList(processors)
+                    )
+                    new_tokens = output[:, width:]
                 else:
                     new_tokens = greedy_pruned(
                         model, inputs["input_ids"], inputs["attention_mask"], cfg.max_new_tokens,
                         generation_config.eos_token_id, generation_config.pad_token_id,
                         static_rows=cfg.cuda_graph_rows if device.type == "cuda" else 0, cache=cache,
+                        constraint=grammars.constraint(batch_schemas) if grammars else None,
                     )
                 # no space clean-up: it rewrites the SQL (" ," -> ",", " 's" -> "'s", inside string literals too)
                 decoded = tokenizer.batch_decode(
                     new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
                 )
-                for index, answer in zip(batch, decoded):
-                    answers[index] = answer.strip()
+                for position, index in enumerate(batch):
+                    rows = decoded[position * cfg.candidates : (position + 1) * cfg.candidates]
+                    answers[index] = [answer.strip() for answer in rows]
                 bar.advance(task, len(batch))
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - started
     log.info(
-        "generated %d answers in %.1f s (%.2f questions/s)", len(prompts), elapsed, len(prompts) / max(elapsed, 1e-9)
+        "generated %d x %d answers in %.1f s (%.2f questions/s)", len(prompts), cfg.candidates, elapsed,
+        len(prompts) / max(elapsed, 1e-9),
     )
     return answers
+
+
+def generate(
+    model, tokenizer, prompts: list[list[dict]], cfg: GenerationConfig, progress: bool = True,
+    attention: tuple[SDPBackend, ...] = DECODING_ATTENTION, schemas: list[dict] | None = None,
+) -> list[str]:
+    """The best-ranked answer to each chat prompt, in the order of ``prompts`` (see ``generate_candidates``)."""
+    candidates = generate_candidates(model, tokenizer, prompts, cfg, progress, attention, schemas)
+    return [answers[0] for answers in candidates]

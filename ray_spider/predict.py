@@ -17,8 +17,9 @@ from pathlib import Path
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
 from ray_spider.evaluation.extract import extract_sql
 from ray_spider.evaluation.score import GoldQuery, Report, Summary, score
-from ray_spider.inference import generate
+from ray_spider.inference import generate_candidates
 from ray_spider.prompt import Prompter
+from ray_spider.selection import pick_candidate
 from ray_spider.spider import Example, Spider
 
 
@@ -27,20 +28,22 @@ class PredictionSummary(Summary):
     """The evaluator's Summary of model answers, with what only generation knows.
 
     ``to_dict()`` is summary.json: the evaluator's keys, then sql_only_rate, then the optional
-    keys that are set (timings from ``predict_and_score``, the prompt version from ``run_prediction``).
+    keys that are set (timings from ``predict_and_score``, the prompt version and the generation
+    settings from ``run_prediction``).
     """
 
     sql_only_rate: float = 0.0  # share of raw answers that were SQL and nothing else
     generate_s: float | None = None
     score_s: float | None = None
     prompt_version: str | None = None
+    generation: dict | None = None  # the run config's generation section: greedy, constrained, candidates
 
     def to_dict(self) -> dict:
         data = super().to_dict()
         return {key: value for key, value in data.items() if value is not None or key not in _OPTIONAL_KEYS}
 
 
-_OPTIONAL_KEYS = ("generate_s", "score_s", "prompt_version")
+_OPTIONAL_KEYS = ("generate_s", "score_s", "prompt_version", "generation")
 
 
 @dataclass
@@ -62,9 +65,23 @@ def _one_line(sql: str) -> str:
     return " ".join(sql.split())
 
 
-def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True) -> list[str]:
+def generate_raw(
+    model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True,
+    query_timeout_s: float = 10.0,
+) -> list[str]:
+    """One raw answer per example, decoded as ``cfg`` says: greedy, schema-constrained (each
+    question's database from ``prompter.spider``), or the execution-guided pick of
+    ``cfg.candidates`` candidates (``selection.pick_candidate``, each query cut at ``query_timeout_s``)."""
+    spider = prompter.spider
     prompts = [prompter.conversation(e.db_id, e.question) for e in examples]
-    return generate(model, tokenizer, prompts, cfg, progress=progress)
+    schemas = [spider.tables[e.db_id] for e in examples]
+    candidates = generate_candidates(model, tokenizer, prompts, cfg, progress=progress, schemas=schemas)
+    if cfg.candidates == 1:
+        return [answers[0] for answers in candidates]
+    return [
+        pick_candidate(answers, spider.db_path(e.db_id), cfg.pick, query_timeout_s)[0]
+        for e, answers in zip(examples, candidates)
+    ]
 
 
 def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:
@@ -107,7 +124,7 @@ def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str
 
 def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Example], gen_cfg: GenerationConfig, eval_cfg: EvalConfig, progress: bool = True) -> PredictionResult:
     started = time.perf_counter()
-    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress)
+    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress, eval_cfg.query_timeout_s)
     generated = time.perf_counter()
     result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
     timings = {"generate_s": round(generated - started, 2), "score_s": round(time.perf_counter() - generated, 2)}
@@ -129,6 +146,7 @@ def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: st
         examples, _ = spider.executable(spider.examples(split))
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
     result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
-    result = replace(result, summary=replace(result.summary, prompt_version=prompter.version))
+    generation = cfg.generation.model_dump(mode="json")  # how the answers were decoded
+    result = replace(result, summary=replace(result.summary, prompt_version=prompter.version, generation=generation))
     result.write(out_dir)
     return result

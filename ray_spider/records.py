@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # A checkpoint's adapter in PEFT format: what `PeftModel.from_pretrained` reads.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow")
+PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow", "llguidance")
 
 
 class RunFolder:

@@ -135,7 +135,9 @@ class DevEvalCallback(TrainerCallback):
         if self.cfg.generation.merge_adapter:
             self.merged = self.merged or MergedCopy(self.cfg.model, self.cfg.lora, self.device)
             model = self.merged.sync(model)
-        raw = generate_raw(model, self.tokenizer, self.prompter, shard, self.cfg.generation, progress=self.rank == 0)
+        raw = generate_raw(
+            model, self.tokenizer, self.prompter, shard, self.cfg.generation, self.rank == 0, self.cfg.eval.query_timeout_s
+        )  # the same decoding as `predict`: the db_id of every question travels in the examples
         if self.world == 1:
             return raw
         gathered = [None] * self.world

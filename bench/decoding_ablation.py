@@ -1,0 +1,88 @@
+"""Decoding ablation: one adapter, dev-972, greedy vs schema-constrained vs execution-guided.
+
+Runs ``ray-spider predict`` once per row (the real CLI, the adapter's own run config plus the
+row's generation overrides) and prints EX/EM per hardness, the error types and the time of each:
+
+    python bench/decoding_ablation.py --config runs/<run>/config.yaml --adapter runs/<run>/adapter --out runs/ablation
+    python bench/decoding_ablation.py ... --rows greedy,constrained --limit 20    # a CPU dry run on 20 questions
+
+Rows (``--rows``, comma-separated; ``--candidates`` sets k):
+    greedy                 the config's own decoding (engine pruned, CUDA graphs on a GPU)
+    constrained            + generation.constrained=true (same engine)
+    guided                 engine hf, k beams, the first that executes (generation.pick=executes)
+    constrained+guided     both: k constrained beams, the first that executes
+``data.dev_subset=null`` scores all of dev-972 (the config's training subset is replaced) unless
+``--limit N`` asks for the seeded N-question sample. Each row's folder (predictions.jsonl,
+summary.json) stays under ``--out``; the table is also written to ``--out``/ablation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROWS = {
+    "greedy": [],
+    "constrained": ["generation.constrained=true"],
+    "guided": ["generation.engine=hf", "generation.candidates={k}", "generation.pick=executes"],
+    "constrained+guided": ["generation.constrained=true", "generation.engine=hf", "generation.candidates={k}", "generation.pick=executes"],
+}
+LEVELS = ("easy", "medium", "hard", "extra")
+ERRORS = ("wrong_result", "unknown_table_or_column", "syntax_error", "no_sql", "timeout", "error")
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict:
+    out = args.out / name.replace("+", "_")
+    overrides = [item.format(k=args.candidates) for item in ROWS[name]]
+    overrides.append(f"data.dev_subset={args.limit if args.limit else 'null'}")
+    if args.batch_size:
+        overrides.append(f"generation.batch_size={args.batch_size}")
+    command = [sys.executable, "-m", "ray_spider", "predict", "--config", str(args.config), "--out", str(out)]
+    if args.adapter:
+        command += ["--adapter", str(args.adapter)]
+    command += overrides
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).parents[1]))})
+    return json.loads((out / "summary.json").read_text())
+
+
+def table(results: dict[str, dict], k: int) -> str:
+    head = ["decoding", "n", "EX", "EM"] + [f"EX {level}" for level in LEVELS] + list(ERRORS) + ["generate_s", "score_s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, summary in results.items():
+        label = name.replace("guided", f"guided (k={k})")
+        hardness = summary["by_hardness"]
+        cells = [label, str(summary["n"]), f"{summary['ex']:.3f}", f"{summary['em']:.3f}"]
+        cells += [f"{hardness[level]['ex']:.3f} ({hardness[level]['n']})" for level in LEVELS]
+        cells += [str(summary["error_types"].get(error, 0)) for error in ERRORS]
+        cells += [str(summary.get("generate_s")), str(summary.get("score_s"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="the adapter's run config (runs/<run>/config.yaml)")
+    parser.add_argument("--adapter", type=Path, default=None, help="PEFT adapter folder (none: the base model)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for each row's predictions and ablation.md")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    parser.add_argument("--candidates", type=int, default=4, help="k of the guided rows")
+    parser.add_argument("--limit", type=int, default=None, help="score the seeded sample of N dev questions (dry runs)")
+    parser.add_argument("--batch-size", type=int, default=None, help="generation.batch_size override (rows: k per question when guided)")
+    args = parser.parse_args()
+    names = [name.strip() for name in args.rows.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
+    results = {name: run_row(name, args) for name in names}
+    text = table(results, args.candidates)
+    print(text)
+    (args.out / "ablation.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

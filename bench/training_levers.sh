@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Training levers on SmolLM2-135M: the sweep winner's config with one change each, trained with
+# `ray-spider train` (dev EX on the config's 200-question subset during training, as the winner was).
+#
+#   bench/training_levers.sh                       # every lever below, PARALLEL at a time on one GPU
+#   bench/training_levers.sh train_others epochs3  # the named ones only
+#   PARALLEL=2 EXTRA="generation.constrained=true" bench/training_levers.sh r128
+#
+# Cost: on one H200 the winner trains in ~9 min alone, and trials sharing a GPU split its training
+# throughput (54k tokens/s alone, ~52k for 3 at once, docs/benchmarks.md): GPU time is the sum of
+# the runs' sizes, not their maximum. Relative to the winner (1.0): train_others 1.19 (1,659 more
+# examples than train's 8,659), epochs3 1.5, r128 ~1.05, sample_values 1.2-1.4 (longer prompts),
+# the others 1.0. At 16-row micro-batches a run peaks at 32-34 GB: at most 3 per H200.
+# Each run's folder is printed at its end; its report.md holds the best dev EX, its config.yaml the change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WINNER=docs/results/sweep-h200-attempt4/best-dev972/config.yaml
+PARALLEL=${PARALLEL:-3}
+EXTRA=${EXTRA:-}
+declare -A LEVERS=(
+  [winner]=""                                        # the control: today's best (r 64, alpha 128, lr 6e-4, 2 epochs)
+  [train_others]="data.include_train_others=true"    # + train_others.json: more schemas to link questions to
+  [epochs3]="train.epochs=3"                         # beyond the sweep's {1, 2}
+  [r128]="lora.r=128 lora.alpha=256"                 # beyond the sweep's {8, 16, 32, 64}, the playbook's alpha = 2 r
+  [alpha_r]="lora.alpha=64"                          # alpha = r: half the LoRA scale
+  [dropout0]="lora.dropout=0.0"
+  [dropout0.1]="lora.dropout=0.1"
+  [lr1e-3]="train.learning_rate=1e-3"                # the sweep's upper bound
+  [lr1.5e-3]="train.learning_rate=1.5e-3"            # beyond it
+  [sample_values]="prompt.sample_values=3"           # 3 distinct values per column in the schema prompt
+)
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then names=(winner train_others epochs3 r128 alpha_r dropout0 dropout0.1 lr1e-3 lr1.5e-3 sample_values); fi
+for name in "${names[@]}"; do
+  [ -n "${LEVERS[$name]+set}" ] || { echo "error: unknown lever $name; valid: ${!LEVERS[*]}" >&2; exit 2; }
+done
+
+mkdir -p runs/levers
+running=0
+for name in "${names[@]}"; do
+  # shellcheck disable=SC2086  # the overrides are words
+  python -m ray_spider train "$WINNER" name="lever-$name" output_dir=runs/levers ${LEVERS[$name]} $EXTRA \
+    > "runs/levers/$name.log" 2>&1 &
+  echo "started $name (log runs/levers/$name.log)"
+  running=$((running + 1))
+  if [ "$running" -ge "$PARALLEL" ]; then wait -n; running=$((running - 1)); fi
+done
+wait
+for name in "${names[@]}"; do
+  echo "== $name: $(grep -m1 -o 'run folder:.*' "runs/levers/$name.log" || echo 'no run folder (see its log)')"
+  grep -m3 -iE 'best|dev_ex' "runs/levers/$name.log" || true
+done
