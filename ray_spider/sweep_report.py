@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -15,6 +16,7 @@ from ray_spider.config import ModelConfig
 from ray_spider.tune import storage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PLOT_FILE = "trials.png"
 
 
 def trials_table(rows: list[dict]) -> Table:
@@ -37,8 +39,9 @@ def _format(value) -> str:
     return str(value)
 
 
-def plot_trials(experiment: str, rows: list[dict]) -> Path:
-    """dev EX and EM per trial over steps, and each searched parameter against the trial's best dev EX."""
+def plot_trials(experiment: str, rows: list[dict]) -> str:
+    """dev EX and EM per trial over steps, and each searched parameter against the trial's best dev EX,
+    written as trials.png into the experiment (local folder or URI); returns where it went."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,11 +62,13 @@ def plot_trials(experiment: str, rows: list[dict]) -> Path:
             axis.set_xscale("log")
         axis.set(xlabel=param.removeprefix("param."), ylabel="best dev EX")
     figure.tight_layout()
-    filesystem, path = storage(experiment)
-    local = Path(path) / "trials.png" if isinstance(filesystem, pafs.LocalFileSystem) else Path("trials.png")
-    figure.savefig(local, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
-    return local
+    filesystem, path = storage(experiment)
+    with filesystem.open_output_stream(f"{path}/{PLOT_FILE}") as out:  # beside trials.parquet, local or remote
+        out.write(image.getvalue())
+    return f"{path}/{PLOT_FILE}" if isinstance(filesystem, pafs.LocalFileSystem) else f"{experiment.rstrip('/')}/{PLOT_FILE}"
 
 
 def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.config import ConfigError, RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.spider import Spider
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,30 @@ def storage(uri: str) -> tuple[pafs.FileSystem, str]:
         uri = str(Path(uri).expanduser().resolve())
         return pafs.LocalFileSystem(), uri
     return pafs.FileSystem.from_uri(uri)
+
+
+def experiment_uri(sweep: SweepConfig) -> str:
+    """Where a sweep's results live, as the user passes it to `trials` and `best`: the storage URI
+    plus the sweep name (s3://bucket/prefix/name), or an absolute local path."""
+    if "://" in sweep.storage:
+        return f"{sweep.storage.rstrip('/')}/{sweep.name}"
+    return str(Path(sweep.storage).expanduser().resolve() / sweep.name)
+
+
+def check_cluster_storage(uri: str) -> None:
+    """Raise ConfigError unless ``uri`` is storage that a job's results can reach the user through.
+
+    A submitted sweep's driver runs inside a temporary copy of the working dir on the head node, so
+    a relative path would put the results there, out of the user's reach. Valid: a pyarrow URI
+    (s3://bucket/prefix, gs://bucket/prefix) or an absolute path of a filesystem mounted at that path
+    on every node (NFS).
+    """
+    if "://" not in uri and not Path(uri).is_absolute():
+        raise ConfigError(
+            f"storage: {uri!r} is a relative path; a submitted sweep runs in a temporary copy of this folder on the "
+            "cluster's head node, where its results would be lost. Set storage to s3://bucket/prefix or gs://bucket/prefix "
+            "(or an absolute path on a filesystem every node mounts), e.g. storage=s3://my-bucket/sweeps"
+        )
 
 
 def tune_distribution(dimension: SearchDimension):
@@ -172,7 +196,7 @@ def _tuner(sweep: SweepConfig, resume: bool):
 
 
 def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
-    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI."""
+    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI (see experiment_uri)."""
     import yaml
 
     tuner = _tuner(sweep, resume)
@@ -182,8 +206,8 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
     with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
         out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
     tuner.fit()
-    write_trials_table(sweep.storage.rstrip("/") + "/" + sweep.name)
-    return experiment
+    write_trials_table(experiment_uri(sweep))
+    return experiment_uri(sweep)
 
 
 def trial_rows(experiment_uri: str) -> list[dict]:
