@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TRIALS_FILE = "trials.parquet"
 SWEEP_FILE = "sweep.yaml"
+TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/<run>/checkpoint_*: the trials' Ray Train runs
 
 
 def storage(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -98,7 +99,7 @@ def run_trial(params: dict, sweep: dict) -> None:
     filesystem, root = storage(sweep["storage"])
     trainer = torch_trainer(
         cfg,
-        storage_path=f"{root}/{sweep['name']}/train_runs",
+        storage_path=f"{root}/{sweep['name']}/{TRAIN_RUNS}",
         name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
@@ -239,12 +240,22 @@ def trial_rows(experiment_uri: str) -> list[dict]:
                 "curve_steps": [int(row["step"]) for row in rounds],
                 "curve_dev_ex": [float(row["dev_ex"]) for row in rounds],
                 "curve_dev_em": [float(row["dev_em"]) for row in rounds],
-                "checkpoint_uri": best.get("checkpoint_path") if best else None,
+                "checkpoint_uri": checkpoint_in(experiment, best.get("checkpoint_path")) if best else None,
                 "wall_time_s": float(wall),
                 "gpu_hours": float(wall) * gpus / 3600,
             }
         )
     return sorted(rows, key=lambda row: -(row["best_dev_ex"] if row["best_dev_ex"] is not None else -1))
+
+
+def checkpoint_in(experiment: str, reported: str | None) -> str | None:
+    """A reported checkpoint path re-rooted at ``experiment`` (a path in its filesystem). Ray records
+    where the checkpoint was written; the experiment may have moved since (a copied folder,
+    `aws s3 sync` of a local sweep into a bucket)."""
+    if not reported:
+        return None
+    _, found, inside = reported.rpartition(f"/{TRAIN_RUNS}/")
+    return f"{experiment}/{TRAIN_RUNS}/{inside}" if found else reported
 
 
 def _is_number(value) -> bool:

@@ -165,3 +165,32 @@ def test_submitted_sweep_writes_to_s3_and_best_fetches_its_adapter(ray_head, s3_
     fetched = cli("best", experiment, "--out", str(out), env=s3_env)  # --check-load: base + adapter load with peft
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file() and (out / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_trials_and_best_read_a_local_experiment_copied_into_s3(s3_env, tiny_dir, spider_dir, tmp_path):
+    """Without a cluster: a local one-trial sweep, copied into the bucket as `aws s3 sync` would, is
+    read from there (Ray recorded its checkpoints at their local paths)."""
+    import pyarrow.fs as pafs
+
+    swept = cli("sweep", SWEEP_FILE, f"storage={tmp_path / 'sweeps'}", f"base.model.name={tiny_dir}", *ONE_TINY_TRIAL, env={**s3_env, "RAY_ADDRESS": "local"}, timeout=420)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing", region="us-east-1")
+    pafs.copy_files(str(tmp_path / "sweeps" / "sweep-smoke-cpu"), f"{BUCKET}/copied/sweep-smoke-cpu", destination_filesystem=s3)
+    shutil.rmtree(tmp_path / "sweeps")  # only the copy is left
+    experiment = f"s3://{BUCKET}/copied/sweep-smoke-cpu"
+
+    shown = cli("trials", experiment, env=s3_env)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "1 trials" in shown.stdout and f"plot: {experiment}/trials.png" in shown.stderr
+    fetched = cli("best", experiment, "--out", str(tmp_path / "best"), env=s3_env)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
+
+
+def test_checkpoint_paths_follow_a_moved_experiment():
+    from ray_spider.tune import checkpoint_in
+
+    written = "/home/me/runs/sweeps/sweep-x/train_runs/abc-1/checkpoint_2026"
+    assert checkpoint_in("bucket/copied/sweep-x", written) == "bucket/copied/sweep-x/train_runs/abc-1/checkpoint_2026"
+    assert checkpoint_in("bucket/copied/sweep-x", None) is None
