@@ -6,7 +6,7 @@
 # 2. `buildah bud` of the unchanged Dockerfile with BASE_IMAGE=$BASE (ray_spider and its deps from PyPI);
 # 3. inside the container: `ray-spider --help`, and a gold-vs-gold `ray-spider eval` on the first
 #    $QUESTIONS dev questions (Spider mounted read-only), which must score EX = EM = 1.
-# Needs root, buildah, podman, debootstrap, network to Debian and PyPI, and $SPIDER_DIR. Not run by
+# Needs root, buildah, podman, runc, debootstrap (apt-get install buildah podman runc debootstrap), network to Debian and PyPI, and $SPIDER_DIR. Not run by
 # `make test`/CI: it takes minutes and a container runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,8 @@ QUESTIONS=${QUESTIONS:-20}
 SUITE=bookworm                              # its python3 is 3.11, like the production base
 PODMAN=(podman --storage-driver "$STORAGE_DRIVER")
 BUILDAH=(buildah --storage-driver "$STORAGE_DRIVER")
-# runc and explicit ulimits: the defaults (crun, the host's hard limits) fail inside some containers.
+# runc and explicit ulimits, for RUN steps too: crun refuses hybrid cgroups ("drop all controllers from
+# cgroupv2"), and the default ulimits exceed what some container hosts allow.
 RUN=("${PODMAN[@]}" run --rm --runtime runc --network host --ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 
 say() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
@@ -42,6 +43,8 @@ make_base() {
     python3 -m venv /home/ray/venv
     /home/ray/venv/bin/pip install -q --no-index --find-links /tmp/wheels torch
     chown -R ray:users /home/ray
+    # Login shells (`ray up` runs its commands in `bash --login`) reset PATH from /etc/profile.
+    echo "export PATH=/home/ray/venv/bin:\$PATH" > /etc/profile.d/venv.sh
     rm -rf /tmp/wheels /var/cache/apt/archives/*.deb'
   tar -C "$rootfs" -c . | "${PODMAN[@]}" import \
     --change 'USER ray' --change 'WORKDIR /home/ray' --change 'CMD ["/bin/bash"]' \
@@ -54,7 +57,8 @@ mkdir -p "$WORK"
 
 say "buildah bud $IMAGE (BASE_IMAGE=$BASE)"
 start=$(date +%s)
-"${BUILDAH[@]}" bud --network host --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" .
+"${BUILDAH[@]}" bud --network host --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
+  --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" .
 echo "image built in $(( $(date +%s) - start )) s"
 
 say "ray-spider --help in the container"
