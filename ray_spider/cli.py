@@ -5,13 +5,14 @@
     ray-spider eval --gold dev_gold.sql --pred preds.sql --db database --table tables.json
     ray-spider setup-model
     ray-spider train sweeps/smoke_cpu.yaml train.max_steps=4
-    ray-spider baseline sweeps/baseline_smollm2.yaml
+    ray-spider baseline sweeps/baseline.yaml
     ray-spider predict --model smollm2-135m-instruct --adapter runs/<run>/adapter --out preds/
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ray_spider.config import ConfigError, DataConfig, load_run_config
+from ray_spider.config import ConfigError, DataConfig, load_run_config, require_adapter
 from ray_spider.spider import Spider, SpiderError
 
 app = typer.Typer(help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True)
@@ -31,6 +32,24 @@ stdout = Console(width=max(Console().width, 120))  # tables stay readable when p
 
 SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
+
+
+@app.callback()
+def _main() -> None:
+    configure_logging()
+
+
+def configure_logging() -> None:
+    """ray_spider's log records (info and up) to stderr, once per process: the CLI here, and each
+    Ray Train worker at the top of ``train_loop``. Other libraries' loggers are left as they are."""
+    logger = logging.getLogger("ray_spider")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (Ray sets some up) would print each record twice
 
 
 def fail(message: str) -> None:
@@ -127,7 +146,7 @@ def eval_command(
     workers: Annotated[Optional[int], typer.Option(help="scoring processes (default: all cores, at most 8)")] = None,
 ) -> None:
     """Score predictions: EX (execution) and EM (exact set match) per hardness level."""
-    from ray_spider.evaluate import EvalInputError, per_example_records, read_gold_file, read_pred_file, score, summary_table
+    from ray_spider.evaluation.score import EvalInputError, per_example_records, read_gold_file, read_pred_file, score, summary_table
 
     try:
         report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
@@ -139,21 +158,22 @@ def eval_command(
         with open(per_example, "w") as out:
             for record in per_example_records(report):
                 out.write(json.dumps(record) + "\n")
-    _print_skips(summary, report)
+    _print_skips(report)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_dict(), indent=2))
     else:
         stdout.print(summary_table(summary))
 
 
-def _print_skips(summary: dict, report) -> None:
-    if summary["skipped_missing_db"]:
+def _print_skips(report) -> None:
+    summary = report.summary()
+    if summary.skipped_missing_db:
         console.print(
-            f"[yellow]skipped {summary['skipped_missing_db']} question(s) whose database is missing: "
-            f"{', '.join(summary['skipped_db_ids'])}[/]"
+            f"[yellow]skipped {summary.skipped_missing_db} question(s) whose database is missing: "
+            f"{', '.join(summary.skipped_db_ids)}[/]"
         )
-    for index, db_id, message in report.data_errors:
-        console.print(f"[bold red]DATA ERROR[/] gold query {index} ({db_id}) failed: {message}")
+    for error in report.data_errors:
+        console.print(f"[bold red]DATA ERROR[/] gold query {error.index} ({error.db_id}) failed: {error.message}")
 
 
 
@@ -180,6 +200,10 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     from ray_spider.train import run_training
 
     cfg = _job_config(config, overrides or [])
+    try:
+        require_adapter(cfg, str(config))
+    except ConfigError as exc:
+        fail(str(exc))
     _show_run(run_training(cfg, _command_line()))
 
 
@@ -187,14 +211,13 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
 def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """The control: the same prompt, inference and scoring with no adapter."""
     from ray_spider.predict import run_prediction
-    from ray_spider.records import finish_run, new_run_dir, write_config
+    from ray_spider.records import RunFolder
 
     cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
-    run_dir = new_run_dir(cfg)
-    write_config(cfg, run_dir)
-    result = run_prediction(cfg, None, run_dir / "dev_eval")
-    finish_run(run_dir, cfg, result.summary["prompt_version"], result.summary, _command_line())
-    _show_run(run_dir)
+    run = RunFolder.create(cfg)
+    result = run_prediction(cfg, None, run.dev_eval)
+    run.finish(result.summary.prompt_version, _command_line())
+    _show_run(run.path)
 
 
 def _show_run(run_dir: Path) -> None:
@@ -212,15 +235,15 @@ def predict(
     overrides: Overrides = None,
 ) -> None:
     """Batched greedy generation on a split, SQL extraction, and scoring."""
-    from ray_spider.evaluate import summary_table
+    from ray_spider.evaluation.score import summary_table
     from ray_spider.predict import run_prediction
 
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
     cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
     result = run_prediction(cfg, adapter, out, split)
-    stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
-    console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}")
+    stdout.print(summary_table(result.summary, title=f"{split}: {result.summary.n} questions"))
+    console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}")
 
 
 @app.command()
@@ -283,7 +306,7 @@ def submit(
     from ray.job_submission import JobSubmissionClient
 
     from ray_spider.config import load_sweep_config
-    from ray_spider.tune import check_cluster_storage, experiment_uri
+    from ray_spider.storage import check_cluster_storage, experiment_uri
 
     try:
         sweep_cfg = load_sweep_config(sweep_file, overrides or [])  # fail here, not on the cluster
@@ -299,7 +322,7 @@ def submit(
         entrypoint="python -m ray_spider " + shlex.join(job_args),
         runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", "*.gguf"]},
     )
-    experiment = experiment_uri(sweep_cfg)
+    experiment = experiment_uri(sweep_cfg.storage, sweep_cfg.name)
     console.print(f"submitted {job_id}", soft_wrap=True)
     console.print(f"follow: ray job logs --address {address} --follow {job_id}", soft_wrap=True)
     console.print(f"[bold green]experiment:[/] {experiment}  (then: ray-spider trials {experiment}; ray-spider best {experiment} --out best/)", soft_wrap=True)

@@ -1,7 +1,7 @@
 """What a user looks at after a sweep: the trials table, a PNG, and the best adapter fetched out of storage.
 
-    ray-spider trials runs/sweeps/sweep-smollm2-cpu
-    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best_adapter/
+    ray-spider trials runs/sweeps/sweep-smoke-cpu
+    ray-spider best runs/sweeps/sweep-smoke-cpu --out best_adapter/
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import pyarrow.fs as pafs
 from rich.table import Table
 
 from ray_spider.config import ModelConfig
-from ray_spider.tune import storage
+from ray_spider.records import ADAPTER_FILES
+from ray_spider.storage import TRIALS_PLOT, is_local, storage
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PLOT_FILE = "trials.png"
 
 
 def trials_table(rows: list[dict]) -> Table:
@@ -66,9 +65,9 @@ def plot_trials(experiment: str, rows: list[dict]) -> str:
     figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
     filesystem, path = storage(experiment)
-    with filesystem.open_output_stream(f"{path}/{PLOT_FILE}") as out:  # beside trials.parquet, local or remote
+    with filesystem.open_output_stream(f"{path}/{TRIALS_PLOT}") as out:  # beside trials.parquet, local or remote
         out.write(image.getvalue())
-    return f"{path}/{PLOT_FILE}" if isinstance(filesystem, pafs.LocalFileSystem) else f"{experiment.rstrip('/')}/{PLOT_FILE}"
+    return f"{path}/{TRIALS_PLOT}" if is_local(filesystem) else f"{experiment.rstrip('/')}/{TRIALS_PLOT}"
 
 
 def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:

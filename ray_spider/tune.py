@@ -1,66 +1,32 @@
 """Sweeps: Ray Tune + Optuna over QLoRA runs, objective dev EX, best adapters kept in storage.
 
-    ray-spider sweep sweeps/sweep_smollm2_cpu.yaml            # start (or --resume after a crash)
-    ray-spider trials runs/sweeps/sweep-smollm2-cpu           # table + PNG
-    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best/ # copy the winning adapter out
+    ray-spider sweep sweeps/sweep_smoke_cpu.yaml              # start (or --resume after a crash)
+    ray-spider trials runs/sweeps/sweep-smoke-cpu             # table + PNG
+    ray-spider best runs/sweeps/sweep-smoke-cpu --out best/   # copy the winning adapter out
 
 Each trial runs the training job of train.py (a Ray Train TorchTrainer launched inside the Tune
 trial function, reporting every dev-eval round to Tune through TuneReportCallback), so ASHA can stop
-weak trials and every reported adapter is a checkpoint in storage. Storage is any pyarrow
-filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix.
+weak trials and every reported adapter is a checkpoint in storage. The Train run is named by the
+trial id: a crashed trial that Tune retries (``trial_retries``) resumes from its latest checkpoint
+(adapter, optimizer, scheduler, position in the data) in the same folder. Storage is any pyarrow
+filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix (layout: storage.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from ray_spider.config import ConfigError, RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
+from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, checkpoint_in, experiment_path, experiment_uri, is_local, storage, train_runs_path
 
 log = logging.getLogger(__name__)
-
-TRIALS_FILE = "trials.parquet"
-SWEEP_FILE = "sweep.yaml"
-TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/<run>/checkpoint_*: the trials' Ray Train runs
-
-
-def storage(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or any URI pyarrow understands."""
-    if "://" not in uri:
-        uri = str(Path(uri).expanduser().resolve())
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
-
-
-def experiment_uri(sweep: SweepConfig) -> str:
-    """Where a sweep's results live, as the user passes it to `trials` and `best`: the storage URI
-    plus the sweep name (s3://bucket/prefix/name), or an absolute local path."""
-    if "://" in sweep.storage:
-        return f"{sweep.storage.rstrip('/')}/{sweep.name}"
-    return str(Path(sweep.storage).expanduser().resolve() / sweep.name)
-
-
-def check_cluster_storage(uri: str) -> None:
-    """Raise ConfigError unless ``uri`` is storage that a job's results can reach the user through.
-
-    A submitted sweep's driver runs inside a temporary copy of the working dir on the head node, so
-    a relative path would put the results there, out of the user's reach. Valid: a pyarrow URI
-    (s3://bucket/prefix, gs://bucket/prefix) or an absolute path of a filesystem mounted at that path
-    on every node (NFS).
-    """
-    if "://" not in uri and not Path(uri).is_absolute():
-        raise ConfigError(
-            f"storage: {uri!r} is a relative path; a submitted sweep runs in a temporary copy of this folder on the "
-            "cluster's head node, where its results would be lost. Set storage to s3://bucket/prefix or gs://bucket/prefix "
-            "(or an absolute path on a filesystem every node mounts), e.g. storage=s3://my-bucket/sweeps"
-        )
 
 
 def tune_distribution(dimension: SearchDimension):
@@ -96,11 +62,13 @@ def run_trial(params: dict, sweep: dict) -> None:
     from ray_spider.train import torch_trainer
 
     cfg = trial_run_config(sweep, params)
-    filesystem, root = storage(sweep["storage"])
+    filesystem, experiment = experiment_path(sweep["storage"], sweep["name"])
     trainer = torch_trainer(
         cfg,
-        storage_path=f"{root}/{sweep['name']}/{TRAIN_RUNS}",
-        name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
+        storage_path=train_runs_path(experiment),
+        # Named by the trial alone: a retried trial's Train run finds its own checkpoints in storage
+        # and resumes from the latest (train_loop), instead of starting over in a new folder.
+        name=ray.tune.get_context().get_trial_id(),
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
@@ -154,17 +122,17 @@ def _tuner(sweep: SweepConfig, resume: bool):
 
     start_ray()
     filesystem, root = storage(sweep.storage)
+    experiment = experiment_uri(root, sweep.name)
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
     base = dict(sweep.base)
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
     # Trials run in their own working dirs: a relative local storage path must be made absolute here.
-    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if isinstance(filesystem, pafs.LocalFileSystem) else sweep.storage}
+    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if is_local(filesystem) else sweep.storage}
     # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
-    experiment = f"{root}/{sweep.name}"
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
-            raise FileNotFoundError(f"no sweep to resume at {sweep.storage}/{sweep.name}")
+            raise FileNotFoundError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}")
         return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
     param_space = {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}
     if sweep.search.name == "optuna_tpe":
@@ -197,18 +165,17 @@ def _tuner(sweep: SweepConfig, resume: bool):
 
 
 def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
-    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI (see experiment_uri)."""
+    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI."""
     import yaml
 
     tuner = _tuner(sweep, resume)
-    filesystem, root = storage(sweep.storage)
-    experiment = f"{root}/{sweep.name}"
+    filesystem, experiment = experiment_path(sweep.storage, sweep.name)
     filesystem.create_dir(experiment, recursive=True)
     with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
         out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
     tuner.fit()
-    write_trials_table(experiment_uri(sweep))
-    return experiment_uri(sweep)
+    write_trials_table(experiment_uri(sweep.storage, sweep.name))
+    return experiment_uri(sweep.storage, sweep.name)  # as the user names it: s3:// kept
 
 
 def trial_rows(experiment_uri: str) -> list[dict]:
@@ -224,8 +191,8 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     for trial in analysis.trials:
         frame = frames.get(trial.trial_id)
         history = frame.to_dict("records") if frame is not None else []
-        rounds = [row for row in history if _is_number(row.get(sweep["objective"]))]
-        best = max(rounds, key=lambda row: (row[sweep["objective"]], -row.get("step", 0)), default=None)
+        rounds = [row for row in history if is_number(row.get(sweep["objective"]))]
+        best = best_round(rounds, metric=sweep["objective"])
         wall = max((row.get("time_total_s") or 0.0 for row in history), default=0.0)
         rows.append(
             {
@@ -246,20 +213,6 @@ def trial_rows(experiment_uri: str) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda row: -(row["best_dev_ex"] if row["best_dev_ex"] is not None else -1))
-
-
-def checkpoint_in(experiment: str, reported: str | None) -> str | None:
-    """A reported checkpoint path re-rooted at ``experiment`` (a path in its filesystem). Ray records
-    where the checkpoint was written; the experiment may have moved since (a copied folder,
-    `aws s3 sync` of a local sweep into a bucket)."""
-    if not reported:
-        return None
-    _, found, inside = reported.rpartition(f"/{TRAIN_RUNS}/")
-    return f"{experiment}/{TRAIN_RUNS}/{inside}" if found else reported
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and value == value  # NaN marks a result without that metric
 
 
 def read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:

@@ -189,7 +189,7 @@ def test_trials_and_best_read_a_local_experiment_copied_into_s3(s3_env, tiny_dir
 
 
 def test_checkpoint_paths_follow_a_moved_experiment():
-    from ray_spider.tune import checkpoint_in
+    from ray_spider.storage import checkpoint_in
 
     written = "/home/me/runs/sweeps/sweep-x/train_runs/abc-1/checkpoint_2026"
     assert checkpoint_in("bucket/copied/sweep-x", written) == "bucket/copied/sweep-x/train_runs/abc-1/checkpoint_2026"

@@ -16,32 +16,27 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from rich.progress import Progress
 from rich.table import Table
 
-from ray_spider.exact_match import ExactMatcher
-from ray_spider.execution import GoldQueryError, execution_match
+from ray_spider.evaluation.exact_match import HARDNESS_LEVELS, ExactMatcher
+from ray_spider.evaluation.execution import execution_match, plug_value_placeholder
+from ray_spider.evaluation.inputs import EvalInputError, GoldError, GoldQuery, database_file, read_gold_file, read_pred_file
 
-HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
+__all__ = [
+    "ERROR_TYPES", "HARDNESS_LEVELS", "DataError", "EvalInputError", "ExampleScore", "GoldQuery", "Rates", "Report",
+    "Summary", "per_example_records", "read_gold_file", "read_pred_file", "score", "summary_table",
+]
+
 ERROR_TYPES = ("no_sql", "syntax_error", "unknown_table_or_column", "wrong_result", "timeout", "error")
 CHUNK = 16
 # The pool's default size: all cores, at most this many. Forking a worker from a process that holds
 # a model on the GPU (predict, the dev rounds in training) costs more than it scores: on a 32-core
 # H200 host dev-972 scored in 0.43 s with 8 workers and 0.80-0.85 s with 32 (docs/benchmarks.md).
 DEFAULT_MAX_WORKERS = 8
-
-
-class EvalInputError(ValueError):
-    """A gold or prediction file is malformed; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class GoldQuery:
-    sql: str
-    db_id: str
 
 
 @dataclass
@@ -58,56 +53,69 @@ class ExampleScore:
     pred_error: str | None = None
 
 
+@dataclass(frozen=True)
+class DataError:
+    """A gold query that could not be used (a GoldError): left out of the scores, reported."""
+
+    index: int
+    db_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rates:
+    """EX and EM rates (0..1) over n scored questions; 0.0 when n is 0."""
+
+    n: int
+    ex: float
+    em: float
+
+    @classmethod
+    def of(cls, scores: list[ExampleScore]) -> Rates:
+        n = len(scores)
+        return cls(n, sum(s.ex for s in scores) / n if n else 0.0, sum(s.em for s in scores) / n if n else 0.0)
+
+
+@dataclass(frozen=True)
+class Summary(Rates):
+    """The scores of a prediction file: overall rates, per hardness level, wrong answers by error type.
+
+    ``to_dict()`` is the JSON of ``ray-spider eval --json`` and of summary.json (keys in this order).
+    """
+
+    by_hardness: dict[str, Rates]  # every level of HARDNESS_LEVELS, in that order
+    error_types: dict[str, int]  # ERROR_TYPES -> count among the wrong answers (absent: none)
+    skipped_missing_db: int  # questions not scored: their database file is missing
+    skipped_db_ids: list[str]
+    gold_errors: int  # questions left out: their gold query failed (DataError)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Summary:
+        """Read back ``to_dict()`` (or a summary.json); keys of a subclass's fields may be absent."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["by_hardness"] = {level: Rates(**row) for level, row in data["by_hardness"].items()}
+        return cls(**values)
+
+
 @dataclass
 class Report:
     scores: list[ExampleScore]
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (index, db_id) with no database
-    data_errors: list[tuple[int, str, str]] = field(default_factory=list)  # (index, db_id, message)
+    data_errors: list[DataError] = field(default_factory=list)
 
-    def summary(self) -> dict:
-        def rates(scores: list[ExampleScore]) -> dict:
-            n = len(scores)
-            return {"n": n, "ex": sum(s.ex for s in scores) / n if n else 0.0, "em": sum(s.em for s in scores) / n if n else 0.0}
-
-        return {
-            **rates(self.scores),
-            "by_hardness": {level: rates([s for s in self.scores if s.hardness == level]) for level in HARDNESS_LEVELS},
-            "error_types": dict(Counter(s.error_type for s in self.scores if s.error_type)),
-            "skipped_missing_db": len(self.skipped),
-            "skipped_db_ids": sorted({db_id for _, db_id in self.skipped}),
-            "gold_errors": len(self.data_errors),
-        }
-
-
-def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"gold file not found: {path}")
-    golds = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        sql, sep, db_id = line.rstrip().rpartition("\t")
-        if not sep or not sql.strip() or not db_id.strip():
-            raise EvalInputError(f"{path}:{number}: expected 'SQL<TAB>db_id', got {line[:80]!r}")
-        golds.append(GoldQuery(sql.strip(), db_id.strip()))
-    return golds
-
-
-def read_pred_file(path: str | os.PathLike) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"prediction file not found: {path}")
-    lines = path.read_text().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the file's final newline ends the last line; it is not an empty prediction
-    # As both official evaluators read it: a tab ends the SQL (so dev_gold.sql itself is a valid PRED).
-    return [line.split("\t")[0].strip() for line in lines]
-
-
-def database_file(db_dir: Path, db_id: str) -> Path:
-    """Spider's layout: DB_DIR/<db_id>/<db_id>.sqlite."""
-    return db_dir / db_id / f"{db_id}.sqlite"
+    def summary(self) -> Summary:
+        return Summary(
+            **asdict(Rates.of(self.scores)),
+            by_hardness={level: Rates.of([s for s in self.scores if s.hardness == level]) for level in HARDNESS_LEVELS},
+            error_types=dict(Counter(s.error_type for s in self.scores if s.error_type)),
+            skipped_missing_db=len(self.skipped),
+            skipped_db_ids=sorted({db_id for _, db_id in self.skipped}),
+            gold_errors=len(self.data_errors),
+        )
 
 
 def error_type(ex: bool, pred_status: str) -> str | None:
@@ -126,15 +134,13 @@ class _Scorer:
         self.matcher = ExactMatcher(db_dir, tables_json)
         self.timeout_s = timeout_s
 
-    def __call__(self, index: int, gold: GoldQuery, pred: str) -> ExampleScore | tuple[int, str, str]:
+    def __call__(self, index: int, gold: GoldQuery, pred: str) -> ExampleScore | DataError:
         db_path = database_file(self.db_dir, gold.db_id)
         try:
-            # The test-suite evaluator runs every prediction with "value" replaced by "1" (a leftover
-            # of value-less predictions); EX does the same so the two agree per example.
-            ex, outcome = execution_match(db_path, gold.sql, pred.replace("value", "1"), timeout_s=self.timeout_s)
+            ex, outcome = execution_match(db_path, gold.sql, plug_value_placeholder(pred), timeout_s=self.timeout_s)
             hardness = self.matcher.hardness(gold.sql, gold.db_id)
-        except (GoldQueryError, ValueError) as exc:
-            return (index, gold.db_id, str(exc))
+        except GoldError as exc:
+            return DataError(index, gold.db_id, str(exc))
         em = self.matcher.match(gold.sql, pred, gold.db_id) if pred else False
         return ExampleScore(
             index, gold.db_id, hardness, ex, em, outcome.status, error_type(ex, outcome.status), gold.sql, pred, outcome.error
@@ -149,7 +155,7 @@ def _init_process(db_dir: Path, tables_json: Path, timeout_s: float) -> None:
     _process_scorer = _Scorer(db_dir, tables_json, timeout_s)
 
 
-def _score_chunk(chunk: list[tuple[int, GoldQuery, str]]) -> list:
+def _score_chunk(chunk: list[tuple[int, GoldQuery, str]]) -> list[ExampleScore | DataError]:
     return [_process_scorer(*item) for item in chunk]
 
 
@@ -201,14 +207,14 @@ def _map_chunks(chunks, workers: int, init_args: tuple):
         yield from pool.map(_score_chunk, chunks)
 
 
-def summary_table(summary: dict, title: str = "Spider evaluation") -> Table:
+def summary_table(summary: Summary, title: str = "Spider evaluation") -> Table:
     table = Table(title=title)
     table.add_column("level")
     for column in ("count", "EX", "EM"):
         table.add_column(column, justify="right")
     for level in (*HARDNESS_LEVELS, "all"):
-        row = summary if level == "all" else summary["by_hardness"][level]
-        table.add_row(level, str(row["n"]), f"{row['ex']:.3f}", f"{row['em']:.3f}")
+        row = summary if level == "all" else summary.by_hardness[level]
+        table.add_row(level, str(row.n), f"{row.ex:.3f}", f"{row.em:.3f}")
     return table
 
 
