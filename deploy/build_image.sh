@@ -2,12 +2,14 @@
 # Build the Dockerfile with buildah and check the image where Docker Hub's base is out of reach:
 #   make image                      # or: deploy/build_image.sh
 # 1. a CPU stand-in for the production base (rayproject/ray): minimal Debian (debootstrap) with
-#    python3, a venv on PATH holding torch (CPU build), user `ray` -- made once, kept as $BASE;
+#    python3, rsync, ssh, a venv on PATH holding torch (CPU build), user `ray` -- made once, kept as $BASE
+#    (podman rmi it to remake);
 # 2. `buildah bud` of the unchanged Dockerfile with BASE_IMAGE=$BASE (ray_spider and its deps from PyPI);
 # 3. inside the container: `ray-spider --help`, and a gold-vs-gold `ray-spider eval` on the first
 #    $QUESTIONS dev questions (Spider mounted read-only), which must score EX = EM = 1.
-# Needs root, buildah, podman, runc, debootstrap (apt-get install buildah podman runc debootstrap), network to Debian and PyPI, and $SPIDER_DIR. Not run by
-# `make test`/CI: it takes minutes and a container runtime.
+# Needs root, buildah, podman, runc, debootstrap (apt-get install buildah podman runc debootstrap),
+# network to Debian and PyPI, and $SPIDER_DIR. Not run by `make test`/CI: it takes minutes and a
+# container runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +33,9 @@ make_base() {
   local rootfs=$WORK/rootfs
   say "base image $BASE: debootstrap $SUITE"
   rm -rf "$rootfs" && mkdir -p "$rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$rootfs" http://deb.debian.org/debian
+  # rsync and ssh: `ray up` syncs files into the container and the head's autoscaler reaches workers
+  # over SSH; rayproject/ray ships both.
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,rsync,openssh-client "$SUITE" "$rootfs" http://deb.debian.org/debian
   # This machine's CA bundle: pip inside reaches PyPI through the same network as here.
   cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
   printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$rootfs/etc/pip.conf"

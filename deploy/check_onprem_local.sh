@@ -2,7 +2,7 @@
 # Check cluster-onprem.yaml for real on this one machine: `ray up` with the local provider over SSH
 # to 127.0.0.1, the head in the image of deploy/build_image.sh under podman, a sweep-free job through
 # the dashboard, then `ray down`. Only the addresses, the image and the ports differ from the file.
-#   deploy/check_onprem_local.sh        (after `make image`; root, podman, openssh-server)
+#   deploy/check_onprem_local.sh        (after `make image`; root, podman, openssh-server, rsync)
 # Everything it starts is its own: an sshd on 127.0.0.1:$SSH_PORT with a throwaway key, one container
 # ($CONTAINER); Ray's `ray stop` lines run inside that container only. Not run by `make test`/CI.
 set -euo pipefail
@@ -25,14 +25,15 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 say "sshd on 127.0.0.1:$SSH_PORT with a throwaway key"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/key"
-cp "$WORK/key.pub" "$WORK/authorized_keys" && chmod 600 "$WORK/authorized_keys"
+cp "$WORK/key.pub" "$WORK/authorized_keys"   # StrictModes=no below: the key lies under /tmp (world-writable)
 [ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A
 mkdir -p /run/sshd
 /usr/sbin/sshd -D -e -p "$SSH_PORT" -o ListenAddress=127.0.0.1 -o AuthorizedKeysFile="$WORK/authorized_keys" \
-  -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no 2> "$WORK/sshd.log" &
+  -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no -o StrictModes=no 2> "$WORK/sshd.log" &
 SSHD_PID=$!
 sleep 1
 
@@ -45,7 +46,7 @@ config["cluster_name"] = "ray-spider-onprem-check"
 config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
 config["auth"] = {"ssh_user": "root", "ssh_private_key": f"{work}/key"}
 docker = config["docker"]
-docker.update(image=image, container_name=container, pull_before_run=False, use_podman=True)
+docker.update(image=image, container_name=container, pull_before_run=False, use_podman=True, disable_automatic_runtime_detection=True)
 # This machine's podman needs runc and explicit ulimits; Spider comes from here.
 docker["run_options"] = [o for o in docker["run_options"] if "/data/spider" not in o] + [
     f"-v {spider}:/home/ray/spider:ro", "--runtime runc", "--ulimit nproc=32768:32768"]
