@@ -16,6 +16,7 @@ CONTAINER=ray_spider_onprem_check
 WORK=$(mktemp -d /tmp/onprem-check.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GCS_PORT=$(free_port); DASHBOARD_PORT=$(free_port); CLIENT_PORT=$(free_port); AGENT_PORT=$(free_port)
+RAY=(python3 -m ray.scripts.scripts)   # the ray CLI of the python3 on PATH (needs ray[default])
 say() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 SSHD_PID=
@@ -62,14 +63,14 @@ EOF
 export RAY_AUTH_MODE=disabled   # the same on both sides (a ~/.ray/auth_token would turn token auth on)
 say "ray up"
 start=$(date +%s)
-ray up -y --no-config-cache "$WORK/cluster.yaml"
+"${RAY[@]}" up -y --no-config-cache "$WORK/cluster.yaml"
 echo "ray up took $(( $(date +%s) - start )) s"
 
 say "a job through the dashboard (the head's Jobs API, as ray-spider submit uses it)"
-ray job submit --address "http://127.0.0.1:$DASHBOARD_PORT" -- \
+"${RAY[@]}" job submit --address "http://127.0.0.1:$DASHBOARD_PORT" -- \
   python -c "import ray, ray_spider; ray.init(); print('cluster resources', ray.cluster_resources()); print('ray_spider at', ray_spider.__file__)"
 
 say "ray down"
-ray down -y "$WORK/cluster.yaml" || echo "ray down exited $? (it runs docker stop; the container is removed below)"
+"${RAY[@]}" down -y "$WORK/cluster.yaml" || echo "ray down exited $? (it runs docker stop; the container is removed below)"
 podman --storage-driver "$STORAGE_DRIVER" ps -a --filter "name=$CONTAINER" --format '{{.Names}} {{.Status}}'
 say "ON-PREM CHECK DONE"

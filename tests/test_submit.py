@@ -1,6 +1,7 @@
 """`ray-spider submit` against a real Ray cluster: a head with its dashboard (the Jobs API) on free
-ports and S3 storage served by moto on 127.0.0.1. The submitted one-trial sweep finishes, and
-`trials` and `best` read its experiment back from S3. Every server is stopped by its pid."""
+ports and S3 storage served by moto on 127.0.0.1, both started once for the module. The submitted
+one-trial sweep finishes, `trials` and `best` read its experiment back from S3, also from a copy of
+it under another prefix. Every server is stopped by its pid."""
 
 from __future__ import annotations
 
@@ -63,13 +64,13 @@ def stop(process: subprocess.Popen, grace: float) -> None:
             process.wait(timeout=30)
 
 
-@pytest.fixture
-def s3_env(tmp_path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory) -> dict[str, str]:
     """Environment of an S3 client of a fresh moto server with one bucket, BUCKET."""
     import boto3
 
     port = free_port()
-    log = tmp_path / "moto.log"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -84,8 +85,8 @@ def s3_env(tmp_path) -> dict[str, str]:
         stop(process, grace=10)
 
 
-@pytest.fixture
-def ray_head(s3_env, spider_dir, tmp_path) -> str:
+@pytest.fixture(scope="module")
+def ray_head(s3_env, spider_dir, tmp_path_factory) -> str:
     """Dashboard address of a fresh single-node Ray cluster (2 CPUs) whose processes see S3 and Spider."""
     temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # Ray's socket paths must stay short
     dashboard = free_port()
@@ -96,7 +97,7 @@ def ray_head(s3_env, spider_dir, tmp_path) -> str:
         "--node-manager-port": free_port(), "--object-manager-port": free_port(),
     }
     env = {**s3_env, "SPIDER_DIR": str(spider_dir), "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log = tmp_path / "ray_head.log"
+    log = tmp_path_factory.mktemp("ray-head") / "ray_head.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2", "--dashboard-host=127.0.0.1",
          "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}", *[f"{flag}={port}" for flag, port in ports.items()]],
@@ -138,8 +139,17 @@ def test_submit_refuses_a_sweep_file_outside_the_uploaded_folder(tmp_path):
     assert result.returncode == 2 and "outside the current folder" in result.stderr
 
 
-@pytest.mark.slow
-def test_submitted_sweep_writes_to_s3_and_best_fetches_its_adapter(ray_head, s3_env, tiny_dir, tmp_path):
+def test_checkpoint_paths_follow_a_moved_experiment():
+    from ray_spider.storage import checkpoint_in
+
+    written = "/home/me/runs/sweeps/sweep-x/train_runs/abc-1/checkpoint_2026"
+    assert checkpoint_in("bucket/copied/sweep-x", written) == "bucket/copied/sweep-x/train_runs/abc-1/checkpoint_2026"
+    assert checkpoint_in("bucket/copied/sweep-x", None) is None
+
+
+@pytest.fixture(scope="module")
+def submitted_experiment(ray_head, s3_env, tiny_dir) -> str:
+    """URI of the experiment of a one-trial sweep submitted to the head with S3 storage, finished."""
     experiment = f"s3://{BUCKET}/sweeps/sweep-smoke-cpu"
     submitted = cli(
         "submit", SWEEP_FILE, f"storage=s3://{BUCKET}/sweeps", f"base.model.name={tiny_dir}", *ONE_TINY_TRIAL,
@@ -149,16 +159,25 @@ def test_submitted_sweep_writes_to_s3_and_best_fetches_its_adapter(ray_head, s3_
     assert f"experiment: {experiment}" in submitted.stderr  # the full URI, s3:// included
     job_id = re.search(r"submitted (\S+)", submitted.stderr).group(1)
     assert wait_for_job(ray_head, job_id, timeout=420) == "SUCCEEDED"
+    return experiment
 
+
+def bucket(s3_env):
+    import pyarrow.fs as pafs
+
+    return pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing", region="us-east-1")
+
+
+@pytest.mark.slow
+def test_submitted_sweep_writes_to_s3_and_best_fetches_its_adapter(submitted_experiment, s3_env, tmp_path):
+    import pyarrow.fs as pafs
+
+    experiment = submitted_experiment
     shown = cli("trials", experiment, env=s3_env)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "1 trials" in shown.stdout and "TERMINATED" in shown.stdout
     assert f"plot: {experiment}/trials.png" in shown.stderr
-
-    import pyarrow.fs as pafs
-
-    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing", region="us-east-1")
-    names = {info.base_name for info in s3.get_file_info(pafs.FileSelector(f"{BUCKET}/sweeps/sweep-smoke-cpu"))}
+    names = {info.base_name for info in bucket(s3_env).get_file_info(pafs.FileSelector(experiment.removeprefix("s3://")))}
     assert {"trials.parquet", "trials.png", "sweep.yaml"} <= names
 
     out = tmp_path / "best"
@@ -168,29 +187,20 @@ def test_submitted_sweep_writes_to_s3_and_best_fetches_its_adapter(ray_head, s3_
 
 
 @pytest.mark.slow
-def test_trials_and_best_read_a_local_experiment_copied_into_s3(s3_env, tiny_dir, spider_dir, tmp_path):
-    """Without a cluster: a local one-trial sweep, copied into the bucket as `aws s3 sync` would, is
-    read from there (Ray recorded its checkpoints at their local paths)."""
+def test_trials_and_best_read_a_copied_experiment(submitted_experiment, s3_env, tmp_path):
+    """An experiment copied elsewhere (another prefix, as `aws s3 sync` would) still yields its adapter:
+    Ray recorded the checkpoints where they were written, `best` finds them under the copy."""
     import pyarrow.fs as pafs
 
-    swept = cli("sweep", SWEEP_FILE, f"storage={tmp_path / 'sweeps'}", f"base.model.name={tiny_dir}", *ONE_TINY_TRIAL, env={**s3_env, "RAY_ADDRESS": "local"}, timeout=420)
-    assert swept.returncode == 0, swept.stderr[-3000:]
-    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing", region="us-east-1")
-    pafs.copy_files(str(tmp_path / "sweeps" / "sweep-smoke-cpu"), f"{BUCKET}/copied/sweep-smoke-cpu", destination_filesystem=s3)
-    shutil.rmtree(tmp_path / "sweeps")  # only the copy is left
-    experiment = f"s3://{BUCKET}/copied/sweep-smoke-cpu"
-
-    shown = cli("trials", experiment, env=s3_env)
+    original, copy = submitted_experiment.removeprefix("s3://"), f"{BUCKET}/copied/sweep-smoke-cpu"
+    pafs.copy_files(original, copy, source_filesystem=bucket(s3_env), destination_filesystem=bucket(s3_env))
+    bucket(s3_env).delete_dir(original)  # only the copy is left (put back below for the other tests)
+    try:
+        shown = cli("trials", f"s3://{copy}", env=s3_env)
+        fetched = cli("best", f"s3://{copy}", "--out", str(tmp_path / "best"), "--no-check-load", env=s3_env)
+    finally:
+        pafs.copy_files(copy, original, source_filesystem=bucket(s3_env), destination_filesystem=bucket(s3_env))
     assert shown.returncode == 0, shown.stderr[-3000:]
-    assert "1 trials" in shown.stdout and f"plot: {experiment}/trials.png" in shown.stderr
-    fetched = cli("best", experiment, "--out", str(tmp_path / "best"), env=s3_env)
+    assert "1 trials" in shown.stdout and f"plot: s3://{copy}/trials.png" in shown.stderr
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
-
-
-def test_checkpoint_paths_follow_a_moved_experiment():
-    from ray_spider.storage import checkpoint_in
-
-    written = "/home/me/runs/sweeps/sweep-x/train_runs/abc-1/checkpoint_2026"
-    assert checkpoint_in("bucket/copied/sweep-x", written) == "bucket/copied/sweep-x/train_runs/abc-1/checkpoint_2026"
-    assert checkpoint_in("bucket/copied/sweep-x", None) is None
