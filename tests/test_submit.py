@@ -96,7 +96,10 @@ def ray_head(s3_env, spider_dir, tmp_path_factory) -> str:
         "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
         "--node-manager-port": free_port(), "--object-manager-port": free_port(),
     }
-    env = {**s3_env, "SPIDER_DIR": str(spider_dir), "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **s3_env, "SPIDER_DIR": str(spider_dir), "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # on SIGTERM Ray drains the node for 30 s by default; nothing to drain here
+    }
     log = tmp_path_factory.mktemp("ray-head") / "ray_head.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2", "--dashboard-host=127.0.0.1",
