@@ -1,7 +1,10 @@
 # docker build -t YOUR_REGISTRY/ray-spider:latest .
-# The image `ray up cluster.yaml` runs: Ray with CUDA, PyTorch, and ray_spider with its pinned deps.
-# At run time it needs no network beyond the model download from the hub.
-FROM rayproject/ray:2.60.0-py311-cu128
+# The image `ray up cluster.yaml` (and cluster-onprem.yaml) runs: Ray with CUDA, PyTorch, and ray_spider
+# with its pinned deps. At run time it needs no network beyond the model download from the hub.
+# BASE_IMAGE: the production base is rayproject/ray:2.60.0-py311-cu128 (Ray 2.60, Python 3.11, CUDA 12.8,
+# user `ray`). deploy/build_image.sh (`make image`) builds this same file on a locally made CPU base.
+ARG BASE_IMAGE=rayproject/ray:2.60.0-py311-cu128
+FROM ${BASE_IMAGE}
 
 WORKDIR /home/ray/ray_spider
 COPY --chown=ray:users pyproject.toml README.md ./

@@ -7,7 +7,7 @@ SPIDER_DIR ?= $(abspath ../shared/spider)
 export SPIDER_DIR
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench image clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench_eval.py
+
+# Builds the Dockerfile on a local CPU base and checks the image (buildah/podman, root; minutes; not in CI).
+image:
+	deploy/build_image.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -254,7 +254,6 @@ def sweep(
 ) -> None:
     """Ray Tune + Optuna over QLoRA runs, objective dev EX; writes trials.parquet into the experiment."""
     from ray_spider.config import load_sweep_config
-    from ray_spider.storage import experiment_uri
     from ray_spider.tune import run_sweep
 
     try:
@@ -263,8 +262,8 @@ def sweep(
         fail(str(exc))
     _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
     experiment = run_sweep(sweep_cfg, resume=resume)
-    _show_trials(experiment_uri(sweep_cfg.storage, sweep_cfg.name))
-    console.print(f"[bold green]experiment:[/] {experiment}")
+    _show_trials(experiment)
+    console.print(f"[bold green]experiment:[/] {experiment}", soft_wrap=True)
 
 
 @app.command()
@@ -279,7 +278,7 @@ def _show_trials(experiment: str) -> None:
 
     rows = write_trials_table(experiment)
     stdout.print(trials_table(rows))
-    console.print(f"plot: {plot_trials(experiment, rows)}")
+    console.print(f"plot: {plot_trials(experiment, rows)}", soft_wrap=True)
 
 
 @app.command()
@@ -298,23 +297,32 @@ def best(
 
 @app.command()
 def submit(
-    sweep_file: Annotated[Path, typer.Argument(help="sweep YAML, relative to this repo")],
+    sweep_file: Annotated[Path, typer.Argument(help="sweep YAML under the current folder (the folder the job uploads)")],
+    overrides: Overrides = None,
     address: Annotated[str, typer.Option(help="Ray dashboard address (after `ray dashboard cluster.yaml`)")] = "http://127.0.0.1:8265",
     resume: Annotated[bool, typer.Option(help="resume the sweep instead of starting it")] = False,
 ) -> None:
-    """Submit a sweep as a Ray Job to a cluster started with `ray up cluster.yaml`."""
+    """Submit a sweep as a Ray Job to a running cluster (`ray up cluster.yaml`); its results go to the sweep's storage."""
     from ray.job_submission import JobSubmissionClient
 
     from ray_spider.config import load_sweep_config
-    from ray_spider.train import WORKER_ENV
+    from ray_spider.storage import check_cluster_storage, experiment_uri
 
     try:
-        load_sweep_config(sweep_file)  # fail here, not on the cluster
+        sweep_cfg = load_sweep_config(sweep_file, overrides or [])  # fail here, not on the cluster
+        check_cluster_storage(sweep_cfg.storage)
     except ConfigError as exc:
         fail(str(exc))
-    entrypoint = f"python -m ray_spider sweep {shlex.quote(str(sweep_file))}" + (" --resume" if resume else "")
+    if not sweep_file.resolve().is_relative_to(Path.cwd().resolve()):
+        fail(f"sweep file {sweep_file} is outside the current folder {Path.cwd()}, which is what the job uploads: run submit from the repo root")
+    job_args = ["sweep", *(["--resume"] if resume else []), str(sweep_file.resolve().relative_to(Path.cwd().resolve())), *(overrides or [])]
+    # No env_vars here: the sweep's own ray.init sets WORKER_ENV, and Ray refuses to merge a job's
+    # runtime env with a driver's that names the same keys.
     job_id = JobSubmissionClient(address).submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", "*.gguf"], "env_vars": WORKER_ENV},
+        entrypoint="python -m ray_spider " + shlex.join(job_args),
+        runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", "*.gguf"]},
     )
-    console.print(f"submitted {job_id}: follow with `ray job logs --address {address} --follow {job_id}`")
+    experiment = experiment_uri(sweep_cfg.storage, sweep_cfg.name)
+    console.print(f"submitted {job_id}", soft_wrap=True)
+    console.print(f"follow: ray job logs --address {address} --follow {job_id}", soft_wrap=True)
+    console.print(f"[bold green]experiment:[/] {experiment}  (then: ray-spider trials {experiment}; ray-spider best {experiment} --out best/)", soft_wrap=True)

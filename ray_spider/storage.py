@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from ray_spider.config import ConfigError
+
 SWEEP_FILE = "sweep.yaml"  # the validated sweep config, written when the sweep starts
 TRIALS_FILE = "trials.parquet"
 TRIALS_PLOT = "trials.png"
@@ -47,3 +49,29 @@ def train_runs_path(experiment: str) -> str:
 
 def is_local(filesystem: pafs.FileSystem) -> bool:
     return isinstance(filesystem, pafs.LocalFileSystem)
+
+
+def checkpoint_in(experiment: str, reported: str | None) -> str | None:
+    """A reported checkpoint path re-rooted at ``experiment`` (a path in its filesystem). Ray records
+    where the checkpoint was written; the experiment may have moved since (a copied folder,
+    `aws s3 sync` of a local sweep into a bucket)."""
+    if not reported:
+        return None
+    _, found, inside = reported.rpartition(f"/{TRAIN_RUNS}/")
+    return f"{train_runs_path(experiment)}/{inside}" if found else reported
+
+
+def check_cluster_storage(uri: str) -> None:
+    """Raise ConfigError unless ``uri`` is storage through which a submitted sweep's results reach the user.
+
+    A submitted sweep's driver runs inside a temporary copy of the working dir on the head node, so
+    a relative path would put the results there, out of the user's reach. Valid: a pyarrow URI
+    (s3://bucket/prefix, gs://bucket/prefix) or an absolute path of a filesystem mounted at that path
+    on every node (NFS).
+    """
+    if "://" not in uri and not Path(uri).is_absolute():
+        raise ConfigError(
+            f"storage: {uri!r} is a relative path; a submitted sweep runs in a temporary copy of this folder on the "
+            "cluster's head node, where its results would be lost. Set storage to s3://bucket/prefix or gs://bucket/prefix "
+            "(or an absolute path on a filesystem every node mounts), e.g. storage=s3://my-bucket/sweeps"
+        )

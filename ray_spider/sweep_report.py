@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -37,8 +38,9 @@ def _format(value) -> str:
     return str(value)
 
 
-def plot_trials(experiment: str, rows: list[dict]) -> Path:
-    """dev EX and EM per trial over steps, and each searched parameter against the trial's best dev EX."""
+def plot_trials(experiment: str, rows: list[dict]) -> str:
+    """dev EX and EM per trial over steps, and each searched parameter against the trial's best dev EX,
+    written as trials.png into the experiment (local folder or URI); returns where it went."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,11 +61,13 @@ def plot_trials(experiment: str, rows: list[dict]) -> Path:
             axis.set_xscale("log")
         axis.set(xlabel=param.removeprefix("param."), ylabel="best dev EX")
     figure.tight_layout()
-    filesystem, path = storage(experiment)
-    local = Path(path) / TRIALS_PLOT if is_local(filesystem) else Path(TRIALS_PLOT)
-    figure.savefig(local, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
-    return local
+    filesystem, path = storage(experiment)
+    with filesystem.open_output_stream(f"{path}/{TRIALS_PLOT}") as out:  # beside trials.parquet, local or remote
+        out.write(image.getvalue())
+    return f"{path}/{TRIALS_PLOT}" if is_local(filesystem) else f"{experiment.rstrip('/')}/{TRIALS_PLOT}"
 
 
 def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:

@@ -24,7 +24,7 @@ from ray.tune import Callback
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
-from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, experiment_path, experiment_uri, is_local, storage, train_runs_path
+from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, checkpoint_in, experiment_path, experiment_uri, is_local, storage, train_runs_path
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
         out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
     tuner.fit()
     write_trials_table(experiment_uri(sweep.storage, sweep.name))
-    return experiment
+    return experiment_uri(sweep.storage, sweep.name)  # as the user names it: s3:// kept
 
 
 def trial_rows(experiment_uri: str) -> list[dict]:
@@ -207,7 +207,7 @@ def trial_rows(experiment_uri: str) -> list[dict]:
                 "curve_steps": [int(row["step"]) for row in rounds],
                 "curve_dev_ex": [float(row["dev_ex"]) for row in rounds],
                 "curve_dev_em": [float(row["dev_em"]) for row in rounds],
-                "checkpoint_uri": best.get("checkpoint_path") if best else None,
+                "checkpoint_uri": checkpoint_in(experiment, best.get("checkpoint_path")) if best else None,
                 "wall_time_s": float(wall),
                 "gpu_hours": float(wall) * gpus / 3600,
             }

@@ -1,4 +1,4 @@
-"""cluster.yaml against the schema Ray ships for cluster configs; the Dockerfile's inputs exist; every sweeps/ YAML loads."""
+"""cluster.yaml and cluster-onprem.yaml against the schema Ray ships for cluster configs; the Dockerfile's inputs exist; every sweeps/ YAML loads."""
 
 import json
 import re
@@ -14,11 +14,16 @@ from ray_spider.config import load_run_config, load_sweep_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_cluster_yaml_matches_ray_schema():
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
+def test_cluster_yaml_matches_ray_schema(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    config = yaml.safe_load((ROOT / name).read_text())
     jsonschema.validate(config, schema)
-    assert config["head_node_type"] in config["available_node_types"]
+    prepared = prepare_config(config)  # what `ray up` does first (the local provider's node types, defaults)
+    validate_config(prepared)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
 
 
