@@ -6,15 +6,15 @@
 # Parts (GPU minutes on H200s: estimates, none of this has run on a GPU yet):
 #   make     the 8B shape model in $MODEL_DIR (init on the GPU in bf16, 16 GB of safetensors)          ~1.5
 #   budgets  ray-spider train sweeps/qlora_llama31_8b.yaml at 24 GB and 48 GB budgets (train.gpu_memory_gb,
-#            enforced), 3 steps + a 32-question dev round, side by side on GPU 0 and 1: the auto
+#            enforced), 3 steps + a 32-question dev round, side by side on GPU0 and GPU1: the auto
 #            micro-batch/checkpointing/merged copy, peak train/dev GB against the budget            ~2.5
-#   bench    bench_train at 8B on GPU 0: the product under a 48 GB budget vs plain TRL (micro-batch 4 x 8,
-#            30 steps = 960 examples, max_length 2048, nf4 both); beside it on GPU 1 the 135M ratio as
-#            before (100 steps, bench/gpu_proof.sh's shape)                                           ~5
+#   bench    bench_train at 8B on GPU0, alone: the product under a 48 GB budget vs plain TRL (micro-batch
+#            4 x 8, 30 steps = 960 examples, max_length 2048, nf4 both)                               ~5
+#   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
 #   ddp      bench's Ray side again with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU      ~2
 #   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials at once, 6 steps, 20 dev
 #            questions, whole GPUs: no budget), then `best`                                          ~3
-#   all      make budgets bench ddp sweep                                                             ~14
+#   all      make budgets bench bench135m ddp sweep                                                   ~16
 # Calls of at most 10 minutes: "make budgets", then "bench", then "ddp sweep" (the model folder lives in
 # /tmp: keep the machine warm between calls, or run make again). BENCH8B_EXTRA is appended to the 8B
 # bench (e.g. "--ray-set train.deterministic=false"). RESULT lines: $OUT/RESULTS.txt
@@ -39,7 +39,8 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_C
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 RAY_memory_monitor_refresh_ms=0
 export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300
 GPUS=$( (nvidia-smi -L 2>/dev/null || true) | wc -l)
-GPU1=$((GPUS > 1 ? 1 : 0))
+GPU0=${GPU0:-0}                          # GPU0/GPU1: which GPUs the parts use (both 1: leave GPU 0 to other work)
+GPU1=${GPU1:-$((GPUS > 1 ? 1 : 0))}
 mkdir -p "$OUT" "$RUNS"
 
 manifest_line() {  # manifest_line LABEL RUN_FOLDER: one RESULT line from a run's manifest.json
@@ -72,9 +73,9 @@ budget_run() {  # budget_run GB GPU: a few steps + one small dev round of the 8B
 }
 
 part_budgets() {
-  budget_run 24 0 &
+  budget_run 24 "$GPU0" &
   # two local Ray clusters starting at the same moment can time out waiting for their raylets: stagger them
-  if [[ $GPUS -gt 1 || $DRY == 1 ]]; then sleep 20; budget_run 48 "$GPU1" & wait; else wait; budget_run 48 0; fi
+  if [[ $GPUS -gt 1 || $DRY == 1 ]]; then sleep 20; budget_run 48 "$GPU1" & wait; else wait; budget_run 48 "$GPU0"; fi
 }
 
 bench_args() {  # the 8B bench shape: plain TRL at micro-batch 4 x 8 accumulation, the product at auto under 48 GB
@@ -84,17 +85,21 @@ bench_args() {  # the 8B bench shape: plain TRL at micro-batch 4 x 8 accumulatio
     ${BENCH8B_EXTRA:-}
 }
 
-part_bench() {
-  CUDA_VISIBLE_DEVICES=0 python3 bench/bench_train.py $(bench_args) > "$OUT/bench/bench_8b.txt" 2>&1 &
+part_bench() {  # 8B: product vs plain TRL on one GPU, alone
+  CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/bench_train.py $(bench_args) > "$OUT/bench/bench_8b.txt" 2>&1
+  bench_result 8b bench
+}
+
+part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1
   local small
   if [[ $DRY == 1 ]]; then small="--device cpu --steps 2 --batch-size 1 --accumulation 2 --max-length 1024"
   else small="--device cuda --steps 100 --batch-size 16 --accumulation 4 --max-length 1536 --threads 4 --ray-batch-size 64 --ray-accumulation 1 --ray-group-by-length --warmup-steps 2"; fi
-  sleep 20  # staggered: two local Ray clusters starting at once can time out waiting for their raylets
-  CUDA_VISIBLE_DEVICES=$GPU1 python3 bench/bench_train.py $small > "$OUT/bench/bench_135m.txt" 2>&1 &
-  wait
-  for name in 8b 135m; do
-    echo "RESULT bench $name: $(grep -h -e 'ratio Ray' "$OUT/bench/bench_$name.txt" | tr -s ' ') | $(grep -h -e 'tokens/s' "$OUT/bench/bench_$name.txt" | grep -v ratio | tr -s ' ' | tr '\n' '|')"
-  done
+  CUDA_VISIBLE_DEVICES=$GPU1 python3 bench/bench_train.py $small > "$OUT/bench135m/bench_135m.txt" 2>&1
+  bench_result 135m bench135m
+}
+
+bench_result() {  # bench_result NAME PART: the ratio and tokens/s lines of one bench_train output
+  echo "RESULT bench $1: $(grep -h -e 'ratio Ray' "$OUT/$2/bench_$1.txt" | tr -s ' ') | $(grep -h -e 'tokens/s' "$OUT/$2/bench_$1.txt" | grep -v ratio | tr -s ' ' | tr '\n' '|')"
 }
 
 part_ddp() {  # bench's Ray side again with 2 workers: same examples, steps, effective batch, budget
@@ -133,7 +138,7 @@ part_sweep() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -eq 0 || ${parts[0]} == all ]] && parts=(make budgets bench ddp sweep)
+[[ ${#parts[@]} -eq 0 || ${parts[0]} == all ]] && parts=(make budgets bench bench135m ddp sweep)
 for part in "${parts[@]}"; do
   mkdir -p "$OUT/$part"
   started=$SECONDS
