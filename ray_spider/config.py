@@ -10,19 +10,24 @@ Ray workers receive ``cfg.model_dump(mode="json")`` and rebuild with ``RunConfig
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ray_spider.errors import UserError
+
 DEFAULT_SYSTEM_PROMPT = "You are a text-to-SQL system. Output ONLY one SQLite SQL query and nothing else."
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OFFLINE_MODEL = "smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
@@ -66,8 +71,10 @@ class LoraConfig(_Strict):
     alpha: int | None = Field(
         None, ge=1, description="LoRA scaling numerator (scale = alpha / r); unset = 2 x r, the playbook's ratio (r 16, alpha 32)"
     )
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA path during training")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1, description="linear layers that get LoRA (LLaMA names)"
+    )
 
     @model_validator(mode="after")
     def _alpha_follows_rank(self) -> "LoraConfig":
@@ -77,35 +84,35 @@ class LoraConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
-    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak learning rate of the LoRA weights (AdamW)")
+    epochs: float = Field(2.0, gt=0, description="passes over the training set (fractions allowed)")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
-    per_device_batch_size: int = Field(4, ge=1)
+    per_device_batch_size: int = Field(4, ge=1, description="micro-batch per worker: higher = faster, more memory")
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
     group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
-    lr_scheduler: str = Field("cosine")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    gradient_checkpointing: bool = Field(False)
-    seed: int = Field(42)
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of all steps spent warming the learning rate up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
+    seed: int = Field(42, description="seed of weights init, data order and dropout")
     deterministic: bool = Field(
         True,
         description="deterministic kernels only: the same seed on the same machine gives bitwise the same "
         "adapter (no slower on the H200, docs/results.md); an op without a deterministic kernel raises, "
         "naming itself; false lets torch pick non-deterministic kernels",
     )
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="train loss logged every N optimizer steps")
     eval_every_steps: int = Field(50, ge=1, description="dev evaluation (EX/EM) every N optimizer steps, and at the end")
     keep_checkpoints: int = Field(2, ge=1, description="adapters kept in storage, best by dev EX (the latest is kept too)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP, one GPU each when use_gpu)")
     use_gpu: bool | None = Field(None, description="None = use a GPU when one is available")
-    cpus_per_worker: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves per worker")
 
 
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(256, ge=1)
-    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens")
+    batch_size: int = Field(32, ge=1, description="questions per generation batch (predict halves it on CUDA out-of-memory)")
     engine: Literal["pruned", "hf"] = Field(
         "pruned",
         description="pruned: greedy loop that drops finished answers from the batch and KV cache; "
@@ -128,7 +135,7 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="run folder prefix (letters, digits, . _ -)")
     output_dir: str = Field("runs", description="runs are written to <output_dir>/<name>-<timestamp>/ (a local path; sweeps take any pyarrow storage)")
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -153,12 +160,48 @@ class RunConfig(_Strict):
         return self.train.effective_batch_size // (self.train.per_device_batch_size * self.train.num_workers)
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _fields_at(model: type[BaseModel], path: tuple) -> dict:
+    """The pydantic fields of the section at ``path`` (a key path into ``model``); {} past a leaf."""
+    node: Any = model
+    for part in path:
+        fields = getattr(node, "model_fields", {})
+        if part not in fields:
+            return {}
+        node = fields[part].annotation
+    return dict(getattr(node, "model_fields", {}))
+
+
+def format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None, overrides: list[str] = ()) -> str:
+    """One line per invalid key. An unknown key names the valid keys of its section, the nearest first
+    (difflib); a key set by an override blames that override, not the file it was applied to."""
+    model = model or RunConfig
+    set_by = {tuple(parse_override(text)[0]): text for text in overrides}
+    lines, blamed = [], 0
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"  {key}: {item['msg']}" + (f" (got {item['input']!r})" if item["type"] != "missing" else ""))
-    return "\n".join(lines)
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc) or "<root>"
+        line = f"  {key}: {item['msg']}" + (f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden", "value_error") else "")
+        if item["type"] == "value_error":  # a validator's own message already names its keys
+            line = "  " + (f"{key}: " if loc else "") + item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
+            line = f"  {key}: unknown key" + (f"; did you mean {' or '.join(close)}?" if close else "") + f" (valid here: {', '.join(valid)})"
+        override = next((text for path, text in set_by.items() if _caused_by(loc, item["msg"], path)), None)
+        if override is not None:
+            blamed += 1
+            line += f" [from the override {override!r}]"
+        lines.append(line)
+    head = f"invalid override of {source}:" if blamed == len(lines) and blamed else f"invalid configuration in {source}:"
+    return "\n".join([head, *lines])
+
+
+def _caused_by(loc: tuple, message: str, override: tuple) -> bool:
+    """Whether an error at ``loc`` comes from the override of key path ``override``: the same key, a key
+    inside it or around it; an error of the whole config (empty loc) when its message names the key."""
+    if not loc:
+        return any(".".join(override[start:]) in message for start in range(len(override) - 1))
+    return loc[: len(override)] == override or override[: len(loc)] == loc
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -166,7 +209,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.subkey=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})") from None
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
@@ -181,24 +227,26 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
 def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
 def build_run_config(data: dict, overrides: list[str] = (), source: str = "<config>") -> RunConfig:
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides must not write into the caller's (nested) dicts
     for text in overrides:
         apply_override(data, *parse_override(text))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, RunConfig, overrides)) from None
 
 
 def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -228,56 +276,116 @@ class SearchDimension(_Strict):
             raise ValueError("loguniform bounds must be positive")
         return self
 
+    def describe(self) -> str:
+        name = next(name for name in ("choice", "loguniform", "uniform", "randint") if getattr(self, name) is not None)
+        return f"{name} {list(getattr(self, name))}"
+
+    def probe_values(self) -> list:
+        """Values a trial can be given, checked before Ray starts: every choice, both ends of a range
+        (randint's high is exclusive) and a point inside it, off the integers (a float range over an
+        integer key gives fractional values)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint is not None:
+            return [self.randint[0], self.randint[1] - 1]
+        low, high = self.loguniform or self.uniform
+        inside = (low * high) ** 0.5 if self.loguniform else low + 0.5 * (high - low)
+        if float(inside).is_integer():
+            inside = low + 0.37 * (high - low)
+        return [float(low), float(high), float(inside)]
+
 
 class TrialResources(_Strict):
     workers: int = Field(1, ge=1, description="Ray Train workers per trial (DDP when > 1)")
     gpus_per_worker: float = Field(0.0, ge=0, description="fractions share a GPU between trials, e.g. 0.25 = 4 trials per GPU")
-    cpus_per_worker: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves per worker")
 
 
 class SearchAlgorithm(_Strict):
-    name: Literal["optuna_tpe", "random"] = "optuna_tpe"
-    seed: int = 0
+    name: Literal["optuna_tpe", "random"] = Field("optuna_tpe", description="optuna_tpe: Optuna's TPE sampler; random: random search")
+    seed: int = Field(0, description="seed of the search algorithm")
 
 
 class Scheduler(_Strict):
-    name: Literal["asha"] = "asha"
+    name: Literal["asha"] = Field("asha", description="ASHA (async successive halving) over eval rounds")
     grace_period: int = Field(1, ge=1, description="eval rounds every trial gets before it can be stopped")
-    reduction_factor: int = Field(2, ge=2)
+    reduction_factor: int = Field(2, ge=2, description="each rung keeps 1 of this many trials")
 
 
 class SweepConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="the experiment folder: <storage>/<name>")
     base: dict = Field(default_factory=dict, description="a run config (as in a train YAML) shared by all trials")
     search_space: dict[str, SearchDimension] = Field(min_length=1, description="dotted run-config key -> distribution")
     num_samples: int = Field(8, ge=1, description="trials")
     max_concurrent_trials: int | None = Field(1, ge=1, description="trials at once; null: as many as the cluster's free resources fit")
     resources: TrialResources = Field(default_factory=TrialResources)
     search: SearchAlgorithm = Field(default_factory=SearchAlgorithm)
-    scheduler: Scheduler | None = None
-    objective: Literal["dev_ex", "dev_em"] = "dev_ex"
+    scheduler: Scheduler | None = Field(None, description="asha: stop weak trials early; null: every trial runs to the end")
+    objective: Literal["dev_ex", "dev_em"] = Field("dev_ex", description="the dev metric trials are ranked by")
     storage: str = Field("runs/sweeps", description="local path, s3://bucket/prefix or gs://bucket/prefix")
     trial_retries: int = Field(1, ge=0, description="times a crashed trial is retried before it counts as errored")
 
     @model_validator(mode="after")
     def _keys_exist(self) -> SweepConfig:
         build_run_config(self.base, source="base")  # the base alone must be a valid run
-        for key in self.search_space:
+        for key, dimension in self.search_space.items():
             node: Any = RunConfig
             for part in key.split("."):
                 fields = getattr(node, "model_fields", {})
                 if part not in fields:
-                    raise ValueError(f"search_space key {key!r}: {part!r} is not a run-config field (valid here: {', '.join(fields)})")
+                    close = difflib.get_close_matches(part, fields, n=3, cutoff=0.5)
+                    hint = f"did you mean {' or '.join(close)}? " if close else ""
+                    raise ValueError(f"search_space key {key!r}: {part!r} is not a run-config field ({hint}valid here: {', '.join(fields)})")
                 node = fields[part].annotation
+            for value in dimension.probe_values():
+                try:
+                    build_run_config(self.base, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"])
+                except ConfigError as exc:
+                    reason = exc.args[0].splitlines()[-1].strip().split("[from the override")[0].strip()
+                    raise ValueError(
+                        f"search_space {key}: {dimension.describe()} can give {value!r}, which a trial rejects: {reason}"
+                        + ("; use randint or choice for an integer" if "integer" in reason else "")
+                    ) from None
         return self
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
+    """Read a sweep YAML and apply overrides (run settings go under ``base.``, e.g. base.train.max_steps=2).
+    Every point of the search space is checked against the run config here, before Ray starts."""
     data = read_yaml(path)
     for text in overrides:
-        apply_override(data, *parse_override(text))
+        path_parts, value = parse_override(text)
+        if path_parts[0] not in SweepConfig.model_fields and path_parts[0] in RunConfig.model_fields:
+            raise ConfigError(
+                f"override {text!r}: {path_parts[0]!r} is a run-config section; a sweep's run settings live under "
+                f"base., e.g. base.{text} (sweep keys: {', '.join(SweepConfig.model_fields)})"
+            )
+        apply_override(data, path_parts, value)
     try:
         return SweepConfig.model_validate(data)
-    except (ValidationError, ConfigError) as exc:
-        message = format_validation_error(exc, str(path)) if isinstance(exc, ValidationError) else f"{path}: {exc}"
-        raise ConfigError(message) from None
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), SweepConfig, overrides)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) of every leaf of the run config (or another model)."""
+    rows = []
+    for name, field in (model or RunConfig).model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += config_reference(annotation, f"{key}.")
+            continue
+        section = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if section:  # an optional section (sweep scheduler): its own keys, once it is given
+            rows.append((key, "section or null", "null" if field.get_default() is None else "", field.description or ""))
+            rows += config_reference(section[0], f"{key}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+        type_name = type_name or str(annotation).replace("typing.", "").replace(f"{__name__}.", "")
+        bounds = [f"{label} {getattr(meta, attr)}" for meta in field.metadata for attr, label in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(meta, attr, None) is not None]
+        rows.append((key, type_name + (f" ({', '.join(bounds)})" if bounds else ""), "required" if field.is_required() else repr(default), field.description or ""))
+    return rows

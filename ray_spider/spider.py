@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ray_spider.errors import UserError
+
 SPLIT_FILES = {"train": "train_spider.json", "train_others": "train_others.json", "dev": "dev.json"}
 
 
-class SpiderError(ValueError):
+class SpiderError(UserError, ValueError):
     """Spider files are missing or malformed; the message names the path."""
 
 

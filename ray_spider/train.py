@@ -13,6 +13,7 @@ are marked ``# Ray:``.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -278,13 +279,23 @@ def train_loop(config: dict) -> dict:
 
 
 def start_ray() -> None:
-    """Connect to Ray, starting a local cluster when none runs, with WORKER_ENV everywhere."""
+    """Connect to Ray, starting a local cluster when none runs, with WORKER_ENV everywhere.
+
+    Ray's rule picks the cluster: $RAY_ADDRESS, else the last one `ray start` left on this host, else a
+    new local one (RAY_ADDRESS=local forces that). Joining an existing cluster is said on stderr,
+    since its resources and other jobs are then shared."""
     import ray
+    from ray._private.services import canonicalize_bootstrap_address
 
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)  # the driver's children (Ray's local cluster) inherit them
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False)
+    if ray.is_initialized():
+        return
+    existing = canonicalize_bootstrap_address(None)  # Ray's own lookup, the one ray.init makes next
+    ray.init(address=existing, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False if existing is None else None)
+    if existing:
+        source = "$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the cluster `ray start` left on this host"
+        print(f"joined the Ray cluster at {existing} ({source}; RAY_ADDRESS=local starts a private one)", file=sys.stderr)
 
 
 def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=()):

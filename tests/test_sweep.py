@@ -4,11 +4,16 @@ trials stopped by ASHA giving their Train workers' resources back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import socket
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,19 +101,64 @@ def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
         assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports no process listens on now (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextlib.contextmanager
+def private_ray_cluster(num_cpus: int):
+    """A Ray head of this test only: its own temp dir and free ports (Ray's defaults would join or
+    collide with any other cluster on the host), stopped by the ids of the processes it started,
+    never by `ray stop` (which ends every Ray process on the host). Yields the GCS address."""
+    gcs, node_manager, object_manager, client, agent, agent_grpc, env_agent, metrics, workers = free_ports(9)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = subprocess.Popen(
+        [
+            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--num-cpus={num_cpus}",
+            "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}", f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
+            f"--min-worker-port={workers}", f"--max-worker-port={workers + 50}",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"127.0.0.1:{gcs}"
+    try:
+        wait_for(lambda: Path(temp_dir, "ray_current_cluster").is_file(), 120, "the private Ray head", head)
+        yield address
+    finally:
+        started = [head, *psutil.Process(head.pid).children(recursive=True)] if head.poll() is None else []
+        head.terminate()  # `ray start --block` ends its raylet, GCS and workers on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        for process in started[1:]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
     """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
     On a running 3-CPU Ray cluster two trials (1 CPU each) train side by side."""
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    subprocess.run([*ray_cli, "start", "--head", "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
-    try:
+    with private_ray_cluster(num_cpus=3) as address:
         result = subprocess.run(
             sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
-            capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": "auto"},
+            capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": address},
         )
-    finally:
-        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(rf"joined the Ray cluster at [\d.]+:{address.rsplit(':', 1)[1]} \(\$RAY_ADDRESS", result.stderr)
     spans = []
     for path in (tmp_path / "sweep-smoke-cpu").glob("trial_*/result.json"):
         last = json.loads(path.read_text().splitlines()[-1])
