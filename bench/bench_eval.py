@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ray_spider.evaluate import read_gold_file, score
-from ray_spider.exact_match import ExactMatcher
-from ray_spider.execution import execution_match
+from ray_spider.evaluation.score import read_gold_file, score
+from ray_spider.evaluation.exact_match import ExactMatcher
+from ray_spider.evaluation.execution import execution_match
 
 
 def plain_loop(golds, preds, db_dir: Path, tables: Path) -> tuple[int, int]:

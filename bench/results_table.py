@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ray_spider.evaluate import ERROR_TYPES, HARDNESS_LEVELS
+from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS
 
 
 def read_summary(path: str) -> dict:

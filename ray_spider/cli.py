@@ -185,7 +185,7 @@ def eval_command(
     workers: Annotated[Optional[int], typer.Option(help="scoring processes (default: all cores, at most 8)")] = None,
 ) -> None:
     """Score predictions: EX (execution) and EM (exact set match) per hardness level."""
-    from ray_spider.evaluate import per_example_records, read_gold_file, read_pred_file, score, summary_table
+    from ray_spider.evaluation.score import per_example_records, read_gold_file, read_pred_file, score, summary_table
 
     report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
     summary = report.summary()
@@ -267,7 +267,7 @@ def predict(
     overrides: Overrides = None,
 ) -> None:
     """Batched greedy generation on a split, SQL extraction, and scoring."""
-    from ray_spider.evaluate import summary_table
+    from ray_spider.evaluation.score import summary_table
     from ray_spider.predict import run_prediction
 
     if split not in ("dev", "train"):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
-from ray_spider.evaluate import GoldQuery, Report, score
-from ray_spider.extract import extract_sql
+from ray_spider.evaluation.score import GoldQuery, Report, score
+from ray_spider.evaluation.extract import extract_sql
 from ray_spider.inference import generate
 from ray_spider.prompt import Prompter
 from ray_spider.spider import Example, Spider

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ray_spider.config import RunConfig
-from ray_spider.evaluate import ERROR_TYPES, HARDNESS_LEVELS
+from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS
 
 PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow")
 

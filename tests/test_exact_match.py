@@ -16,8 +16,8 @@ import pytest
 if not os.environ.get("SPIDER_DIR"):
     pytest.skip("set SPIDER_DIR to the Spider 1.0 folder (tables.json, dev_gold.sql, database/)", allow_module_level=True)
 
-from ray_spider.exact_match import ExactMatcher, GoldSqlError
-from ray_spider.spider_sql import SqlParseError, SqlSchema, parse_sql, tokenize
+from ray_spider.evaluation.exact_match import ExactMatcher, GoldSqlError
+from ray_spider.evaluation.spider_sql import SqlParseError, SqlSchema, parse_sql, tokenize
 
 SPIDER = Path(os.environ["SPIDER_DIR"])
 DB = "concert_singer"

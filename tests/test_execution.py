@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ray_spider.execution import (
+from ray_spider.evaluation.execution import (
     GoldQueryError,
     execution_match,
     official_cleanup,

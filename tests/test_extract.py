@@ -1,6 +1,6 @@
 import pytest
 
-from ray_spider.extract import extract_sql
+from ray_spider.evaluation.extract import extract_sql
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ray_spider.exact_match import ExactMatcher, hardness_of
-from ray_spider.spider_sql import SqlParseError, parse_sql, tokenize
+from ray_spider.evaluation.exact_match import ExactMatcher, hardness_of
+from ray_spider.evaluation.spider_sql import SqlParseError, parse_sql, tokenize
 
 CRASH = "crash"
 FAIL = "fail"

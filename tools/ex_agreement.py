@@ -47,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from em_agreement import split_top_level  # noqa: E402  (tools/ is on sys.path when run as a script)
-from ray_spider.execution import GoldQueryError, execution_match, official_cleanup, results_match  # noqa: E402
+from ray_spider.evaluation.execution import GoldQueryError, execution_match, official_cleanup, results_match  # noqa: E402
 
 GOLD_ERROR = "gold_error"  # gold failed: we raise GoldQueryError, the official asserts
 CRASH = "crash"  # the official raised something else (an empty prediction: sqlparse finds no statement)

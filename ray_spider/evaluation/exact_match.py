@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ray_spider.spider_sql import SET_OPS, STAR_ID, WHERE_OPS, SqlSchema, parse_sql
+from ray_spider.evaluation.spider_sql import SET_OPS, STAR_ID, WHERE_OPS, SqlSchema, parse_sql
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 _IN = WHERE_OPS.index("in")

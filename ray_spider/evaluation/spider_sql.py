@@ -4,7 +4,7 @@ This reproduces the behaviour of Spider's official ``process_sql.py`` (taoyds/sp
 included, because exact match (EM) is defined by what that parser accepts and how it shapes a
 query. It is our own implementation; ``tools/em_agreement.py`` checks it against the official one.
 
-    from ray_spider.spider_sql import SqlSchema, parse_sql
+    from ray_spider.evaluation.spider_sql import SqlSchema, parse_sql
     schema = SqlSchema.from_sqlite(Path("database/concert_singer/concert_singer.sqlite"))
     parse_sql("SELECT count(*) FROM singer", schema)   # -> dict, or raises SqlParseError
 

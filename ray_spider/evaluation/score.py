@@ -22,8 +22,8 @@ from pathlib import Path
 from rich.progress import Progress
 from rich.table import Table
 
-from ray_spider.exact_match import ExactMatcher
-from ray_spider.execution import GoldQueryError, execution_match
+from ray_spider.evaluation.exact_match import ExactMatcher
+from ray_spider.evaluation.execution import GoldQueryError, execution_match
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 ERROR_TYPES = ("no_sql", "syntax_error", "unknown_table_or_column", "wrong_result", "timeout", "error")
