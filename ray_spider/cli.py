@@ -23,7 +23,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from ray_spider.config import ConfigError, DataConfig, load_run_config
-from ray_spider.errors import UserError
+from ray_spider.errors import UserError, check_output, write_atomically
 from ray_spider.spider import Spider
 
 console = Console(stderr=True)
@@ -187,13 +187,12 @@ def eval_command(
     """Score predictions: EX (execution) and EM (exact set match) per hardness level."""
     from ray_spider.evaluation.score import per_example_records, read_gold_file, read_pred_file, score, summary_table
 
+    if per_example:
+        check_output(per_example, inputs=(gold, pred, table), what="--per-example")
     report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
     summary = report.summary()
     if per_example:
-        per_example.parent.mkdir(parents=True, exist_ok=True)
-        with open(per_example, "w") as out:
-            for record in per_example_records(report):
-                out.write(json.dumps(record) + "\n")
+        write_atomically(per_example, "".join(json.dumps(record) + "\n" for record in per_example_records(report)))
     _print_skips(summary, report)
     if as_json:
         print(json.dumps(summary, indent=2))

@@ -44,6 +44,16 @@ def check_output(path: str | Path, inputs: tuple = (), what: str = "output", all
     return path
 
 
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: an interruption leaves
+    the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def _writable(folder: Path) -> bool:
     import os
 

@@ -13,9 +13,11 @@ Scoring runs in a process pool (one SQLite connection and parser cache per proce
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
+import signal
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ray_spider.evaluation.exact_match import ExactMatcher
-from ray_spider.evaluation.execution import GoldQueryError, execution_match
+from ray_spider.evaluation.execution import GoldQueryError, execution_match, interrupts_recorded
+from ray_spider.errors import UserError
 
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 ERROR_TYPES = ("no_sql", "syntax_error", "unknown_table_or_column", "wrong_result", "timeout", "error")
@@ -34,7 +37,7 @@ CHUNK = 16
 DEFAULT_MAX_WORKERS = 8
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """A gold or prediction file is malformed; the message names the file and line."""
 
 
@@ -79,12 +82,24 @@ class Report:
         }
 
 
-def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
+def read_text_lines(path: str | os.PathLike, what: str) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped (editors on Windows write one; it
+    would be read as part of the first query). EvalInputError naming the file and line otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise EvalInputError(f"gold file not found: {path}")
+        raise EvalInputError(f"{what} not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise EvalInputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the {what} as UTF-8") from None
+
+
+def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
+    path = Path(path)
     golds = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(path, "gold file").splitlines(), start=1):
         if not line.strip():
             continue
         sql, sep, db_id = line.rstrip().rpartition("\t")
@@ -95,14 +110,59 @@ def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
 
 
 def read_pred_file(path: str | os.PathLike) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"prediction file not found: {path}")
-    lines = path.read_text().split("\n")
+    lines = read_text_lines(path, "prediction file").split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it is not an empty prediction
     # As both official evaluators read it: a tab ends the SQL (so dev_gold.sql itself is a valid PRED).
     return [line.split("\t")[0].strip() for line in lines]
+
+
+TABLE_KEYS = ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys", "foreign_keys")
+
+
+def read_tables_file(path: str | os.PathLike) -> dict[str, dict]:
+    """db_id -> schema entry of a Spider tables.json; EvalInputError naming the file and what is wrong
+    (not JSON, a truncated file, or another Spider file such as dev.json)."""
+    path = Path(path)
+    text = read_text_lines(path, "tables file")
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); --table takes Spider's tables.json") from None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise EvalInputError(f"{path}: expected a JSON list of database schemas (Spider's tables.json), got {type(entries).__name__}")
+    for position, entry in enumerate(entries):
+        missing = [key for key in TABLE_KEYS if key not in entry]
+        if missing:
+            raise EvalInputError(
+                f"{path}: entry {position} is not a database schema: it lacks {', '.join(missing)} "
+                f"(has {', '.join(list(entry)[:6])}); --table takes Spider's tables.json"
+            )
+    return {entry["db_id"]: entry for entry in entries}
+
+
+def check_inputs(golds: list[GoldQuery], db_dir: Path, tables_json: Path) -> None:
+    """Raise EvalInputError when the inputs cannot give a true score: a tables file that is not one,
+    a gold db_id it does not describe, or a database folder holding none of the gold databases (an
+    all-skipped, all-zero table would look like a result). A db_id described in tables.json whose
+    .sqlite file is absent is not an error: it is skipped and reported (Spider ships dev without wta_1)."""
+    if not db_dir.is_dir():
+        raise EvalInputError(f"database folder not found: {db_dir}")
+    tables = read_tables_file(tables_json)
+    db_ids = sorted({gold.db_id for gold in golds})
+    unknown = [db_id for db_id in db_ids if db_id not in tables]
+    if unknown:
+        raise EvalInputError(
+            f"{len(unknown)} gold db_id(s) are not in {tables_json}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+            f"(is --table the tables.json of the gold file's Spider release?)"
+        )
+    if db_ids and not any(database_file(db_dir, db_id).is_file() for db_id in db_ids):
+        nested = db_dir / "database"
+        hint = f"; did you mean --db {nested}?" if nested.is_dir() else ""
+        raise EvalInputError(
+            f"--db {db_dir} holds none of the {len(db_ids)} gold databases: expected {db_dir}/<db_id>/<db_id>.sqlite, "
+            f"e.g. {database_file(db_dir, db_ids[0])}{hint}"
+        )
 
 
 def database_file(db_dir: Path, db_id: str) -> Path:
@@ -166,10 +226,7 @@ def score(
     if len(golds) != len(preds):
         raise EvalInputError(f"{len(golds)} gold queries but {len(preds)} predictions: the files must have one line per question, in the same order")
     db_dir, tables_json = Path(db_dir), Path(tables_json)
-    if not db_dir.is_dir():
-        raise EvalInputError(f"database folder not found: {db_dir}")
-    if not tables_json.is_file():
-        raise EvalInputError(f"tables file not found: {tables_json}")
+    check_inputs(golds, db_dir, tables_json)
     report = Report(scores=[])
     work = []
     for index, (gold, pred) in enumerate(zip(golds, preds)):
@@ -193,22 +250,45 @@ def score(
 
 
 def _map_chunks(chunks, workers: int, init_args: tuple):
+    """Results of each chunk, in order. Ctrl-C stops at once: in-process, the running query is
+    interrupted and KeyboardInterrupt raised (``interrupts_recorded``); with a pool the workers
+    ignore SIGINT and the parent terminates them (they may be deep in a slow query)."""
     if workers <= 1:
-        _init_process(*init_args)
-        yield from map(_score_chunk, chunks)
+        with interrupts_recorded():
+            _init_process(*init_args)
+            yield from map(_score_chunk, chunks)
         return
-    with ProcessPoolExecutor(workers, initializer=_init_process, initargs=init_args) as pool:
-        yield from pool.map(_score_chunk, chunks)
+    pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=init_args)
+    try:
+        yield from pool.imap(_score_chunk, chunks)
+        pool.close()
+    finally:
+        pool.terminate()  # no-op work left after close(); ends busy workers on Ctrl-C or an error
+        pool.join()
+
+
+def _init_worker(*init_args) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a worker never half-scores
+    _init_process(*init_args)
 
 
 def summary_table(summary: dict, title: str = "Spider evaluation") -> Table:
+    """Count, EX and EM per hardness level and overall, then the wrong predictions by error type.
+    A level without questions shows '-' (a rate of nothing is not 0)."""
     table = Table(title=title)
     table.add_column("level")
     for column in ("count", "EX", "EM"):
         table.add_column(column, justify="right")
     for level in (*HARDNESS_LEVELS, "all"):
         row = summary if level == "all" else summary["by_hardness"][level]
-        table.add_row(level, str(row["n"]), f"{row['ex']:.3f}", f"{row['em']:.3f}")
+        rates = (f"{row['ex']:.3f}", f"{row['em']:.3f}") if row["n"] else ("-", "-")
+        table.add_row(level, str(row["n"]), *rates, end_section=level == HARDNESS_LEVELS[-1])
+    counts = summary.get("error_types", {})
+    wrong = sum(counts.values())
+    table.add_section()
+    for kind in ERROR_TYPES:
+        table.add_row(f"wrong: {kind}", str(counts.get(kind, 0)), "", "")
+    table.caption = f"{wrong} of {summary['n']} predictions wrong (EX), by error type"
     return table
 
 
