@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
 from ray_spider.evaluation.score import GoldQuery, Report, score
-from ray_spider.evaluation.extract import extract_sql
+from ray_spider.evaluation.extract import extract_sql, one_line
 from ray_spider.inference import generate
 from ray_spider.prompt import Prompter
 from ray_spider.spider import Example, Spider
@@ -32,13 +32,9 @@ class PredictionResult:
         with open(out_dir / "predictions.jsonl", "w") as out:
             for record in self.records:
                 out.write(json.dumps(record) + "\n")
-        (out_dir / "pred.sql").write_text("".join(_one_line(r["sql"]) + "\n" for r in self.records))
-        (out_dir / "gold.sql").write_text("".join(f"{_one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
+        (out_dir / "pred.sql").write_text("".join(one_line(r["sql"]) + "\n" for r in self.records))
+        (out_dir / "gold.sql").write_text("".join(f"{one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
         (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-
-
-def _one_line(sql: str) -> str:
-    return " ".join(sql.split())
 
 
 def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True) -> list[str]:
@@ -48,7 +44,7 @@ def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], 
 
 def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:
     extractions = [extract_sql(raw) for raw in raw_outputs]
-    sqls = [_one_line(x.sql) if x.sql else "" for x in extractions]
+    sqls = [one_line(x.sql) if x.sql else "" for x in extractions]
     report: Report = score(
         [GoldQuery(e.query, e.db_id) for e in examples],
         sqls,
