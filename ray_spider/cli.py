@@ -92,9 +92,13 @@ def _run_config(config: Path | None, overrides: list[str] = ()):
 
 
 def _job_config(config: Path | None, overrides: list[str]):
-    """The run config of a command that loads a model; a missing Spider folder fails here, named, before any model loads."""
+    """The run config of a command that loads a model. The Spider folder, the model spec and the output
+    folder are checked here, so that a mistake in any is named before Ray starts or a model loads."""
+    from ray_spider.model import check_model_spec
+
     cfg = _run_config(config, overrides)
     _spider(None, cfg.data)
+    check_model_spec(cfg.model.name)
     return cfg
 
 
@@ -151,6 +155,7 @@ def data_build(
     from ray_spider.prompt import Prompter
 
     cfg = _run_config(config)
+    check_output(out, what="--out", allow_existing_dir=True)
     spider = _spider(spider_dir, cfg.data)
     prompter = Prompter(spider, cfg.prompt)
     examples = train_examples(spider, cfg.data)
@@ -234,6 +239,7 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     from ray_spider.train import run_training
 
     cfg = _job_config(config, overrides or [])
+    check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
     _show_run(run_training(cfg, _command_line()))
 
 
@@ -244,6 +250,7 @@ def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)
     from ray_spider.records import finish_run, new_run_dir, write_config
 
     cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
+    check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
     run_dir = new_run_dir(cfg)
     write_config(cfg, run_dir)
     result = run_prediction(cfg, None, run_dir / "dev_eval")
@@ -271,7 +278,12 @@ def predict(
 
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
+    from ray_spider.model import check_adapter
+
     cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
+    check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True)
+    if adapter is not None:
+        check_adapter(adapter, cfg.model)
     result = run_prediction(cfg, adapter, out, split)
     stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
     console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}", markup=False)
@@ -288,8 +300,12 @@ def sweep(
     from ray_spider.config import load_sweep_config
     from ray_spider.tune import check_experiment_folder, run_sweep
 
+    from ray_spider.config import build_run_config
+    from ray_spider.model import check_model_spec
+
     sweep_cfg = load_sweep_config(sweep_file, overrides or [])
     _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
+    check_model_spec(build_run_config(sweep_cfg.base).model.name)
     check_experiment_folder(sweep_cfg, resume)  # named before Ray starts; run_sweep deletes with --overwrite
     experiment_uri = f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}"
     leaving(f"the sweep's state is saved in {experiment_uri}; continue it with --resume")
@@ -327,6 +343,7 @@ def best(
     """Copy the best trial's adapter (by dev EX) out of storage, check it loads, print its scores."""
     from ray_spider.sweep_report import fetch_best
 
+    check_output(out, inputs=(experiment,), what="--out", allow_existing_dir=True)
     row = fetch_best(experiment, out, check_load)
     console.print_json(json.dumps(row, default=str))
     console.print(f"[bold green]adapter:[/] {escape(str(out))}")

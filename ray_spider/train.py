@@ -25,7 +25,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
-from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model
+from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.prompt import Prompter, render_training_texts
 from ray_spider.spider import Spider
@@ -146,7 +146,7 @@ class DevEvalCallback(TrainerCallback):
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
-                model.save_pretrained(tmp)  # PEFT format: adapter_config.json + adapter_model.safetensors
+                save_adapter(model, tmp, self.cfg.model.name)  # PEFT format: adapter_config.json + adapter_model.safetensors
                 result.write(Path(tmp) / "dev_eval")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()}

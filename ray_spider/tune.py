@@ -184,6 +184,8 @@ def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = 
     filesystem, root = storage(sweep.storage)
     experiment = f"{root}/{sweep.name}"
     uri = f"{sweep.storage.rstrip('/')}/{sweep.name}"
+    if filesystem.get_file_info(root).type == pafs.FileType.File:
+        raise SweepError(f"storage={sweep.storage} is a file; give a folder (or s3://, gs:// URI) for sweeps")
     found = filesystem.get_file_info(experiment).type != pafs.FileType.NotFound
     if resume:
         if not found or filesystem.get_file_info(f"{experiment}/{SWEEP_FILE}").type == pafs.FileType.NotFound:

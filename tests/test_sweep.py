@@ -252,3 +252,39 @@ def test_trials_stopped_by_asha_give_their_workers_back(tmp_path, monkeypatch):
         assert left == []
     finally:
         ray.shutdown()
+
+
+def test_best_after_tied_rounds_a_taken_name_and_a_moved_experiment(tiny_dir, spider_dir, tmp_path):
+    """One trial, three dev rounds that tie (a random tiny model scores 0 each time), two kept: Ray
+    deletes the earliest tied checkpoint, and `best` must name one that exists. Running the sweep
+    again under the same name is refused before Ray starts; the experiment copied elsewhere (its
+    recorded checkpoint paths then point at the old place) still gives `trials` and `best`."""
+    storage = tmp_path / "first"
+    tied = ["base.train.max_steps=3", "base.train.eval_every_steps=1", "base.train.keep_checkpoints=2"]
+    command = sweep_command(storage, tiny_dir, 1, *tied)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    experiment = storage / "sweep-smoke-cpu"
+    (row,) = pq.read_table(experiment / "trials.parquet").to_pylist()
+    assert row["eval_rounds"] == 3 and len(set(row["curve_dev_ex"])) == 1  # tied
+    assert Path(row["checkpoint_uri"]).is_dir() and row["best_step"] > 1  # the earliest tied round's was deleted
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr and "Ray" not in again.stdout
+
+    moved = tmp_path / "elsewhere" / "sweep-smoke-cpu"
+    shutil.copytree(experiment, moved)
+    shutil.rmtree(storage)
+    listed = subprocess.run([sys.executable, "-m", "ray_spider", "trials", str(moved)], capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(moved), "--out", str(tmp_path / "best")], capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
+
+
+def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_the_first_error(tiny_dir, spider_dir, tmp_path):
+    command = sweep_command(tmp_path, tiny_dir, 2, "base.model.attn_implementation=no_such_kernel", "trial_retries=0")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "no_such_kernel" in result.stderr
