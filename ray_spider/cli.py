@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -57,10 +58,11 @@ class GuardedGroup(TyperGroup):
             if ctx.params.get("debug"):
                 raise
             fail(str(exc))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.params.get("debug"):
                 raise
-            console.print(f"[bold yellow]interrupted:[/] {escape(Interruption.left)}", soft_wrap=True)
+            left = str(exc.args[0]) if exc.args else Interruption.left  # the raiser knows best what it left
+            console.print(f"[bold yellow]interrupted:[/] {escape(left)}", soft_wrap=True)
             raise typer.Exit(INTERRUPTED) from None
 
 
@@ -236,25 +238,27 @@ def setup_model(
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """One QLoRA SFT run through Ray Train, with dev EX/EM during training; writes a run folder."""
-    from ray_spider.train import run_training
-
     cfg = _job_config(config, overrides or [])
     check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
+    from ray_spider.train import run_training  # slow to import: after the checks
     _show_run(run_training(cfg, _command_line()))
 
 
 @app.command()
 def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """The control: the same prompt, inference and scoring with no adapter."""
-    from ray_spider.predict import run_prediction
-    from ray_spider.records import finish_run, new_run_dir, write_config
-
     cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
     check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
+    from ray_spider.predict import run_prediction  # slow to import: after the checks
+    from ray_spider.records import finish_run, new_run_dir, write_config
     run_dir = new_run_dir(cfg)
-    write_config(cfg, run_dir)
-    result = run_prediction(cfg, None, run_dir / "dev_eval")
-    finish_run(run_dir, cfg, result.summary["prompt_version"], result.summary, _command_line())
+    try:
+        write_config(cfg, run_dir)
+        result = run_prediction(cfg, None, run_dir / "dev_eval")
+        finish_run(run_dir, cfg, result.summary["prompt_version"], result.summary, _command_line())
+    except KeyboardInterrupt:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise KeyboardInterrupt(f"removed the unfinished run folder {run_dir}") from None
     _show_run(run_dir)
 
 
@@ -273,9 +277,6 @@ def predict(
     overrides: Overrides = None,
 ) -> None:
     """Batched greedy generation on a split, SQL extraction, and scoring."""
-    from ray_spider.evaluation.score import summary_table
-    from ray_spider.predict import run_prediction
-
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
     from ray_spider.model import check_adapter
@@ -284,6 +285,9 @@ def predict(
     check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True)
     if adapter is not None:
         check_adapter(adapter, cfg.model)
+    from ray_spider.evaluation.score import summary_table
+    from ray_spider.predict import run_prediction  # slow to import: after the checks
+
     result = run_prediction(cfg, adapter, out, split)
     stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
     console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}", markup=False)
@@ -297,16 +301,15 @@ def sweep(
     overwrite: Annotated[bool, typer.Option(help="delete an existing sweep of the same name first")] = False,
 ) -> None:
     """Ray Tune + Optuna over QLoRA runs, objective dev EX; writes trials.parquet into the experiment."""
-    from ray_spider.config import load_sweep_config
-    from ray_spider.tune import check_experiment_folder, run_sweep
-
-    from ray_spider.config import build_run_config
+    from ray_spider.config import build_run_config, load_sweep_config
     from ray_spider.model import check_model_spec
 
     sweep_cfg = load_sweep_config(sweep_file, overrides or [])
     _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
     check_model_spec(build_run_config(sweep_cfg.base).model.name)
-    check_experiment_folder(sweep_cfg, resume)  # named before Ray starts; run_sweep deletes with --overwrite
+    from ray_spider.tune import check_experiment_folder, run_sweep  # imports Ray: after the checks
+
+    check_experiment_folder(sweep_cfg, resume, overwrite, delete=False)  # run_sweep deletes with --overwrite
     experiment_uri = f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}"
     leaving(f"the sweep's state is saved in {experiment_uri}; continue it with --resume")
     experiment = run_sweep(sweep_cfg, resume=resume, overwrite=overwrite)

@@ -258,10 +258,10 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
 class SearchDimension(_Strict):
     """Exactly one of: choice (a list), loguniform or uniform ([low, high]), randint ([low, high))."""
 
-    choice: list[Any] | None = Field(None, min_length=1)
-    loguniform: tuple[float, float] | None = None
-    uniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = Field(None, min_length=1, description="one of these values, e.g. [8, 16, 32]")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], uniform in log space (learning rates)")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], a float (not for integer keys)")
+    randint: tuple[int, int] | None = Field(None, description="[low, high): an integer, high excluded")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchDimension:

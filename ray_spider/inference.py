@@ -18,10 +18,11 @@ static KV cache and one CUDA graph replay per step instead of ~1,300 kernel laun
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -30,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache, StaticCache
 
 from ray_spider.config import GenerationConfig
+from ray_spider.errors import UserError
 from ray_spider.model import end_of_turn_token
 from ray_spider.prompt import render_generation_prompt
 
@@ -209,6 +211,41 @@ def greedy_pruned(
     return answers
 
 
+class GenerationMemoryError(UserError):
+    """Generation ran out of accelerator memory even one question at a time."""
+
+
+def in_batches_that_fit(items: list, batch_size: int, run: Callable[[list], list]) -> list:
+    """``run`` over consecutive batches of ``items`` (at most ``batch_size`` each), results
+    concatenated in order. When a batch raises ``torch.OutOfMemoryError`` its size is halved and it
+    is tried again, and the smaller size is kept for the rest (as accelerate's
+    ``find_executable_batch_size`` does for a whole function); the shrink is logged. A batch of one
+    that does not fit raises GenerationMemoryError, naming the settings that would help."""
+    results: list = []
+    start = 0
+    while start < len(items):
+        batch = items[start : start + batch_size]
+        out_of_memory = False
+        try:
+            results.extend(run(batch))
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # handled outside the except block: its traceback pins the batch's tensors
+        if not out_of_memory:
+            start += len(batch)
+            continue
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if batch_size == 1:
+            raise GenerationMemoryError(
+                "out of GPU memory generating even one answer at a time; try model.quantization=nf4, "
+                "a smaller generation.max_new_tokens, generation.cuda_graph_rows=0 or a bigger GPU"
+            )
+        batch_size = max(1, batch_size // 2)
+        log.warning("out of GPU memory at %d questions per batch: going on with %d (set generation.batch_size=%d to start there)", len(batch), batch_size, batch_size)
+    return results
+
+
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
 def generate(
@@ -242,8 +279,8 @@ def generate(
     try:
         with sdpa_kernel(list(attention)), Progress(*columns, disable=not progress, transient=True) as bar:
             task = bar.add_task("generating", total=len(prompts))
-            for start in range(0, len(order), cfg.batch_size):
-                batch = order[start : start + cfg.batch_size]
+
+            def answer_batch(batch: list[int]) -> list[str]:
                 inputs = tokenizer.pad(
                     {"input_ids": [encoded[index] for index in batch]}, padding_side="left", return_tensors="pt"
                 ).to(device)
@@ -260,9 +297,11 @@ def generate(
                 decoded = tokenizer.batch_decode(
                     new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
                 )
-                for index, answer in zip(batch, decoded):
-                    answers[index] = answer.strip()
                 bar.advance(task, len(batch))
+                return [answer.strip() for answer in decoded]
+
+            for index, answer in zip(order, in_batches_that_fit(order, cfg.batch_size, answer_batch)):
+                answers[index] = answer
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - started

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
 from ray_spider.evaluation.score import GoldQuery, Report, score
+from ray_spider.errors import write_atomically
 from ray_spider.evaluation.extract import extract_sql, one_line
 from ray_spider.inference import generate
 from ray_spider.prompt import Prompter
@@ -28,13 +29,11 @@ class PredictionResult:
     records: list[dict]  # one per question
 
     def write(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "predictions.jsonl", "w") as out:
-            for record in self.records:
-                out.write(json.dumps(record) + "\n")
-        (out_dir / "pred.sql").write_text("".join(one_line(r["sql"]) + "\n" for r in self.records))
-        (out_dir / "gold.sql").write_text("".join(f"{one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
-        (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        """Each file whole or not at all (written beside, then renamed): an interruption leaves no half file."""
+        write_atomically(out_dir / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in self.records))
+        write_atomically(out_dir / "pred.sql", "".join(one_line(r["sql"]) + "\n" for r in self.records))
+        write_atomically(out_dir / "gold.sql", "".join(f"{one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
+        write_atomically(out_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
 
 
 def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True) -> list[str]:

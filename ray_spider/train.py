@@ -13,6 +13,7 @@ are marked ``# Ray:``.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -341,7 +342,12 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     run_dir = new_run_dir(cfg)
     write_config(cfg, run_dir)
     started = time.time()
-    result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
+    try:
+        result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
+    except KeyboardInterrupt:
+        # A run folder without adapter, metrics and report would pass for a run; nothing of it is usable.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise KeyboardInterrupt(f"training stopped; removed the unfinished run folder {run_dir}") from None
     if result.error:
         raise RuntimeError(f"training failed; Ray's logs are under {run_dir / 'ray'}") from result.error
     returned = result.return_value or {}

@@ -177,10 +177,10 @@ def _tuner(sweep: SweepConfig, resume: bool):
     )
 
 
-def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = False) -> None:
+def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
     """Before Ray starts: a new sweep must not land in an existing one's folder (its sweep.yaml would be
-    replaced and old and new trials mixed), and --resume needs a sweep to resume. ``overwrite``
-    deletes the old folder."""
+    replaced and old and new trials mixed), and --resume needs a sweep to resume. With ``overwrite``
+    an existing folder is accepted, and deleted when ``delete``."""
     filesystem, root = storage(sweep.storage)
     experiment = f"{root}/{sweep.name}"
     uri = f"{sweep.storage.rstrip('/')}/{sweep.name}"
@@ -197,7 +197,8 @@ def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = 
                 f"a sweep named {sweep.name!r} already exists at {uri}: pass --resume to continue it, "
                 f"or start a new one with name=<new name> (or --overwrite to delete the old one first)"
             )
-        filesystem.delete_dir(experiment)
+        if delete:
+            filesystem.delete_dir(experiment)
 
 
 def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False) -> str:
@@ -215,7 +216,13 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False)
         with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
             out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
     results = tuner.fit()
-    write_trials_table(sweep.storage.rstrip("/") + "/" + sweep.name)
+    rows = write_trials_table(sweep.storage.rstrip("/") + "/" + sweep.name)
+    # Tune ends fit() quietly on Ctrl-C (it saves its state first): trials left unfinished tell.
+    if len(rows) < sweep.num_samples or any(row["status"] not in ("TERMINATED", "ERROR") for row in rows):
+        raise KeyboardInterrupt(
+            f"the sweep stopped with {sum(row['status'] == 'TERMINATED' for row in rows)} of {sweep.num_samples} trials finished; "
+            f"its state and trials.parquet are in {sweep.storage.rstrip('/')}/{sweep.name}: continue it with --resume"
+        )
     failed = [result for result in results if result.error]
     if results and len(failed) == len(results):
         first = failed[0]

@@ -281,3 +281,28 @@ def test_adapter_of_another_base_is_named_without_loading_it(tiny_dir, tmp_path)
         check_adapter(tmp_path / "adapter", full(tiny_dir))
     with pytest.raises(AdapterError, match="trained on 'org/other-base'"):
         load_for_inference(full(tiny_dir), tmp_path / "adapter", device="cpu")
+
+
+def test_a_batch_out_of_gpu_memory_is_halved_until_it_fits(caplog):
+    """A real callable that raises torch.OutOfMemoryError above 3 rows, as a GPU would: the batch of 8
+    shrinks to 2 and every answer comes back in order; one row that does not fit is a named error."""
+    from ray_spider.inference import GenerationMemoryError, in_batches_that_fit
+
+    seen = []
+
+    def square(batch):
+        seen.append(len(batch))
+        if len(batch) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [item * item for item in batch]
+
+    with caplog.at_level(logging.WARNING, logger="ray_spider.inference"):
+        assert in_batches_that_fit(list(range(11)), 8, square) == [item * item for item in range(11)]
+    assert seen == [8, 4, 2, 2, 2, 2, 2, 1]
+    assert "going on with 4" in caplog.text and "going on with 2" in caplog.text
+
+    def never_fits(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(GenerationMemoryError, match="even one answer"):
+        in_batches_that_fit([1, 2], 2, never_fits)
