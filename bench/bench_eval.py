@@ -73,7 +73,7 @@ def main() -> None:
     for workers in (int(w) for w in args.workers.split(",")):
         pool_s, report = timed(lambda: score(golds, preds, db_dir, tables, workers=workers or None, progress=False), args.repeats)
         summary = report.summary()
-        assert (ex, em) == (summary["n"], summary["n"]) == (972, 972), (ex, em, summary["n"])
+        assert (ex, em) == (summary.n, summary.n) == (972, 972), (ex, em, summary.n)
         label = f"evaluate.score, {workers or 'default'} workers"
         print(f"  {label:<32}: {pool_s:6.2f} s  ({972 / pool_s:6.0f} pairs/s, {plain_s / pool_s:5.2f}x)")
 

@@ -14,28 +14,29 @@ import json
 from pathlib import Path
 
 from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS
+from ray_spider.predict import PredictionSummary
+from ray_spider.records import read_summary_file
 
 
-def read_summary(path: str) -> dict:
-    file = Path(path) / "summary.json" if Path(path).is_dir() else Path(path)
-    return json.loads(file.read_text())
+def read_summary(path: str) -> PredictionSummary:
+    return read_summary_file(Path(path) / "summary.json" if Path(path).is_dir() else Path(path))
 
 
-def dev_table(summaries: dict[str, dict]) -> str:
+def dev_table(summaries: dict[str, PredictionSummary]) -> str:
     lines = [
         "| run | EX | EM | EX easy / medium / hard / extra | EM easy / medium / hard / extra | SQL-only | questions |",
         "| --- | ---: | ---: | --- | --- | ---: | ---: |",
     ]
     for name, summary in summaries.items():
-        ex, em = (" / ".join(f"{summary['by_hardness'][level][metric]:.3f}" for level in HARDNESS_LEVELS) for metric in ("ex", "em"))
-        lines.append(f"| {name} | {summary['ex']:.3f} | {summary['em']:.3f} | {ex} | {em} | {summary['sql_only_rate']:.3f} | {summary['n']} |")
+        ex, em = (" / ".join(f"{getattr(summary.by_hardness[level], metric):.3f}" for level in HARDNESS_LEVELS) for metric in ("ex", "em"))
+        lines.append(f"| {name} | {summary.ex:.3f} | {summary.em:.3f} | {ex} | {em} | {summary.sql_only_rate:.3f} | {summary.n} |")
     return "\n".join(lines)
 
 
-def error_table(summaries: dict[str, dict]) -> str:
+def error_table(summaries: dict[str, PredictionSummary]) -> str:
     lines = ["| error type | " + " | ".join(summaries) + " |", "| --- |" + " ---: |" * len(summaries)]
     for error in ERROR_TYPES:
-        lines.append(f"| {error} | " + " | ".join(str(s["error_types"].get(error, 0)) for s in summaries.values()) + " |")
+        lines.append(f"| {error} | " + " | ".join(str(s.error_types.get(error, 0)) for s in summaries.values()) + " |")
     return "\n".join(lines)
 
 
@@ -50,7 +51,7 @@ def main() -> None:
             parser.error(f"{item!r}: expected NAME=PATH")
         try:
             summaries[name] = read_summary(path)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             parser.error(f"{name}={path}: cannot read a summary.json ({exc})")
     print(dev_table(summaries), error_table(summaries), sep="\n\n")
 

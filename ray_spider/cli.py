@@ -5,13 +5,14 @@
     ray-spider eval --gold dev_gold.sql --pred preds.sql --db database --table tables.json
     ray-spider setup-model
     ray-spider train sweeps/smoke_cpu.yaml train.max_steps=4
-    ray-spider baseline sweeps/baseline_smollm2.yaml
+    ray-spider baseline sweeps/baseline.yaml
     ray-spider predict --model smollm2-135m-instruct --adapter runs/<run>/adapter --out preds/
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
 import sys
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ray_spider.config import ConfigError, DataConfig, load_run_config
+from ray_spider.config import ConfigError, DataConfig, load_run_config, require_adapter
 from ray_spider.errors import UserError, check_output, write_atomically
 from ray_spider.spider import Spider
 
@@ -77,10 +78,24 @@ app.add_typer(data_app, name="data")
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for user errors and Ctrl-C too")] = False) -> None:
     """Fine-tune LLaMA-family chat models into text-to-SQL models on Spider."""
+    configure_logging()
 
 
 SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
+
+
+def configure_logging() -> None:
+    """ray_spider's log records (info and up) to stderr, once per process: the CLI here, and each
+    Ray Train worker at the top of ``train_loop``. Other libraries' loggers are left as they are."""
+    logger = logging.getLogger("ray_spider")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (Ray sets some up) would print each record twice
 
 
 def fail(message: str) -> None:
@@ -200,21 +215,22 @@ def eval_command(
     summary = report.summary()
     if per_example:
         write_atomically(per_example, "".join(json.dumps(record) + "\n" for record in per_example_records(report)))
-    _print_skips(summary, report)
+    _print_skips(report)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_dict(), indent=2))
     else:
         stdout.print(summary_table(summary))
 
 
-def _print_skips(summary: dict, report) -> None:
-    if summary["skipped_missing_db"]:
+def _print_skips(report) -> None:
+    summary = report.summary()
+    if summary.skipped_missing_db:
         console.print(
-            f"[yellow]skipped {summary['skipped_missing_db']} question(s) whose database is missing: "
-            f"{escape(', '.join(summary['skipped_db_ids']))}[/]"
+            f"[yellow]skipped {summary.skipped_missing_db} question(s) whose database is missing: "
+            f"{escape(', '.join(summary.skipped_db_ids))}[/]"
         )
-    for index, db_id, message in report.data_errors:
-        console.print(f"[bold red]DATA ERROR[/] gold query {index} ({escape(db_id)}) failed: {escape(message)}")
+    for error in report.data_errors:
+        console.print(f"[bold red]DATA ERROR[/] gold query {error.index} ({escape(error.db_id)}) failed: {escape(error.message)}")
 
 
 
@@ -239,6 +255,7 @@ def setup_model(
 def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """One QLoRA SFT run through Ray Train, with dev EX/EM during training; writes a run folder."""
     cfg = _job_config(config, overrides or [])
+    require_adapter(cfg, str(config))
     check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
     from ray_spider.train import run_training  # slow to import: after the checks
     _show_run(run_training(cfg, _command_line()))
@@ -250,16 +267,13 @@ def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)
     cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
     check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
     from ray_spider.predict import run_prediction  # slow to import: after the checks
-    from ray_spider.records import finish_run, new_run_dir, write_config
-    run_dir = new_run_dir(cfg)
-    try:
-        write_config(cfg, run_dir)
-        result = run_prediction(cfg, None, run_dir / "dev_eval")
-        finish_run(run_dir, cfg, result.summary["prompt_version"], result.summary, _command_line())
-    except KeyboardInterrupt:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise KeyboardInterrupt(f"removed the unfinished run folder {run_dir}") from None
-    _show_run(run_dir)
+    from ray_spider.records import RunFolder
+
+    run = RunFolder.create(cfg)
+    with run.removed_if_interrupted():
+        result = run_prediction(cfg, None, run.dev_eval)
+        run.finish(result.summary.prompt_version, _command_line())
+    _show_run(run.path)
 
 
 def _show_run(run_dir: Path) -> None:
@@ -289,8 +303,8 @@ def predict(
     from ray_spider.predict import run_prediction  # slow to import: after the checks
 
     result = run_prediction(cfg, adapter, out, split)
-    stdout.print(summary_table(result.summary, title=f"{split}: {result.summary['n']} questions"))
-    console.print(f"SQL-only rate {result.summary['sql_only_rate']:.3f}; wrote {out}", markup=False)
+    stdout.print(summary_table(result.summary, title=f"{split}: {result.summary.n} questions"))
+    console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}", markup=False)
 
 
 @app.command()
@@ -303,6 +317,7 @@ def sweep(
     """Ray Tune + Optuna over QLoRA runs, objective dev EX; writes trials.parquet into the experiment."""
     from ray_spider.config import build_run_config, load_sweep_config
     from ray_spider.model import check_model_spec
+    from ray_spider.storage import experiment_uri
 
     sweep_cfg = load_sweep_config(sweep_file, overrides or [])
     _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
@@ -310,10 +325,10 @@ def sweep(
     from ray_spider.tune import check_experiment_folder, run_sweep  # imports Ray: after the checks
 
     check_experiment_folder(sweep_cfg, resume, overwrite, delete=False)  # run_sweep deletes with --overwrite
-    experiment_uri = f"{sweep_cfg.storage.rstrip('/')}/{sweep_cfg.name}"
-    leaving(f"the sweep's state is saved in {experiment_uri}; continue it with --resume")
+    uri = experiment_uri(sweep_cfg.storage, sweep_cfg.name)
+    leaving(f"the sweep's state is saved in {uri}; continue it with --resume")
     experiment = run_sweep(sweep_cfg, resume=resume, overwrite=overwrite)
-    _show_trials(experiment_uri)
+    _show_trials(uri)
     console.print(f"[bold green]experiment:[/] {escape(str(experiment))}")
 
 

@@ -3,7 +3,7 @@
 Every knob of a run lives here with its default (the playbook's starting point) and help text.
 Unknown keys and bad values raise ``ConfigError`` naming the key and what would be valid.
 
-    cfg = load_run_config("sweeps/smoke.yaml", ["train.learning_rate=2e-4"])
+    cfg = load_run_config("sweeps/smoke_cpu.yaml", ["train.learning_rate=2e-4"])
 
 Ray workers receive ``cfg.model_dump(mode="json")`` and rebuild with ``RunConfig.model_validate``.
 """
@@ -50,11 +50,6 @@ class DataConfig(_Strict):
     dev_subset: int | None = Field(None, ge=1, description="evaluate on a fixed seeded sample of N dev-972 questions (None = all)")
     dev_subset_seed: int = Field(42, description="seed of that sample, apart from train.seed: runs with other training seeds are scored on the same questions")
 
-    def resolved_spider_dir(self) -> Path:
-        from ray_spider.spider import resolve_spider_dir
-
-        return resolve_spider_dir(self.spider_dir)
-
 
 class ModelConfig(_Strict):
     name: str = Field(
@@ -66,14 +61,17 @@ class ModelConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    enabled: bool = Field(True, description="False = evaluate/train the base model without an adapter (baseline)")
+    enabled: bool = Field(
+        True, description="false: the base model without an adapter; `baseline` only (it sets this), `train` and `sweep` reject it"
+    )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank: higher = more capacity, more memory")
     alpha: int | None = Field(
         None, ge=1, description="LoRA scaling numerator (scale = alpha / r); unset = 2 x r, the playbook's ratio (r 16, alpha 32)"
     )
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA path during training")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input during training")
     target_modules: list[str] = Field(
-        default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1, description="linear layers that get LoRA (LLaMA names)"
+        default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1,
+        description="linear layers that get an adapter; default: every attention and MLP projection of a LLaMA block",
     )
 
     @model_validator(mode="after")
@@ -84,35 +82,35 @@ class LoraConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak learning rate of the LoRA weights (AdamW)")
-    epochs: float = Field(2.0, gt=0, description="passes over the training set (fractions allowed)")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate of the LoRA weights")
+    epochs: float = Field(2.0, gt=0, description="passes over the training set (a fraction stops part-way)")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
-    per_device_batch_size: int = Field(4, ge=1, description="micro-batch per worker: higher = faster, more memory")
+    per_device_batch_size: int = Field(4, ge=1, description="micro-batch: examples per worker per forward pass; lower it to fit memory")
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
     group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...)")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of all steps spent warming the learning rate up")
+    lr_scheduler: str = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of all optimizer steps spent warming the learning rate up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
-    seed: int = Field(42, description="seed of weights init, data order and dropout")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, slower")
+    seed: int = Field(42, description="seed of model init (LoRA), data order and dropout; the dev subset has its own (data.dev_subset_seed)")
     deterministic: bool = Field(
         True,
         description="deterministic kernels only: the same seed on the same machine gives bitwise the same "
         "adapter (no slower on the H200, docs/results.md); an op without a deterministic kernel raises, "
         "naming itself; false lets torch pick non-deterministic kernels",
     )
-    logging_steps: int = Field(10, ge=1, description="train loss logged every N optimizer steps")
+    logging_steps: int = Field(10, ge=1, description="train loss logged every N optimizer steps (metrics.parquet)")
     eval_every_steps: int = Field(50, ge=1, description="dev evaluation (EX/EM) every N optimizer steps, and at the end")
     keep_checkpoints: int = Field(2, ge=1, description="adapters kept in storage, best by dev EX (the latest is kept too)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP, one GPU each when use_gpu)")
     use_gpu: bool | None = Field(None, description="None = use a GPU when one is available")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves per worker")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves for each worker")
 
 
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens")
-    batch_size: int = Field(32, ge=1, description="questions per generation batch (predict halves it on CUDA out-of-memory)")
+    max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens (greedy decoding)")
+    batch_size: int = Field(32, ge=1, description="questions generated together (padded to the longest prompt); halved when it runs out of GPU memory")
     engine: Literal["pruned", "hf"] = Field(
         "pruned",
         description="pruned: greedy loop that drops finished answers from the batch and KV cache; "
@@ -135,15 +133,15 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="run folder prefix (letters, digits, . _ -)")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="run name: the run folder is <output_dir>/<name>-<timestamp>")
     output_dir: str = Field("runs", description="runs are written to <output_dir>/<name>-<timestamp>/ (a local path; sweeps take any pyarrow storage)")
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="how questions and schemas become chat messages")
+    data: DataConfig = Field(default_factory=DataConfig, description="which Spider questions train and score the run")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the base model and its quantization")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="the adapter trained on the base")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimizer, schedule, dev rounds and Ray Train workers")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding of the dev answers")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="scoring of the dev answers (EX/EM)")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> RunConfig:
@@ -158,6 +156,16 @@ class RunConfig(_Strict):
     @property
     def gradient_accumulation_steps(self) -> int:
         return self.train.effective_batch_size // (self.train.per_device_batch_size * self.train.num_workers)
+
+
+def require_adapter(cfg: RunConfig, source: str) -> None:
+    """`train` and `sweep` always train a LoRA adapter: a config that turns LoRA off would promise a
+    run that does not happen. Raises ConfigError naming lora.enabled and what to do instead."""
+    if not cfg.lora.enabled:
+        raise ConfigError(
+            f"{source}: lora.enabled is false, but `train` and `sweep` always train a LoRA adapter; "
+            "set lora.enabled: true (or remove it), or run the no-adapter control with `ray-spider baseline`"
+        )
 
 
 def _fields_at(model: type[BaseModel], path: tuple) -> dict:
@@ -258,10 +266,10 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
 class SearchDimension(_Strict):
     """Exactly one of: choice (a list), loguniform or uniform ([low, high]), randint ([low, high))."""
 
-    choice: list[Any] | None = Field(None, min_length=1, description="one of these values, e.g. [8, 16, 32]")
-    loguniform: tuple[float, float] | None = Field(None, description="[low, high], uniform in log space (learning rates)")
-    uniform: tuple[float, float] | None = Field(None, description="[low, high], a float (not for integer keys)")
-    randint: tuple[int, int] | None = Field(None, description="[low, high): an integer, high excluded")
+    choice: list[Any] | None = Field(None, min_length=1, description="one of these values")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], sampled uniformly in log space (learning rates)")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], sampled uniformly")
+    randint: tuple[int, int] | None = Field(None, description="[low, high), an integer")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchDimension:
@@ -298,36 +306,38 @@ class SearchDimension(_Strict):
 class TrialResources(_Strict):
     workers: int = Field(1, ge=1, description="Ray Train workers per trial (DDP when > 1)")
     gpus_per_worker: float = Field(0.0, ge=0, description="fractions share a GPU between trials, e.g. 0.25 = 4 trials per GPU")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves per worker")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves for each worker of a trial")
 
 
 class SearchAlgorithm(_Strict):
-    name: Literal["optuna_tpe", "random"] = Field("optuna_tpe", description="optuna_tpe: Optuna's TPE sampler; random: random search")
-    seed: int = Field(0, description="seed of the search algorithm")
+    name: Literal["optuna_tpe", "random"] = Field("optuna_tpe", description="optuna_tpe: Optuna's TPE sampler; random: Tune's random search")
+    seed: int = Field(0, description="seed of the sampler: the same seed proposes the same trials")
 
 
 class Scheduler(_Strict):
-    name: Literal["asha"] = Field("asha", description="ASHA (async successive halving) over eval rounds")
+    name: Literal["asha"] = Field("asha", description="asha: stop the weaker trials at each rung of eval rounds")
     grace_period: int = Field(1, ge=1, description="eval rounds every trial gets before it can be stopped")
-    reduction_factor: int = Field(2, ge=2, description="each rung keeps 1 of this many trials")
+    reduction_factor: int = Field(2, ge=2, description="at each rung, 1 of every reduction_factor trials goes on")
 
 
 class SweepConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="the experiment folder: <storage>/<name>")
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="experiment name: results go to <storage>/<name>/")
     base: dict = Field(default_factory=dict, description="a run config (as in a train YAML) shared by all trials")
     search_space: dict[str, SearchDimension] = Field(min_length=1, description="dotted run-config key -> distribution")
     num_samples: int = Field(8, ge=1, description="trials")
     max_concurrent_trials: int | None = Field(1, ge=1, description="trials at once; null: as many as the cluster's free resources fit")
-    resources: TrialResources = Field(default_factory=TrialResources)
-    search: SearchAlgorithm = Field(default_factory=SearchAlgorithm)
-    scheduler: Scheduler | None = Field(None, description="asha: stop weak trials early; null: every trial runs to the end")
-    objective: Literal["dev_ex", "dev_em"] = Field("dev_ex", description="the dev metric trials are ranked by")
+    resources: TrialResources = Field(default_factory=TrialResources, description="Ray Train workers, GPUs and CPUs of each trial")
+    search: SearchAlgorithm = Field(default_factory=SearchAlgorithm, description="how the next trial's values are chosen")
+    scheduler: Scheduler | None = Field(None, description="early stopping of weak trials (ASHA); null: every trial runs to the end")
+    objective: Literal["dev_ex", "dev_em"] = Field("dev_ex", description="the dev score maximized; the best round of a trial by it")
     storage: str = Field("runs/sweeps", description="local path, s3://bucket/prefix or gs://bucket/prefix")
     trial_retries: int = Field(1, ge=0, description="times a crashed trial is retried before it counts as errored")
 
     @model_validator(mode="after")
     def _keys_exist(self) -> SweepConfig:
-        build_run_config(self.base, source="base")  # the base alone must be a valid run
+        require_adapter(build_run_config(self.base, source="base"), "base")  # the base alone must be a valid training run
+        if "lora.enabled" in self.search_space:
+            raise ValueError("search_space key 'lora.enabled': every trial trains a LoRA adapter; search other keys")
         for key, dimension in self.search_space.items():
             node: Any = RunConfig
             for part in key.split("."):

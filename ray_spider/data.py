@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 
 from ray_spider.config import DataConfig
-from ray_spider.prompt import Prompter
+from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Example, Spider
 
 PREVIEW_ROWS = 20
@@ -63,9 +63,8 @@ def build_sft_dataset(prompter: Prompter, examples: list[Example]) -> datasets.D
 
 
 def token_length_stats(dataset: datasets.Dataset, tokenizer, max_length: int) -> dict:
-    """Length in tokens of each full rendered conversation (what the trainer sees)."""
-    texts = tokenizer.apply_chat_template(list(dataset["messages"]), tokenize=False)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    """Length in tokens of each training example, tokenized as training does (``tokenize_example``)."""
+    lengths = [len(tokenize_example(row, tokenizer)["input_ids"]) for row in dataset]
     ordered = sorted(lengths)
     return {
         "min": ordered[0],

@@ -11,21 +11,42 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
-from ray_spider.evaluation.score import GoldQuery, Report, score
 from ray_spider.errors import write_atomically
 from ray_spider.evaluation.extract import extract_sql, one_line
+from ray_spider.evaluation.score import GoldQuery, Report, Summary, score
 from ray_spider.inference import generate
 from ray_spider.prompt import Prompter
 from ray_spider.spider import Example, Spider
 
 
+@dataclass(frozen=True)
+class PredictionSummary(Summary):
+    """The evaluator's Summary of model answers, with what only generation knows.
+
+    ``to_dict()`` is summary.json: the evaluator's keys, then sql_only_rate, then the optional
+    keys that are set (timings from ``predict_and_score``, the prompt version from ``run_prediction``).
+    """
+
+    sql_only_rate: float = 0.0  # share of raw answers that were SQL and nothing else
+    generate_s: float | None = None
+    score_s: float | None = None
+    prompt_version: str | None = None
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        return {key: value for key, value in data.items() if value is not None or key not in _OPTIONAL_KEYS}
+
+
+_OPTIONAL_KEYS = ("generate_s", "score_s", "prompt_version")
+
+
 @dataclass
 class PredictionResult:
-    summary: dict  # evaluate.Report.summary() + sql_only_rate + no_sql count
+    summary: PredictionSummary
     records: list[dict]  # one per question
 
     def write(self, out_dir: Path) -> None:
@@ -33,7 +54,7 @@ class PredictionResult:
         write_atomically(out_dir / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in self.records))
         write_atomically(out_dir / "pred.sql", "".join(one_line(r["sql"]) + "\n" for r in self.records))
         write_atomically(out_dir / "gold.sql", "".join(f"{one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
-        write_atomically(out_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+        write_atomically(out_dir / "summary.json", json.dumps(self.summary.to_dict(), indent=2) + "\n")
 
 
 def generate_raw(model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True) -> list[str]:
@@ -74,8 +95,8 @@ def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str
                 "pred_error": scored.pred_error if scored else None,
             }
         )
-    summary = report.summary()
-    summary["sql_only_rate"] = sum(x.pure for x in extractions) / len(extractions) if extractions else 0.0
+    sql_only_rate = sum(x.pure for x in extractions) / len(extractions) if extractions else 0.0
+    summary = PredictionSummary(**vars(report.summary()), sql_only_rate=sql_only_rate)
     return PredictionResult(summary, records)
 
 
@@ -84,9 +105,8 @@ def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Examp
     raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress)
     generated = time.perf_counter()
     result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
-    result.summary["generate_s"] = round(generated - started, 2)
-    result.summary["score_s"] = round(time.perf_counter() - generated, 2)
-    return result
+    timings = {"generate_s": round(generated - started, 2), "score_s": round(time.perf_counter() - generated, 2)}
+    return replace(result, summary=replace(result.summary, **timings))
 
 
 def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True) -> PredictionResult:
@@ -102,6 +122,6 @@ def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: st
         examples, _ = spider.executable(spider.examples(split))
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
     result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
-    result.summary["prompt_version"] = prompter.version
+    result = replace(result, summary=replace(result.summary, prompt_version=prompter.version))
     result.write(out_dir)
     return result

@@ -20,6 +20,7 @@ import sqlite3
 from functools import lru_cache
 
 from ray_spider.config import PromptConfig
+from ray_spider.evaluation.inputs import read_only_connection
 from ray_spider.spider import Spider, SpiderError
 
 USER_TEMPLATE = "<SCHEMA>\n{schema}\n</SCHEMA>\n\nQuestion: {question}"
@@ -84,13 +85,12 @@ def _column_ref(table: dict, column_index: int) -> tuple[str, str]:
 def read_sample_values(db_path, table_name: str, column: str, limit: int) -> list[str]:
     """Up to ``limit`` distinct non-null values of a column, read-only; [] when unreadable."""
     try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-            conn.text_factory = lambda raw: raw.decode(errors="ignore")
+        with read_only_connection(db_path) as conn:
             rows = conn.execute(
                 f"SELECT DISTINCT {quote_identifier(column)} FROM {quote_identifier(table_name)} "
                 f"WHERE {quote_identifier(column)} IS NOT NULL LIMIT {int(limit)}"
             ).fetchall()
-    except sqlite3.Error:
+    except (sqlite3.Error, FileNotFoundError):
         return []
     return [str(value)[:SAMPLE_VALUE_CHARS] for (value,) in rows]
 
@@ -189,3 +189,17 @@ def render_training_texts(tokenizer, messages: list[dict]) -> tuple[str, str]:
             "from its start with the answer, so training and inference prompts would differ; use another template"
         )
     return prompt, full[len(prompt):]
+
+
+def tokenize_example(row: dict, tokenizer) -> dict:
+    """The tokens the model trains on for one SFT row (``data.sft_row``): ``input_ids`` and a
+    ``completion_mask`` (1 on the SQL and its end of turn, where the loss is taken).
+
+    Prompt and completion are tokenized apart, so the model trains on exactly the tokens inference
+    sends (tokenizing the joined text can merge tokens across the boundary, e.g. '\n\n' + 'SELECT').
+    Training and `data build`'s token statistics both count tokens with this function.
+    """
+    prompt, completion = render_training_texts(tokenizer, row["messages"])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return {"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}

@@ -1,5 +1,9 @@
 """Run records: one folder per run, everything needed to trust and reproduce its numbers.
 
+    run = RunFolder.create(cfg)               # runs/<name>-<timestamp>/ with config.yaml
+    ...                                       # train: save_best_checkpoint, save_history; baseline: predict into run.dev_eval
+    run.finish(prompt_version, command, **info)   # manifest.json and report.md, always last
+
     runs/<name>-<timestamp>/
       config.yaml        resolved config          manifest.json  prompt version, versions, commit, seed, best step
       metrics.parquet    step, train loss, dev EX/EM, SQL-only rate (+ per hardness)
@@ -15,23 +19,71 @@ import platform
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from ray_spider.config import RunConfig
-from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS
+from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS, Summary
 
+if TYPE_CHECKING:
+    from ray_spider.predict import PredictionSummary
+
+# A checkpoint's adapter in PEFT format: what `PeftModel.from_pretrained` reads.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow")
 
 
-def new_run_dir(cfg: RunConfig) -> Path:
-    run_dir = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir.resolve()
+class RunFolder:
+    """The one life cycle of a run folder, for `train` and `baseline` alike (see the module docstring).
+
+    ``create`` makes the folder (never reusing one) and writes config.yaml first, so a run that
+    fails later still says what it was; ``finish`` writes manifest.json and report.md last.
+    """
+
+    def __init__(self, path: Path, cfg: RunConfig):
+        self.path, self.cfg = path, cfg
+
+    @classmethod
+    def create(cls, cfg: RunConfig) -> RunFolder:
+        path = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path.mkdir(parents=True, exist_ok=False)
+        run = cls(path.resolve(), cfg)
+        write_config(cfg, run.path)
+        return run
+
+    @property
+    def dev_eval(self) -> Path:
+        """The scored dev predictions (predictions.jsonl, pred.sql, gold.sql, summary.json)."""
+        return self.path / "dev_eval"
+
+    def save_best_checkpoint(self, checkpoint_dir: Path) -> None:
+        """The best checkpoint's adapter files to adapter/, its dev predictions to dev_eval/."""
+        copy_best_checkpoint(checkpoint_dir, self.path)
+
+    def save_history(self, history: list[dict]) -> None:
+        """metrics.parquet (one row per optimizer step) and curves.png."""
+        write_metrics(history, self.path)
+        plot_curves(history, self.path / "curves.png", title=self.path.name)
+
+    @contextmanager
+    def removed_if_interrupted(self, what: str = "stopped"):
+        """Ctrl-C inside the block removes the folder: without adapter, metrics and report it would
+        pass for a run, and nothing in it is usable. The KeyboardInterrupt goes on, saying so."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise KeyboardInterrupt(f"{what}; removed the unfinished run folder {self.path}") from None
+
+    def finish(self, prompt_version: str, command: str, **info) -> None:
+        """manifest.json (with ``info``) and report.md, from the dev summary when there is one."""
+        finish_run(self.path, self.cfg, prompt_version, read_summary(self.path), command, **info)
 
 
 def git_commit() -> str:
@@ -72,10 +124,23 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def best_round(rounds: list[dict]) -> dict | None:
-    """The eval round with the highest dev EX; the earliest wins a tie (fewer steps, same score)."""
-    evaluated = [row for row in rounds if row.get("dev_ex") is not None]
-    return max(evaluated, key=lambda row: (row["dev_ex"], -row["step"])) if evaluated else None
+def is_number(value) -> bool:
+    """A real score: not None, not NaN (Tune's tables mark a result without the metric by NaN)."""
+    return isinstance(value, (int, float)) and value == value
+
+
+def best_round(rounds: list[dict], metric: str = "dev_ex", kept=None) -> dict | None:
+    """The eval round with the highest ``metric``; the earliest wins a tie (fewer steps, same score).
+
+    The one rule for "best" of a run (run folders) and of a trial (the sweep's trials table).
+    Rounds without the metric (train-loss rows) are ignored; None when no round has it.
+    ``kept(round)``: whether its checkpoint still exists. Ray Train keeps only keep_checkpoints of
+    them and among tied rounds deletes the earliest first, so the best round is then chosen among
+    the kept ones (all rounds when none is kept).
+    """
+    evaluated = [row for row in rounds if is_number(row.get(metric))]
+    candidates = [row for row in evaluated if kept(row)] if kept else []
+    return max(candidates or evaluated, key=lambda row: (row[metric], -row.get("step", 0))) if evaluated else None
 
 
 def metrics_by_step(history: list[dict]) -> list[dict]:
@@ -114,32 +179,32 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
 
 
 def copy_best_checkpoint(checkpoint_dir: Path, run_dir: Path) -> None:
-    """Adapter files to run_dir/adapter, its dev predictions to run_dir/dev_eval."""
+    """Adapter files to run_dir/adapter, its dev predictions to run_dir/dev_eval. The trainer
+    state a checkpoint also holds (optimizer, scheduler, RNG: for resuming) stays in Ray's storage."""
     adapter = run_dir / "adapter"
     adapter.mkdir()
-    for item in Path(checkpoint_dir).iterdir():
-        if item.name == "dev_eval":
-            shutil.copytree(item, run_dir / "dev_eval")
-        elif item.is_file():
-            shutil.copy2(item, adapter / item.name)
+    for name in ADAPTER_FILES:
+        shutil.copy2(Path(checkpoint_dir) / name, adapter / name)
+    shutil.copytree(Path(checkpoint_dir) / "dev_eval", run_dir / "dev_eval")
 
 
-def hardness_table_md(summary: dict) -> str:
+def hardness_table_md(summary: Summary) -> str:
     lines = ["| level | count | EX | EM |", "| --- | ---: | ---: | ---: |"]
     for level in (*HARDNESS_LEVELS, "all"):
-        row = summary if level == "all" else summary["by_hardness"][level]
-        lines.append(f"| {level} | {row['n']} | {row['ex']:.3f} | {row['em']:.3f} |")
+        row = summary if level == "all" else summary.by_hardness[level]
+        rates = f"{row.ex:.3f} | {row.em:.3f}" if row.n else "- | -"  # a rate of no questions is not 0
+        lines.append(f"| {level} | {row.n} | {rates} |")
     return "\n".join(lines)
 
 
-def error_table_md(summary: dict) -> str:
-    counts = summary.get("error_types", {})
+def error_table_md(summary: Summary) -> str:
+    counts = summary.error_types
     lines = ["| error type | count |", "| --- | ---: |"]
     lines += [f"| {kind} | {counts.get(kind, 0)} |" for kind in ERROR_TYPES]
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: dict | None, command: str) -> None:
+def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: PredictionSummary | None, command: str) -> None:
     parts = [
         f"# Run {run_dir.name}",
         f"Command: `{command}`",
@@ -151,9 +216,9 @@ def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: dict | None
         parts.append(f"Best checkpoint by dev EX: step {info['best_step']} of {info['last_step']} (kept in `adapter/`). Wall time {info['wall_s']:.0f} s.")
     if summary:
         parts += [
-            f"## Dev ({summary['n']} questions scored, {summary['skipped_missing_db']} skipped: missing database)",
+            f"## Dev ({summary.n} questions scored, {summary.skipped_missing_db} skipped: missing database)",
             hardness_table_md(summary),
-            f"SQL-only rate: {summary.get('sql_only_rate', float('nan')):.3f}",
+            f"SQL-only rate: {summary.sql_only_rate:.3f}",
             "## Errors of the wrong predictions",
             error_table_md(summary),
         ]
@@ -162,13 +227,21 @@ def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: dict | None
     (run_dir / "report.md").write_text("\n\n".join(parts) + "\n")
 
 
-def finish_run(run_dir: Path, cfg: RunConfig, prompt_version: str, summary: dict | None, command: str, **extra) -> None:
-    """manifest.json and report.md: the last files of every run folder (train and baseline alike)."""
+def finish_run(run_dir: Path, cfg: RunConfig, prompt_version: str, summary: PredictionSummary | None, command: str, **extra) -> None:
+    """manifest.json and report.md: the last files of every run folder (``RunFolder.finish``)."""
     info = manifest(cfg, prompt_version, **extra)
     (run_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
     write_report(run_dir, cfg, info, summary, command)
 
 
-def read_summary(run_dir: Path) -> dict | None:
+def read_summary(run_dir: Path) -> PredictionSummary | None:
+    """The dev summary of a run folder (dev_eval/summary.json), or None when it has none."""
     path = run_dir / "dev_eval" / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_summary_file(path) if path.exists() else None
+
+
+def read_summary_file(path: Path) -> PredictionSummary:
+    """A summary.json written by ``PredictionResult.write``."""
+    from ray_spider.predict import PredictionSummary
+
+    return PredictionSummary.from_dict(json.loads(Path(path).read_text()))

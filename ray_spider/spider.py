@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ray_spider.errors import UserError
+from ray_spider.evaluation.inputs import database_file
 
 SPLIT_FILES = {"train": "train_spider.json", "train_others": "train_others.json", "dev": "dev.json"}
 
@@ -86,7 +87,8 @@ class Spider:
         return examples
 
     def db_path(self, db_id: str) -> Path:
-        return self.root / "database" / db_id / f"{db_id}.sqlite"
+        """database/<db_id>/<db_id>.sqlite (the layout's owner: evaluation.inputs.database_file)."""
+        return database_file(self.root / "database", db_id)
 
     def has_database(self, db_id: str) -> bool:
         return self.db_path(db_id).is_file()

@@ -1,7 +1,7 @@
 """What a user looks at after a sweep: the trials table, a PNG, and the best adapter fetched out of storage.
 
-    ray-spider trials runs/sweeps/sweep-smollm2-cpu
-    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best_adapter/
+    ray-spider trials runs/sweeps/sweep-smoke-cpu
+    ray-spider best runs/sweeps/sweep-smoke-cpu --out best_adapter/
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 from rich.table import Table
 
 from ray_spider.config import ModelConfig
-from ray_spider.tune import storage
+from ray_spider.records import ADAPTER_FILES
+from ray_spider.storage import TRIALS_PLOT, is_local, storage
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def trials_table(rows: list[dict]) -> Table:
@@ -60,7 +60,7 @@ def plot_trials(experiment: str, rows: list[dict]) -> Path:
         axis.set(xlabel=param.removeprefix("param."), ylabel="best dev EX")
     figure.tight_layout()
     filesystem, path = storage(experiment)
-    local = Path(path) / "trials.png" if isinstance(filesystem, pafs.LocalFileSystem) else Path("trials.png")
+    local = Path(path) / TRIALS_PLOT if is_local(filesystem) else Path(TRIALS_PLOT)
     figure.savefig(local, dpi=110)
     plt.close(figure)
     return local
@@ -71,11 +71,11 @@ def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
     config as ``out/config.yaml`` (for `ray-spider predict --config` and `ray-spider train`); return
     its trials-table row."""
     from ray_spider.records import write_config
-    from ray_spider.tune import read_sweep, trial_rows, trial_run_config
+    from ray_spider.tune import SweepError, read_sweep, trial_rows, trial_run_config
 
     rows = [row for row in trial_rows(experiment) if row["checkpoint_uri"]]
     if not rows:
-        raise FileNotFoundError(f"no trial of {experiment} has reported a checkpoint yet")
+        raise SweepError(f"no trial of {experiment} has a checkpoint in storage (none reported yet, or the sweep was copied without its train_runs/)")
     best = rows[0]
     filesystem, path = storage(experiment)
     out.mkdir(parents=True, exist_ok=True)

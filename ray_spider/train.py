@@ -1,6 +1,6 @@
 """One QLoRA SFT run: TRL's SFTTrainer inside a Ray Train TorchTrainer, with dev EX/EM during training.
 
-    ray-spider train sweeps/qlora_r16_smollm2.yaml [train.learning_rate=2e-4 ...]
+    ray-spider train sweeps/qlora_r16.yaml [train.learning_rate=2e-4 ...]
 
 ``train_loop`` runs on every Ray Train worker (DDP across workers, one GPU each when there are
 GPUs). Every ``train.eval_every_steps`` optimizer steps, and at the end, the workers generate the
@@ -12,24 +12,31 @@ are marked ``# Ray:``.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+from contextlib import nullcontext
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
-from ray_spider.prompt import Prompter, render_training_texts
+from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
+
+log = logging.getLogger(__name__)
 
 # Multicast over NVLink can put a host's shared GPUs out of service: off everywhere, children too.
 WORKER_ENV = {
@@ -68,7 +75,10 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
         seed=train.seed,
         data_seed=train.seed,
         logging_steps=train.logging_steps,
-        save_strategy="no",  # checkpoints go through ray.train.report, scored by dev EX
+        # Saved only on dev rounds (DevEvalCallback asks for it), then reported to Ray with the dev
+        # scores; the local copy is dropped once Ray holds it (only the newest one stays on disk).
+        save_strategy="no",
+        save_total_limit=1,
         eval_strategy="no",
         report_to=[],
         ddp_find_unused_parameters=False,
@@ -102,9 +112,15 @@ class DevEvalCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.steps_started = time.perf_counter()
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.cfg.train.eval_every_steps == 0:
-            self.evaluate_and_report(state, model)
+    def on_step_end(self, args, state, control, **kwargs):
+        # A dev round is taken right after the Trainer saves its state (on_save): the checkpoint
+        # Ray keeps is then the adapter with everything a retried trial resumes from.
+        if state.global_step % self.cfg.train.eval_every_steps == 0 or state.global_step >= state.max_steps:
+            control.should_save = True
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        trainer_checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        self.evaluate_and_report(state, model, trainer_checkpoint)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.eval_seconds_in_loop = self.eval_seconds  # train_runtime is taken before this callback
@@ -127,7 +143,10 @@ class DevEvalCallback(TrainerCallback):
             merged[rank :: self.world] = outputs
         return merged
 
-    def evaluate_and_report(self, state, model) -> None:
+    def evaluate_and_report(self, state, model, trainer_checkpoint: Path | None = None) -> None:
+        """Score the dev questions and report the round to Ray, with rank 0's checkpoint: the adapter
+        (PEFT format) at the top, ``dev_eval/``, and, from ``trainer_checkpoint`` (the Trainer's
+        save of this step), optimizer, scheduler, RNG and trainer state for resuming."""
         import ray.train  # Ray: imported here so the callback also runs outside Ray (tests)
 
         self.last_eval_step = state.global_step
@@ -147,6 +166,8 @@ class DevEvalCallback(TrainerCallback):
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
+                if trainer_checkpoint is not None:
+                    shutil.copytree(trainer_checkpoint, tmp, dirs_exist_ok=True)
                 save_adapter(model, tmp, self.cfg.model.name)  # PEFT format: adapter_config.json + adapter_model.safetensors
                 result.write(Path(tmp) / "dev_eval")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -161,15 +182,15 @@ class DevEvalCallback(TrainerCallback):
         metrics = {
             "step": state.global_step,
             "epoch": float(state.epoch or 0.0),
-            "dev_ex": summary["ex"],
-            "dev_em": summary["em"],
-            "sql_only_rate": summary["sql_only_rate"],
-            "dev_n": summary["n"],
+            "dev_ex": summary.ex,
+            "dev_em": summary.em,
+            "sql_only_rate": summary.sql_only_rate,
+            "dev_n": summary.n,
             "dev_eval_s": round(time.perf_counter() - self.round_started, 2),
             "start_s": self.start_s,
             "setup_s": self.setup_s,
-            **{f"dev_ex_{level}": row["ex"] for level, row in summary["by_hardness"].items()},
-            **{f"dev_em_{level}": row["em"] for level, row in summary["by_hardness"].items()},
+            **{f"dev_ex_{level}": rates.ex for level, rates in summary.by_hardness.items()},
+            **{f"dev_em_{level}": rates.em for level, rates in summary.by_hardness.items()},
             **measured,
         }
         self.history.append(dict(metrics))
@@ -194,15 +215,6 @@ def worker_placement_group_id() -> str | None:
 
     group = ray.util.get_current_placement_group() if ray.is_initialized() else None
     return group.id.hex() if group else None
-
-
-def tokenize_example(row: dict, tokenizer) -> dict:
-    """Prompt and completion tokenized apart, so the model trains on exactly the tokens inference sends
-    (tokenizing the joined text can merge tokens across the boundary, e.g. '\n\n' + 'SELECT')."""
-    prompt, completion = render_training_texts(tokenizer, row["messages"])
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return {"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
 def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, device, callbacks=()) -> SFTTrainer:
@@ -240,21 +252,23 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
 
 def train_loop(config: dict) -> dict:
     """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
+    from ray_spider.cli import configure_logging
+
+    configure_logging()  # this is a fresh worker process
     started = time.perf_counter()
     start_s = round(time.time() - config["launched_at"], 1) if "launched_at" in config else None
     cfg = RunConfig.model_validate(config["run"])
     import ray.train.torch  # Ray
 
     device = ray.train.torch.get_device()  # Ray: this worker's GPU, or cpu
+    resume_from = ray.train.get_checkpoint()  # Ray: the latest reported checkpoint when a failed run restarts
     if cfg.train.deterministic:
         use_deterministic_kernels()
     set_seed(cfg.train.seed)
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
     tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    model = apply_lora(load_model(cfg.model, device=device), cfg.lora)
-    trainable, total = model.get_nb_trainable_parameters()
-    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    model = apply_lora(load_model(cfg.model, device=device), cfg.lora)  # logs "trainable params: ..."
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
@@ -263,11 +277,17 @@ def train_loop(config: dict) -> dict:
         trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
-            print(f"WARNING: of {len(train_set)} examples, {stats['train_examples_truncated']} are truncated to "
-                  f"train.max_length={cfg.train.max_length} and {stats['train_examples_dropped_prompt_too_long']} "
-                  "dropped (their prompt alone fills it); raise train.max_length to keep them")
+            log.warning(
+                "of %d examples, %d are truncated to train.max_length=%d and %d dropped (their prompt alone fills it); "
+                "raise train.max_length to keep them",
+                len(train_set), stats["train_examples_truncated"], cfg.train.max_length, stats["train_examples_dropped_prompt_too_long"],
+            )
         callback.setup_s = round(time.perf_counter() - started, 1)
-        runtime = trainer.train().metrics["train_runtime"]
+        with resume_from.as_directory() if resume_from else nullcontext() as resume_dir:
+            if resume_dir:
+                log.info("resuming from the checkpoint of step %d", resumed_step(resume_dir))
+            # Adapter, optimizer, scheduler, RNG and the position in the data, as at that step.
+            runtime = trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
     train_seconds = runtime - callback.eval_seconds_in_loop
     speed = {
         "train_seconds": round(train_seconds, 2),  # optimizer work only, dev evaluation excluded
@@ -277,6 +297,11 @@ def train_loop(config: dict) -> dict:
     }
     kernels = torch.are_deterministic_algorithms_enabled()
     return {"history": callback.history, "data": {**stats, **speed, "deterministic_kernels": kernels}}
+
+
+def resumed_step(checkpoint_dir: str | os.PathLike) -> int:
+    """The optimizer step a reported checkpoint was saved at (its trainer_state.json)."""
+    return json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())["global_step"]
 
 
 def start_ray() -> None:
@@ -334,22 +359,17 @@ def fit(cfg: RunConfig, storage_path: str, name: str):
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:
-    """The `train` command: fit, then write the run folder (records.py) with the best adapter."""
-    from ray_spider.records import best_round, copy_best_checkpoint, finish_run, metrics_by_step, new_run_dir, plot_curves, read_summary, write_config, write_metrics
+    """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
+    from ray_spider.records import RunFolder, best_round, metrics_by_step
 
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
-    run_dir = new_run_dir(cfg)
-    write_config(cfg, run_dir)
+    run = RunFolder.create(cfg)
     started = time.time()
-    try:
-        result = fit(cfg, storage_path=str(run_dir / "ray"), name="train")
-    except KeyboardInterrupt:
-        # A run folder without adapter, metrics and report would pass for a run; nothing of it is usable.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise KeyboardInterrupt(f"training stopped; removed the unfinished run folder {run_dir}") from None
+    with run.removed_if_interrupted("training stopped"):
+        result = fit(cfg, storage_path=str(run.path / "ray"), name="train")
     if result.error:
-        raise RuntimeError(f"training failed; Ray's logs are under {run_dir / 'ray'}") from result.error
+        raise RuntimeError(f"training failed; Ray's logs are under {run.path / 'ray'}") from result.error
     returned = result.return_value or {}
     history = metrics_by_step(returned.get("history", []))
     rounds = [metrics for _, metrics in result.best_checkpoints or []]
@@ -358,10 +378,9 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     if best:
         checkpoint = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == best["step"])
         with checkpoint.as_directory() as directory:
-            copy_best_checkpoint(Path(directory), run_dir)
+            run.save_best_checkpoint(Path(directory))
         info["best_step"] = best["step"]
         info["best_dev_ex"] = best["dev_ex"]
-    write_metrics(history, run_dir)
-    plot_curves(history, run_dir / "curves.png", title=run_dir.name)
-    finish_run(run_dir, cfg, Prompter(spider, cfg.prompt).version, read_summary(run_dir), command, **info)
-    return run_dir
+    run.save_history(history)
+    run.finish(Prompter(spider, cfg.prompt).version, command, **info)
+    return run.path

@@ -1,20 +1,20 @@
 """Sweeps: Ray Tune + Optuna over QLoRA runs, objective dev EX, best adapters kept in storage.
 
-    ray-spider sweep sweeps/sweep_smollm2_cpu.yaml            # start (or --resume after a crash)
-    ray-spider trials runs/sweeps/sweep-smollm2-cpu           # table + PNG
-    ray-spider best runs/sweeps/sweep-smollm2-cpu --out best/ # copy the winning adapter out
+    ray-spider sweep sweeps/sweep_smoke_cpu.yaml              # start (or --resume after a crash)
+    ray-spider trials runs/sweeps/sweep-smoke-cpu             # table + PNG
+    ray-spider best runs/sweeps/sweep-smoke-cpu --out best/   # copy the winning adapter out
 
 Each trial runs the training job of train.py (a Ray Train TorchTrainer launched inside the Tune
 trial function, reporting every dev-eval round to Tune through TuneReportCallback), so ASHA can stop
-weak trials and every reported adapter is a checkpoint in storage. Storage is any pyarrow
-filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix.
+weak trials and every reported adapter is a checkpoint in storage. The Train run is named by the
+trial id: a crashed trial that Tune retries (``trial_retries``) resumes from its latest checkpoint
+(adapter, optimizer, scheduler, position in the data) in the same folder. Storage is any pyarrow
+filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix (layout: storage.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,25 +23,15 @@ from ray.tune import Callback
 
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.errors import UserError
+from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
+from ray_spider.storage import SWEEP_FILE, TRAIN_RUNS, TRIALS_FILE, experiment_path, experiment_uri, is_local, storage, train_runs_path
 
 log = logging.getLogger(__name__)
-
-TRIALS_FILE = "trials.parquet"
-SWEEP_FILE = "sweep.yaml"
-TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/<trial run>/checkpoint_*: each trial's Ray Train checkpoints
-
 
 class SweepError(UserError):
     """A sweep folder is missing, not a sweep, already taken, or every trial of a sweep failed."""
 
-
-def storage(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or any URI pyarrow understands."""
-    if "://" not in uri:
-        uri = str(Path(uri).expanduser().resolve())
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
 
 
 def tune_distribution(dimension: SearchDimension):
@@ -77,11 +67,13 @@ def run_trial(params: dict, sweep: dict) -> None:
     from ray_spider.train import torch_trainer
 
     cfg = trial_run_config(sweep, params)
-    filesystem, root = storage(sweep["storage"])
+    filesystem, experiment = experiment_path(sweep["storage"], sweep["name"])
     trainer = torch_trainer(
         cfg,
-        storage_path=f"{root}/{sweep['name']}/{TRAIN_RUNS}",
-        name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
+        storage_path=train_runs_path(experiment),
+        # Named by the trial alone: a retried trial's Train run finds its own checkpoints in storage
+        # and resumes from the latest (train_loop), instead of starting over in a new folder.
+        name=ray.tune.get_context().get_trial_id(),
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
@@ -135,17 +127,17 @@ def _tuner(sweep: SweepConfig, resume: bool):
 
     start_ray()
     filesystem, root = storage(sweep.storage)
+    experiment = experiment_uri(root, sweep.name)
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
     base = dict(sweep.base)
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
     # Trials run in their own working dirs: a relative local storage path must be made absolute here.
-    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if isinstance(filesystem, pafs.LocalFileSystem) else sweep.storage}
+    sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if is_local(filesystem) else sweep.storage}
     # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
-    experiment = f"{root}/{sweep.name}"
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
-            raise SweepError(f"no sweep to resume at {sweep.storage}/{sweep.name}: Tune saved no state there; run it without --resume")
+            raise SweepError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}: Tune saved no state there; run it without --resume")
         return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
     param_space = {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}
     if sweep.search.name == "optuna_tpe":
@@ -182,8 +174,8 @@ def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = 
     replaced and old and new trials mixed), and --resume needs a sweep to resume. With ``overwrite``
     an existing folder is accepted, and deleted when ``delete``."""
     filesystem, root = storage(sweep.storage)
-    experiment = f"{root}/{sweep.name}"
-    uri = f"{sweep.storage.rstrip('/')}/{sweep.name}"
+    experiment = experiment_uri(root, sweep.name)
+    uri = experiment_uri(sweep.storage, sweep.name)
     if filesystem.get_file_info(root).type == pafs.FileType.File:
         raise SweepError(f"storage={sweep.storage} is a file; give a folder (or s3://, gs:// URI) for sweeps")
     found = filesystem.get_file_info(experiment).type != pafs.FileType.NotFound
@@ -209,19 +201,18 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False)
 
     check_experiment_folder(sweep, resume, overwrite)
     tuner = _tuner(sweep, resume)
-    filesystem, root = storage(sweep.storage)
-    experiment = f"{root}/{sweep.name}"
+    filesystem, experiment = experiment_path(sweep.storage, sweep.name)
     filesystem.create_dir(experiment, recursive=True)
     if not resume:
         with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
             out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
     results = tuner.fit()
-    rows = write_trials_table(sweep.storage.rstrip("/") + "/" + sweep.name)
+    rows = write_trials_table(experiment_uri(sweep.storage, sweep.name))
     # Tune ends fit() quietly on Ctrl-C (it saves its state first): trials left unfinished tell.
     if len(rows) < sweep.num_samples or any(row["status"] not in ("TERMINATED", "ERROR") for row in rows):
         raise KeyboardInterrupt(
             f"the sweep stopped with {sum(row['status'] == 'TERMINATED' for row in rows)} of {sweep.num_samples} trials finished; "
-            f"its state and trials.parquet are in {sweep.storage.rstrip('/')}/{sweep.name}: continue it with --resume"
+            f"its state and trials.parquet are in {experiment_uri(sweep.storage, sweep.name)}: continue it with --resume"
         )
     failed = [result for result in results if result.error]
     if results and len(failed) == len(results):
@@ -254,10 +245,11 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     for trial in analysis.trials:
         frame = frames.get(trial.trial_id)
         history = frame.to_dict("records") if frame is not None else []
-        rounds = [row for row in history if _is_number(row.get(sweep["objective"]))]
-        ranked = sorted(rounds, key=lambda row: (-row[sweep["objective"]], row.get("step", 0)))
-        kept = ((row, _kept_checkpoint(filesystem, experiment, row.get("checkpoint_path"))) for row in ranked)
-        best, checkpoint = next(((row, path) for row, path in kept if path), (ranked[0] if ranked else None, None))
+        rounds = [row for row in history if is_number(row.get(sweep["objective"]))]
+        checkpoints = [_kept_checkpoint(filesystem, experiment, row.get("checkpoint_path")) for row in rounds]
+        kept = {id(row): path for row, path in zip(rounds, checkpoints) if path}
+        best = best_round(rounds, metric=sweep["objective"], kept=lambda row: id(row) in kept)
+        checkpoint = kept.get(id(best)) if best else None
         wall = max((row.get("time_total_s") or 0.0 for row in history), default=0.0)
         rows.append(
             {
@@ -296,10 +288,6 @@ def _kept_checkpoint(filesystem: pafs.FileSystem, experiment: str, recorded: str
         except (OSError, ValueError):  # a path of another filesystem (the experiment moved from s3 to a disk)
             continue
     return None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and value == value  # NaN marks a result without that metric
 
 
 def read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:

@@ -39,3 +39,35 @@ def test_batch_must_divide():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_every_config_field_has_a_description():
+    import ray_spider.config as config
+    from pydantic import BaseModel
+
+    models = [m for m in vars(config).values() if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == config.__name__]
+    assert len(models) >= 12
+    undescribed = [f"{m.__name__}.{name}" for m in models for name, field in m.model_fields.items() if not field.description]
+    assert undescribed == []
+
+
+def test_lora_off_is_rejected_for_sweeps(tmp_path):
+    from ray_spider.config import load_sweep_config
+
+    with pytest.raises(ConfigError, match=r"lora\.enabled is false.*ray-spider baseline"):
+        load_sweep_config("sweeps/sweep_smoke_cpu.yaml", ["base.lora.enabled=false"])
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\nsearch_space:\n  lora.enabled: {choice: [true, false]}\n")
+    with pytest.raises(ConfigError, match=r"search_space key 'lora\.enabled'"):
+        load_sweep_config(path)
+
+
+def test_lora_off_is_rejected_for_train_before_any_work(spider_dir):
+    """`train` always applies LoRA: a config promising a run without adapter fails, named, exit 2."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ray_spider", "train", "sweeps/smoke_cpu.yaml", "lora.enabled=false"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "lora.enabled is false" in result.stderr and "Traceback" not in result.stderr

@@ -184,3 +184,41 @@ def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, w
     assert time.monotonic() - started < 15
     assert "interrupted:" in stderr and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_failing_gold_query_is_a_data_error_left_out_of_the_scores(spider_dir, tmp_path):
+    gold = tmp_path / "gold.sql"
+    gold.write_text("SELECT nme FROM singer\tconcert_singer\nSELECT count(*) FROM singer\tconcert_singer\n")
+    pred = tmp_path / "pred.sql"
+    pred.write_text("SELECT name FROM singer\nSELECT count(*) FROM singer\n")
+    result = run_eval(spider_dir, gold, pred, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["n"], summary["ex"], summary["gold_errors"]) == (1, 1.0, 1)
+    assert "DATA ERROR" in result.stderr and "SELECT nme FROM singer" in result.stderr
+
+
+def test_a_bug_of_ours_is_not_taken_for_a_data_error(spider_dir, monkeypatch):
+    """Only GoldError marks bad gold data; any other exception is a bug and must surface."""
+    from ray_spider.evaluation.exact_match import ExactMatcher
+    from ray_spider.evaluation.score import GoldQuery, score
+
+    def broken(self, gold_sql, db_id):
+        raise ValueError("a bug in our code")
+
+    monkeypatch.setattr(ExactMatcher, "hardness", broken)
+    with pytest.raises(ValueError, match="a bug in our code"):
+        score([GoldQuery("SELECT count(*) FROM singer", "concert_singer")], ["SELECT 1"],
+              spider_dir / "database", spider_dir / "tables.json", workers=1, progress=False)
+
+
+def test_summary_keeps_its_json_shape(spider_dir):
+    from ray_spider.evaluation.score import GoldQuery, Summary, score
+
+    report = score([GoldQuery("SELECT count(*) FROM singer", "concert_singer"), GoldQuery("SELECT 1", "wta_1")],
+                   ["SELECT count(*) FROM singer"] * 2, spider_dir / "database", spider_dir / "tables.json", workers=1, progress=False)
+    data = report.summary().to_dict()
+    assert list(data) == ["n", "ex", "em", "by_hardness", "error_types", "skipped_missing_db", "skipped_db_ids", "gold_errors"]
+    assert data["by_hardness"]["easy"] == {"n": 1, "ex": 1.0, "em": 1.0}
+    assert list(data["by_hardness"]) == ["easy", "medium", "hard", "extra"]
+    assert Summary.from_dict(json.loads(json.dumps(data))) == report.summary()

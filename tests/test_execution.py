@@ -12,13 +12,13 @@ import time
 import pytest
 
 from ray_spider.evaluation.execution import (
-    GoldQueryError,
     execution_match,
     official_cleanup,
     order_matters,
     results_match,
     run_query,
 )
+from ray_spider.evaluation.inputs import GoldError
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +165,9 @@ def test_prediction_failures_are_classified(concert, pred, status):
 
 
 def test_failing_gold_raises_naming_db_and_sql(concert):
-    with pytest.raises(GoldQueryError, match=r"concert_singer\.sqlite.*SELECT nme FROM singer"):
+    with pytest.raises(GoldError, match=r"concert_singer\.sqlite.*SELECT nme FROM singer"):
         execution_match(concert, "SELECT nme FROM singer", "SELECT name FROM singer")
-    with pytest.raises(GoldQueryError):
+    with pytest.raises(GoldError):
         execution_match(concert, "  ", "SELECT name FROM singer")
 
 

@@ -60,6 +60,19 @@ def test_compact_schema_and_samples(spider):
     assert text.startswith("perpetrator(Perpetrator_ID number PK [1], People_ID number [1]")
 
 
+@pytest.mark.parametrize("folder", ["a#b", "a?b", "100%"])
+def test_sample_values_read_databases_under_any_folder_name(spider, tmp_path, folder):
+    """The database URI is escaped: '#', '?' or '%' in a folder name used to lose the sample values."""
+    import shutil
+
+    from ray_spider.prompt import read_sample_values
+
+    copy = tmp_path / folder / "singer.sqlite"
+    copy.parent.mkdir()
+    shutil.copy(spider.db_path("concert_singer"), copy)
+    assert read_sample_values(copy, "singer", "Name", 2) == ["Joe Sharp", "Timbaland"]
+
+
 def test_version_tracks_template_and_options():
     base = prompt_version(PromptConfig())
     assert base == prompt_version(PromptConfig())

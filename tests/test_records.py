@@ -17,3 +17,19 @@ def test_best_round_tie_prefers_earlier_step():
 
 def test_best_round_without_eval():
     assert best_round([{"step": 1, "train_loss": 1.0}]) is None
+
+
+def test_best_round_is_one_rule_for_runs_and_trials():
+    """The sweep's trials table picks by its objective, from Tune rows where NaN marks no score."""
+    rounds = [{"step": 2, "dev_ex": float("nan"), "dev_em": 0.1}, {"step": 4, "dev_ex": 0.2, "dev_em": 0.3}, {"step": 6, "dev_ex": 0.4, "dev_em": 0.3}]
+    assert best_round(rounds)["step"] == 6
+    assert best_round(rounds, metric="dev_em")["step"] == 4
+
+
+def test_experiment_uri_is_built_once():
+    from ray_spider.storage import experiment_uri, storage, train_runs_path
+
+    assert experiment_uri("s3://bucket/sweeps/", "sweep-a") == "s3://bucket/sweeps/sweep-a"
+    filesystem, path = storage(experiment_uri("runs/sweeps", "sweep-a"))
+    assert path.endswith("/runs/sweeps/sweep-a") and path.startswith("/")
+    assert train_runs_path(path) == path + "/train_runs"

@@ -6,7 +6,7 @@ they agree on EM, on the gold's hardness, on the pred's hardness, and on the par
 
     git -C /work/.mirror/taoyds+spider/repo archive HEAD evaluation.py process_sql.py \
         | tar -x -C /tmp/spider_official            # (mkdir it first)
-    pip install nltk                                 # for the official code only
+    pip install nltk==3.10.3                         # for the official code only (the nltk our copy freezes)
     python tools/em_agreement.py --official /tmp/spider_official --spider $SPIDER_DIR \
         [--preds FILE[:GOLD_FILE] ...] [--perturbations 8000] [--seed 0] [--show 15]
 

@@ -6,7 +6,7 @@ triples and reports, per source of pairs, how often the EX verdicts agree. Not r
 
     mkdir -p /tmp/ts_official
     git -C /work/.mirror/taoyds+test-suite-sql-eval/repo archive HEAD | tar -x -C /tmp/ts_official
-    pip install tqdm sqlparse                        # for the official code only
+    pip install tqdm sqlparse==0.6.0                 # for the official code only (the sqlparse our copy freezes)
     python tools/ex_agreement.py --official /tmp/ts_official --spider $SPIDER_DIR \
         [--preds PRED_FILE:GOLD_FILE ...] [--perturbations 6000] [--seed 0] [--timeout 5] [--show 15]
 
@@ -47,9 +47,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from em_agreement import split_top_level  # noqa: E402  (tools/ is on sys.path when run as a script)
-from ray_spider.evaluation.execution import GoldQueryError, execution_match, official_cleanup, results_match  # noqa: E402
+from ray_spider.evaluation.execution import execution_match, official_cleanup, results_match  # noqa: E402
+from ray_spider.evaluation.inputs import GoldError  # noqa: E402
 
-GOLD_ERROR = "gold_error"  # gold failed: we raise GoldQueryError, the official asserts
+GOLD_ERROR = "gold_error"  # gold failed: we raise GoldError, the official asserts
 CRASH = "crash"  # the official raised something else (an empty prediction: sqlparse finds no statement)
 OFFICIAL_LIMIT_S = 120  # an official call still running after this is counted as a crash
 
@@ -97,7 +98,7 @@ def official_ex(exec_eval, db_path: Path, gold: str, pred: str):
 def our_ex(db_path: Path, gold: str, pred: str, timeout_s: float):
     try:
         ex, outcome = execution_match(db_path, gold, pred, timeout_s=timeout_s)
-    except GoldQueryError:
+    except GoldError:
         return GOLD_ERROR, "gold"
     return ex, outcome.status
 

@@ -30,16 +30,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ray_spider.evaluation.inputs import GoldError, database_file
 from ray_spider.evaluation.spider_sql import SET_OPS, STAR_ID, WHERE_OPS, SqlSchema, parse_sql
 
+# Spider's hardness levels, easiest first (evaluation.py's ``levels``, without its "all").
 HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
 _IN = WHERE_OPS.index("in")
 _LIKE = WHERE_OPS.index("like")
 _GOLD_CACHE_SIZE = 4096
-
-
-class GoldSqlError(ValueError):
-    """A gold query (or its database) cannot be used: a data bug, reported with db_id and SQL."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +348,7 @@ class ExactMatcher:
         self._reset_caches()
 
     def hardness(self, gold_sql: str, db_id: str) -> str:
-        """'easy' | 'medium' | 'hard' | 'extra'; raises GoldSqlError if the gold does not parse."""
+        """'easy' | 'medium' | 'hard' | 'extra'; raises GoldError if the gold does not parse."""
         return self._gold_forms(gold_sql, db_id)[0]
 
     def match(self, gold_sql: str, pred_sql: str, db_id: str) -> bool:
@@ -365,9 +363,9 @@ class ExactMatcher:
 
     def schema(self, db_id: str) -> SqlSchema:
         if db_id not in self._schemas:
-            path = self.db_dir / db_id / f"{db_id}.sqlite"
+            path = database_file(self.db_dir, db_id)
             if not path.is_file():
-                raise GoldSqlError(f"database file for db_id {db_id!r} not found: {path}")
+                raise GoldError(f"database file for db_id {db_id!r} not found: {path}")
             self._schemas[db_id] = SqlSchema.from_sqlite(path)
         return self._schemas[db_id]
 
@@ -376,7 +374,7 @@ class ExactMatcher:
             if self._tables is None:
                 self._tables = {entry["db_id"]: entry for entry in json.loads(self.tables_json.read_text())}
             if db_id not in self._tables:
-                raise GoldSqlError(f"db_id {db_id!r} is not in {self.tables_json}")
+                raise GoldError(f"db_id {db_id!r} is not in {self.tables_json}")
             self._fk_maps[db_id] = foreign_key_map(self._tables[db_id])
         return self._fk_maps[db_id]
 
@@ -389,7 +387,7 @@ class ExactMatcher:
                 parsed = parse_sql(gold_sql, schema)
                 forms = (hardness_of(parsed), normalize(parsed, schema, fk_map))
             except Exception as exc:  # any failure on a gold query is a data bug
-                raise GoldSqlError(f"gold SQL for db_id {db_id!r} does not parse ({exc}): {gold_sql}") from exc
+                raise GoldError(f"gold SQL for db_id {db_id!r} does not parse ({exc}): {gold_sql}") from exc
             if len(self._gold) >= _GOLD_CACHE_SIZE:
                 self._gold.clear()
             self._gold[key] = forms

@@ -13,38 +13,31 @@ Scoring runs in a process pool (one SQLite connection and parser cache per proce
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from rich.progress import Progress
 from rich.table import Table
 
-from ray_spider.evaluation.exact_match import ExactMatcher
-from ray_spider.evaluation.execution import GoldQueryError, execution_match, interrupts_recorded
-from ray_spider.errors import UserError
+from ray_spider.evaluation.exact_match import HARDNESS_LEVELS, ExactMatcher
+from ray_spider.evaluation.execution import execution_match, interrupts_recorded, plug_value_placeholder
+from ray_spider.evaluation.inputs import EvalInputError, GoldError, GoldQuery, check_inputs, database_file, read_gold_file, read_pred_file
 
-HARDNESS_LEVELS = ("easy", "medium", "hard", "extra")
+__all__ = [
+    "ERROR_TYPES", "HARDNESS_LEVELS", "DataError", "EvalInputError", "ExampleScore", "GoldQuery", "Rates", "Report",
+    "Summary", "per_example_records", "read_gold_file", "read_pred_file", "score", "summary_table",
+]
+
 ERROR_TYPES = ("no_sql", "syntax_error", "unknown_table_or_column", "wrong_result", "timeout", "error")
 CHUNK = 16
 # The pool's default size: all cores, at most this many. Forking a worker from a process that holds
 # a model on the GPU (predict, the dev rounds in training) costs more than it scores: on a 32-core
 # H200 host dev-972 scored in 0.43 s with 8 workers and 0.80-0.85 s with 32 (docs/benchmarks.md).
 DEFAULT_MAX_WORKERS = 8
-
-
-class EvalInputError(UserError, ValueError):
-    """A gold or prediction file is malformed; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class GoldQuery:
-    sql: str
-    db_id: str
 
 
 @dataclass
@@ -61,113 +54,69 @@ class ExampleScore:
     pred_error: str | None = None
 
 
+@dataclass(frozen=True)
+class DataError:
+    """A gold query that could not be used (a GoldError): left out of the scores, reported."""
+
+    index: int
+    db_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rates:
+    """EX and EM rates (0..1) over n scored questions; 0.0 when n is 0."""
+
+    n: int
+    ex: float
+    em: float
+
+    @classmethod
+    def of(cls, scores: list[ExampleScore]) -> Rates:
+        n = len(scores)
+        return cls(n, sum(s.ex for s in scores) / n if n else 0.0, sum(s.em for s in scores) / n if n else 0.0)
+
+
+@dataclass(frozen=True)
+class Summary(Rates):
+    """The scores of a prediction file: overall rates, per hardness level, wrong answers by error type.
+
+    ``to_dict()`` is the JSON of ``ray-spider eval --json`` and of summary.json (keys in this order).
+    """
+
+    by_hardness: dict[str, Rates]  # every level of HARDNESS_LEVELS, in that order
+    error_types: dict[str, int]  # ERROR_TYPES -> count among the wrong answers (absent: none)
+    skipped_missing_db: int  # questions not scored: their database file is missing
+    skipped_db_ids: list[str]
+    gold_errors: int  # questions left out: their gold query failed (DataError)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Summary:
+        """Read back ``to_dict()`` (or a summary.json); keys of a subclass's fields may be absent."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["by_hardness"] = {level: Rates(**row) for level, row in data["by_hardness"].items()}
+        return cls(**values)
+
+
 @dataclass
 class Report:
     scores: list[ExampleScore]
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (index, db_id) with no database
-    data_errors: list[tuple[int, str, str]] = field(default_factory=list)  # (index, db_id, message)
+    data_errors: list[DataError] = field(default_factory=list)
 
-    def summary(self) -> dict:
-        def rates(scores: list[ExampleScore]) -> dict:
-            n = len(scores)
-            return {"n": n, "ex": sum(s.ex for s in scores) / n if n else 0.0, "em": sum(s.em for s in scores) / n if n else 0.0}
-
-        return {
-            **rates(self.scores),
-            "by_hardness": {level: rates([s for s in self.scores if s.hardness == level]) for level in HARDNESS_LEVELS},
-            "error_types": dict(Counter(s.error_type for s in self.scores if s.error_type)),
-            "skipped_missing_db": len(self.skipped),
-            "skipped_db_ids": sorted({db_id for _, db_id in self.skipped}),
-            "gold_errors": len(self.data_errors),
-        }
-
-
-def read_text_lines(path: str | os.PathLike, what: str) -> str:
-    """The text of a UTF-8 file, a leading byte-order mark dropped (editors on Windows write one; it
-    would be read as part of the first query). EvalInputError naming the file and line otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"{what} not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise EvalInputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the {what} as UTF-8") from None
-
-
-def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
-    path = Path(path)
-    golds = []
-    for number, line in enumerate(read_text_lines(path, "gold file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        sql, sep, db_id = line.rstrip().rpartition("\t")
-        if not sep or not sql.strip() or not db_id.strip():
-            raise EvalInputError(f"{path}:{number}: expected 'SQL<TAB>db_id', got {line[:80]!r}")
-        golds.append(GoldQuery(sql.strip(), db_id.strip()))
-    return golds
-
-
-def read_pred_file(path: str | os.PathLike) -> list[str]:
-    lines = read_text_lines(path, "prediction file").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the file's final newline ends the last line; it is not an empty prediction
-    # As both official evaluators read it: a tab ends the SQL (so dev_gold.sql itself is a valid PRED).
-    return [line.split("\t")[0].strip() for line in lines]
-
-
-TABLE_KEYS = ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys", "foreign_keys")
-
-
-def read_tables_file(path: str | os.PathLike) -> dict[str, dict]:
-    """db_id -> schema entry of a Spider tables.json; EvalInputError naming the file and what is wrong
-    (not JSON, a truncated file, or another Spider file such as dev.json)."""
-    path = Path(path)
-    text = read_text_lines(path, "tables file")
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EvalInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); --table takes Spider's tables.json") from None
-    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-        raise EvalInputError(f"{path}: expected a JSON list of database schemas (Spider's tables.json), got {type(entries).__name__}")
-    for position, entry in enumerate(entries):
-        missing = [key for key in TABLE_KEYS if key not in entry]
-        if missing:
-            raise EvalInputError(
-                f"{path}: entry {position} is not a database schema: it lacks {', '.join(missing)} "
-                f"(has {', '.join(list(entry)[:6])}); --table takes Spider's tables.json"
-            )
-    return {entry["db_id"]: entry for entry in entries}
-
-
-def check_inputs(golds: list[GoldQuery], db_dir: Path, tables_json: Path) -> None:
-    """Raise EvalInputError when the inputs cannot give a true score: a tables file that is not one,
-    a gold db_id it does not describe, or a database folder holding none of the gold databases (an
-    all-skipped, all-zero table would look like a result). A db_id described in tables.json whose
-    .sqlite file is absent is not an error: it is skipped and reported (Spider ships dev without wta_1)."""
-    if not db_dir.is_dir():
-        raise EvalInputError(f"database folder not found: {db_dir}")
-    tables = read_tables_file(tables_json)
-    db_ids = sorted({gold.db_id for gold in golds})
-    unknown = [db_id for db_id in db_ids if db_id not in tables]
-    if unknown:
-        raise EvalInputError(
-            f"{len(unknown)} gold db_id(s) are not in {tables_json}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
-            f"(is --table the tables.json of the gold file's Spider release?)"
+    def summary(self) -> Summary:
+        return Summary(
+            **asdict(Rates.of(self.scores)),
+            by_hardness={level: Rates.of([s for s in self.scores if s.hardness == level]) for level in HARDNESS_LEVELS},
+            error_types=dict(Counter(s.error_type for s in self.scores if s.error_type)),
+            skipped_missing_db=len(self.skipped),
+            skipped_db_ids=sorted({db_id for _, db_id in self.skipped}),
+            gold_errors=len(self.data_errors),
         )
-    if db_ids and not any(database_file(db_dir, db_id).is_file() for db_id in db_ids):
-        nested = db_dir / "database"
-        hint = f"; did you mean --db {nested}?" if nested.is_dir() else ""
-        raise EvalInputError(
-            f"--db {db_dir} holds none of the {len(db_ids)} gold databases: expected {db_dir}/<db_id>/<db_id>.sqlite, "
-            f"e.g. {database_file(db_dir, db_ids[0])}{hint}"
-        )
-
-
-def database_file(db_dir: Path, db_id: str) -> Path:
-    """Spider's layout: DB_DIR/<db_id>/<db_id>.sqlite."""
-    return db_dir / db_id / f"{db_id}.sqlite"
 
 
 def error_type(ex: bool, pred_status: str) -> str | None:
@@ -186,15 +135,13 @@ class _Scorer:
         self.matcher = ExactMatcher(db_dir, tables_json)
         self.timeout_s = timeout_s
 
-    def __call__(self, index: int, gold: GoldQuery, pred: str) -> ExampleScore | tuple[int, str, str]:
+    def __call__(self, index: int, gold: GoldQuery, pred: str) -> ExampleScore | DataError:
         db_path = database_file(self.db_dir, gold.db_id)
         try:
-            # The test-suite evaluator runs every prediction with "value" replaced by "1" (a leftover
-            # of value-less predictions); EX does the same so the two agree per example.
-            ex, outcome = execution_match(db_path, gold.sql, pred.replace("value", "1"), timeout_s=self.timeout_s)
+            ex, outcome = execution_match(db_path, gold.sql, plug_value_placeholder(pred), timeout_s=self.timeout_s)
             hardness = self.matcher.hardness(gold.sql, gold.db_id)
-        except (GoldQueryError, ValueError) as exc:
-            return (index, gold.db_id, str(exc))
+        except GoldError as exc:
+            return DataError(index, gold.db_id, str(exc))
         em = self.matcher.match(gold.sql, pred, gold.db_id) if pred else False
         return ExampleScore(
             index, gold.db_id, hardness, ex, em, outcome.status, error_type(ex, outcome.status), gold.sql, pred, outcome.error
@@ -209,7 +156,7 @@ def _init_process(db_dir: Path, tables_json: Path, timeout_s: float) -> None:
     _process_scorer = _Scorer(db_dir, tables_json, timeout_s)
 
 
-def _score_chunk(chunk: list[tuple[int, GoldQuery, str]]) -> list:
+def _score_chunk(chunk: list[tuple[int, GoldQuery, str]]) -> list[ExampleScore | DataError]:
     return [_process_scorer(*item) for item in chunk]
 
 
@@ -272,7 +219,7 @@ def _init_worker(*init_args) -> None:
     _init_process(*init_args)
 
 
-def summary_table(summary: dict, title: str = "Spider evaluation") -> Table:
+def summary_table(summary: Summary, title: str = "Spider evaluation") -> Table:
     """Count, EX and EM per hardness level and overall, then the wrong predictions by error type.
     A level without questions shows '-' (a rate of nothing is not 0)."""
     table = Table(title=title)
@@ -280,15 +227,15 @@ def summary_table(summary: dict, title: str = "Spider evaluation") -> Table:
     for column in ("count", "EX", "EM"):
         table.add_column(column, justify="right")
     for level in (*HARDNESS_LEVELS, "all"):
-        row = summary if level == "all" else summary["by_hardness"][level]
-        rates = (f"{row['ex']:.3f}", f"{row['em']:.3f}") if row["n"] else ("-", "-")
-        table.add_row(level, str(row["n"]), *rates, end_section=level == HARDNESS_LEVELS[-1])
-    counts = summary.get("error_types", {})
+        row = summary if level == "all" else summary.by_hardness[level]
+        rates = (f"{row.ex:.3f}", f"{row.em:.3f}") if row.n else ("-", "-")
+        table.add_row(level, str(row.n), *rates, end_section=level == HARDNESS_LEVELS[-1])
+    counts = summary.error_types
     wrong = sum(counts.values())
     table.add_section()
     for kind in ERROR_TYPES:
         table.add_row(f"wrong: {kind}", str(counts.get(kind, 0)), "", "")
-    table.caption = f"{wrong} of {summary['n']} predictions wrong (EX), by error type"
+    table.caption = f"{wrong} of {summary.n} predictions wrong (EX), by error type"
     return table
 
 

@@ -34,14 +34,21 @@ Quirks kept on purpose (each changes EM on real predictions):
 - Two conditions with no AND/OR between them are both kept, side by side, in the flat list.
 - Anything after the last clause that the grammar stops at is ignored.
 Any failure, whatever its cause, is a parse error (the official tool catches them all).
+
+``word_split`` is our copy of nltk 3.10.3's ``NLTKWordTokenizer`` (``word_tokenize`` with
+``preserve_line=True``), frozen at that version on purpose: EM is defined by the tokens the
+official parser got, and nltk's plain ``word_tokenize`` also needs the punkt model, a download at
+run time. A new nltk release may split some text differently, which would silently move our EM
+away from the official per example. Re-check with tools/em_agreement.py before changing the rules.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ray_spider.evaluation.inputs import read_only_connection
 
 AGG_OPS = ("none", "max", "min", "count", "sum", "avg")
 WHERE_OPS = ("not", "between", "=", ">", "<", ">=", "<=", "!=", "in", "like", "is", "exists")
@@ -85,19 +92,12 @@ class SqlSchema:
     @classmethod
     def from_sqlite(cls, path: Path) -> SqlSchema:
         """Read the schema the way the official tool does: from the database file itself."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"database file not found: {path}")
-        # Read-only URI: a plain connect() would create an empty database at a wrong path.
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
+        with read_only_connection(path) as conn:
             tables = [row[0].lower() for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             columns: dict[str, list[str]] = {}
             for table in tables:
                 info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
                 columns[table] = [row[1].lower() for row in info]
-        finally:
-            conn.close()
         return cls(columns)
 
 
