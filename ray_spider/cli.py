@@ -108,13 +108,13 @@ def _run_config(config: Path | None, overrides: list[str] = ()):
     return load_run_config(config, overrides)
 
 
-def _job_config(config: Path | None, overrides: list[str]):
-    """The run config of a command that loads a model. The Spider folder, the model spec and the output
-    folder are checked here, so that a mistake in any is named before Ray starts or a model loads."""
+def _job_config(config: Path | None, overrides: list[str], splits: tuple[str, ...] = ("dev",)):
+    """The run config of a command that loads a model. The Spider folder (its files for ``splits``) and
+    the model spec are checked here, so that a mistake in either is named before Ray starts or a model loads."""
     from ray_spider.model import check_model_spec
 
     cfg = _run_config(config, overrides)
-    _spider(None, cfg.data)
+    _spider(None, cfg.data).check(splits)
     check_model_spec(cfg.model.name)
     return cfg
 
@@ -254,7 +254,7 @@ def setup_model(
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """One QLoRA SFT run through Ray Train, with dev EX/EM during training; writes a run folder."""
-    cfg = _job_config(config, overrides or [])
+    cfg = _job_config(config, overrides or [], splits=("dev", "train"))
     require_adapter(cfg, str(config))
     check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
     from ray_spider.train import run_training  # slow to import: after the checks
@@ -295,7 +295,7 @@ def predict(
         fail(f"--split must be dev or train, got {split!r}")
     from ray_spider.model import check_adapter
 
-    cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
+    cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])], splits=(split,))
     check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True)
     if adapter is not None:
         check_adapter(adapter, cfg.model)
@@ -320,7 +320,7 @@ def sweep(
     from ray_spider.storage import experiment_uri
 
     sweep_cfg = load_sweep_config(sweep_file, overrides or [])
-    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
+    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {}))).check(("dev", "train"))  # named before Ray starts
     check_model_spec(build_run_config(sweep_cfg.base).model.name)
     from ray_spider.tune import check_experiment_folder, run_sweep  # imports Ray: after the checks
 

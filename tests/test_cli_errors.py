@@ -3,6 +3,7 @@ loads, with user text shown as typed (never read as markup); tracebacks only wit
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,19 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
     not_a_model = tmp / "not-a-model"
     not_a_model.mkdir(exist_ok=True)
     a_file = write(tmp / "a-file.txt", "x")
+    broken_spider = tmp / "broken-spider"
+    if not broken_spider.exists():
+        broken_spider.mkdir()
+        (broken_spider / "tables.json").symlink_to(Path(os.environ["SPIDER_DIR"]) / "tables.json")
+        write(broken_spider / "dev.json", '[{"db_id": "concert_singer", "question": "How many?", "que')
+    no_databases = tmp / "no-databases"
+    if not no_databases.exists():
+        no_databases.mkdir()
+        for name in ("tables.json", "dev.json"):
+            (no_databases / name).symlink_to(Path(os.environ["SPIDER_DIR"]) / name)
     return [
+        (["baseline", SMOKE, f"data.spider_dir={broken_spider}"], "dev.json: not valid JSON"),
+        (["predict", "--out", str(tmp / "preds"), f"data.spider_dir={no_databases}"], "holds none of the dev databases"),
         (["prompt", "--db-id", "x[/b]", "--question", "q"], "'x[/b]' is not in"),
         (["prompt", "--db-id", "concert_singe", "--question", "q"], "did you mean concert_singer"),
         (["train", SMOKE, "train.learnin_rate=1e-4"], "did you mean learning_rate"),
@@ -62,7 +75,7 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-CASES = 29  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 31  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))
