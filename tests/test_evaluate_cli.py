@@ -222,3 +222,10 @@ def test_summary_keeps_its_json_shape(spider_dir):
     assert data["by_hardness"]["easy"] == {"n": 1, "ex": 1.0, "em": 1.0}
     assert list(data["by_hardness"]) == ["easy", "medium", "hard", "extra"]
     assert Summary.from_dict(json.loads(json.dumps(data))) == report.summary()
+
+
+@pytest.mark.parametrize("flag, value", [("--timeout", "-1"), ("--timeout", "0"), ("--workers", "0")])
+def test_a_timeout_or_pool_that_cannot_score_is_an_error(spider_dir, tmp_path, flag, value):
+    gold, pred = write_pair(tmp_path)
+    result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json", flag, value)
+    assert_user_error(result, value)

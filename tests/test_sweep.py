@@ -314,3 +314,15 @@ def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_the_first_error(tiny_
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "no_such_kernel" in result.stderr
+
+
+def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(tiny_dir, spider_dir, tmp_path):
+    """Tune answers SIGINT by saving its state and returning from fit() as if done; the sweep must
+    still end as interrupted (exit 130) and say how to continue."""
+    process = start(sweep_command(tmp_path, tiny_dir, 2, "base.train.max_steps=1000"), tmp_path / "sweep.log")
+    wait_for(lambda: list((tmp_path / "sweep-smoke-cpu").glob("trial_*")), 600, "a trial to start", process)
+    time.sleep(5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=300) == 130, (tmp_path / "sweep.log").read_text()[-3000:]
+    log = " ".join((tmp_path / "sweep.log").read_text().split())
+    assert "interrupted: the sweep stopped with 0 of 2 trials finished" in log and "--resume" in log

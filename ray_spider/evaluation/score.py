@@ -170,6 +170,10 @@ def score(
     progress: bool = True,
 ) -> Report:
     """EX and EM of each prediction against its gold query; see the module docstring."""
+    if not timeout_s > 0:
+        raise EvalInputError(f"the query timeout must be more than 0 seconds, got {timeout_s:g} (a prediction would time out before it runs)")
+    if workers is not None and workers < 1:
+        raise EvalInputError(f"scoring workers must be at least 1, got {workers}")
     if len(golds) != len(preds):
         raise EvalInputError(f"{len(golds)} gold queries but {len(preds)} predictions: the files must have one line per question, in the same order")
     db_dir, tables_json = Path(db_dir), Path(tables_json)
