@@ -26,6 +26,7 @@ from typer.core import TyperGroup
 
 from ray_spider.config import ConfigError, DataConfig, load_run_config, require_adapter
 from ray_spider.errors import UserError, check_output, write_atomically
+from ray_spider.evaluation.inputs import EvalInputError
 from ray_spider.spider import Spider
 
 console = Console(stderr=True)
@@ -48,14 +49,15 @@ def leaving(message: str) -> None:
 class GuardedGroup(TyperGroup):
     """The one place where user errors and Ctrl-C end a command.
 
-    ``UserError`` (config, paths, file contents, model/adapter folders, outputs): one ``error:`` line,
-    exit 2. Ctrl-C: one ``interrupted:`` line saying what was left, exit 130. Anything else is a bug
-    and keeps its traceback, as do user errors under ``--debug``."""
+    ``UserError`` (config, paths, file contents, model/adapter folders, outputs) and the evaluator's
+    ``EvalInputError`` (the evaluator stands alone, so it does not share the base class): one
+    ``error:`` line, exit 2. Ctrl-C: one ``interrupted:`` line saying what was left, exit 130.
+    Anything else is a bug and keeps its traceback, as do user errors under ``--debug``."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as exc:
+        except (UserError, EvalInputError) as exc:
             if ctx.params.get("debug"):
                 raise
             fail(str(exc))

@@ -1,7 +1,8 @@
 """The user-error family: every mistake a user can fix (a path, a file's contents, a config key, a
 model or adapter folder, an output folder) raises a ``UserError`` naming the file/key/value and what
-would be valid. The CLI catches the family in one place (``cli.GuardedGroup``) and prints one
-``error:`` line with exit status 2; anything else is a bug and keeps its traceback.
+would be valid. The CLI catches the family in one place (``cli.GuardedGroup``), together with the
+evaluator's ``EvalInputError`` (the evaluator package stands alone and imports nothing from here),
+and prints one ``error:`` line with exit status 2; anything else is a bug and keeps its traceback.
 
     raise UserError(f"{path}: not valid JSON ({exc})")
 """

@@ -5,9 +5,11 @@
 ``train_loop`` runs on every Ray Train worker (DDP across workers, one GPU each when there are
 GPUs). Every ``train.eval_every_steps`` optimizer steps, and at the end, the workers generate the
 dev answers (each its own shard), rank 0 scores them with the evaluator, and every worker calls
-``ray.train.report`` with dev_ex/dev_em; rank 0 attaches the adapter (PEFT format) and its dev
-predictions as the checkpoint. Ray keeps the best checkpoints by dev_ex. The Ray-specific lines
-are marked ``# Ray:``.
+``ray.train.report`` with dev_ex/dev_em; rank 0 attaches the checkpoint: the adapter (PEFT
+format), its dev predictions (dev_eval/) and the Trainer's state at that step (optimizer,
+scheduler, RNG, data position). Ray keeps the best checkpoints by dev_ex, and the latest; a run
+restarted under the same name (a retried sweep trial) resumes from the latest. The Ray-specific
+lines are marked ``# Ray:``.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
 
 
 class DevEvalCallback(TrainerCallback):
-    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with the adapter."""
+    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with its checkpoint."""
 
     def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev, device):
         self.cfg, self.prompter, self.tokenizer, self.dev, self.device = cfg, prompter, tokenizer, dev, device

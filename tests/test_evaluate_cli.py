@@ -229,3 +229,16 @@ def test_a_timeout_or_pool_that_cannot_score_is_an_error(spider_dir, tmp_path, f
     gold, pred = write_pair(tmp_path)
     result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json", flag, value)
     assert_user_error(result, value)
+
+
+def test_the_evaluator_imports_nothing_from_the_training_side():
+    """ray_spider/evaluation/ is a product of its own: only the standard library, rich, and itself."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "ray_spider" / "evaluation"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith("ray_spider") or name.startswith("ray_spider.evaluation"), f"{path.name} imports {name}"
+                assert name.split(".")[0] not in {"torch", "transformers", "ray", "peft", "trl", "datasets"}, f"{path.name} imports {name}"

@@ -22,10 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray_spider.errors import UserError
 
 
-class EvalInputError(UserError, ValueError):
+class EvalInputError(ValueError):
     """A gold or prediction file is malformed or missing; the message names the file and line."""
 
 
