@@ -9,6 +9,7 @@ and prints one ``error:`` line with exit status 2; anything else is a bug and ke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -56,6 +57,4 @@ def write_atomically(path: str | Path, text: str) -> None:
 
 
 def _writable(folder: Path) -> bool:
-    import os
-
     return os.access(folder, os.W_OK | os.X_OK)
