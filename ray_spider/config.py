@@ -27,6 +27,14 @@ LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 OFFLINE_MODEL = "smollm2-135m-instruct"
 
 
+# transformers' SchedulerType values (tests/test_config.py checks the copy against the installed
+# transformers): checked here, a typo fails before Ray starts instead of inside the training worker.
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+]
+
+
 class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -89,7 +97,7 @@ class TrainConfig(_Strict):
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
     group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
-    lr_scheduler: str = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
+    lr_scheduler: LrScheduler = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of all optimizer steps spent warming the learning rate up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, slower")
