@@ -332,9 +332,9 @@ def start_ray(log_to_driver: bool = True) -> None:
         os.environ.setdefault(key, value)  # the driver's children (Ray's local cluster) inherit them
     if ray.is_initialized():
         return
-    existing = canonicalize_bootstrap_address(None)  # Ray's own lookup, the one ray.init makes next
+    existing = canonicalize_bootstrap_address(None)  # Ray's own lookup, the one ray.init makes next (only said here)
     ray.init(
-        address=existing, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False if existing is None else None,
+        runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
         log_to_driver=log_to_driver, logging_level=logging.INFO if log_to_driver else logging.WARNING,
     )
     if existing:

@@ -139,6 +139,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+# Ray enables token authentication by default once a token exists in ~/.ray (any local ray.init
+# writes one), and then a driver joining with RAY_ADDRESS is refused unless it is in token mode too:
+# the private head and the drivers that join it are told the same mode.
+PRIVATE_RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
 @contextlib.contextmanager
 def private_ray_cluster(num_cpus: int):
     """A Ray head of this test only: its own temp dir and free ports (Ray's defaults would join or
@@ -156,7 +162,7 @@ def private_ray_cluster(num_cpus: int):
             f"--min-worker-port={workers}", f"--max-worker-port={workers + 50}",
             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
         ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **PRIVATE_RAY_ENV},
     )
     address = f"127.0.0.1:{gcs}"
     try:
@@ -181,7 +187,7 @@ def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spide
     with private_ray_cluster(num_cpus=3) as address:
         result = subprocess.run(
             sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
-            capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": address},
+            capture_output=True, text=True, timeout=900, env={**os.environ, **PRIVATE_RAY_ENV, "RAY_ADDRESS": address},
         )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(rf"joined the Ray cluster at [\d.]+:{address.rsplit(':', 1)[1]} \(\$RAY_ADDRESS", result.stderr)
