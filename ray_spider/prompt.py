@@ -12,6 +12,7 @@ and run; change any of them and the version changes.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -20,7 +21,7 @@ from functools import lru_cache
 
 from ray_spider.config import PromptConfig
 from ray_spider.evaluation.inputs import read_only_connection
-from ray_spider.spider import Spider
+from ray_spider.spider import Spider, SpiderError
 
 USER_TEMPLATE = "<SCHEMA>\n{schema}\n</SCHEMA>\n\nQuestion: {question}"
 # Bump when the serializers below change their output for the same options.
@@ -161,7 +162,9 @@ class Prompter:
 
     def _schema(self, db_id: str) -> str:
         if db_id not in self.spider.tables:
-            raise KeyError(f"db_id {db_id!r} is not in {self.spider.root / 'tables.json'}")
+            close = difflib.get_close_matches(db_id, self.spider.tables, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(self.spider.tables)} databases there)"
+            raise SpiderError(f"db_id {db_id!r} is not in {self.spider.root / 'tables.json'}{hint}")
         db_path = self.spider.db_path(db_id)
         return serialize_schema(self.spider.tables[db_id], self.cfg, db_path if db_path.is_file() else None)
 

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,16 @@ class RunFolder:
         write_metrics(history, self.path)
         plot_curves(history, self.path / "curves.png", title=self.path.name)
 
+    @contextmanager
+    def removed_if_interrupted(self, what: str = "stopped"):
+        """Ctrl-C inside the block removes the folder: without adapter, metrics and report it would
+        pass for a run, and nothing in it is usable. The KeyboardInterrupt goes on, saying so."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise KeyboardInterrupt(f"{what}; removed the unfinished run folder {self.path}") from None
+
     def finish(self, prompt_version: str, command: str, **info) -> None:
         """manifest.json (with ``info``) and report.md, from the dev summary when there is one."""
         finish_run(self.path, self.cfg, prompt_version, read_summary(self.path), command, **info)
@@ -118,14 +129,18 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and value == value
 
 
-def best_round(rounds: list[dict], metric: str = "dev_ex") -> dict | None:
+def best_round(rounds: list[dict], metric: str = "dev_ex", kept=None) -> dict | None:
     """The eval round with the highest ``metric``; the earliest wins a tie (fewer steps, same score).
 
     The one rule for "best" of a run (run folders) and of a trial (the sweep's trials table).
     Rounds without the metric (train-loss rows) are ignored; None when no round has it.
+    ``kept(round)``: whether its checkpoint still exists. Ray Train keeps only keep_checkpoints of
+    them and among tied rounds deletes the earliest first, so the best round is then chosen among
+    the kept ones (all rounds when none is kept).
     """
     evaluated = [row for row in rounds if is_number(row.get(metric))]
-    return max(evaluated, key=lambda row: (row[metric], -row.get("step", 0))) if evaluated else None
+    candidates = [row for row in evaluated if kept(row)] if kept else []
+    return max(candidates or evaluated, key=lambda row: (row[metric], -row.get("step", 0))) if evaluated else None
 
 
 def metrics_by_step(history: list[dict]) -> list[dict]:
@@ -177,7 +192,8 @@ def hardness_table_md(summary: Summary) -> str:
     lines = ["| level | count | EX | EM |", "| --- | ---: | ---: | ---: |"]
     for level in (*HARDNESS_LEVELS, "all"):
         row = summary if level == "all" else summary.by_hardness[level]
-        lines.append(f"| {level} | {row.n} | {row.ex:.3f} | {row.em:.3f} |")
+        rates = f"{row.ex:.3f} | {row.em:.3f}" if row.n else "- | -"  # a rate of no questions is not 0
+        lines.append(f"| {level} | {row.n} | {rates} |")
     return "\n".join(lines)
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ray_spider.errors import UserError
 from ray_spider.evaluation.inputs import database_file
 
 SPLIT_FILES = {"train": "train_spider.json", "train_others": "train_others.json", "dev": "dev.json"}
 
 
-class SpiderError(ValueError):
+class SpiderError(UserError, ValueError):
     """Spider files are missing or malformed; the message names the path."""
 
 
@@ -46,9 +47,11 @@ def _read_json_list(path: Path) -> list[dict]:
     if not path.is_file():
         raise SpiderError(f"Spider file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise SpiderError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise SpiderError(f"{path}: not valid JSON ({exc})") from exc
+        raise SpiderError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, list):
         raise SpiderError(f"{path}: expected a JSON list, got {type(data).__name__}")
     return data
@@ -84,6 +87,17 @@ class Spider:
             if entry["db_id"] not in self.tables:
                 raise SpiderError(f"{path}: entry {index} uses db_id {entry['db_id']!r}, which tables.json does not describe")
         return examples
+
+    def check(self, splits: tuple[str, ...] = ("dev",)) -> None:
+        """Read tables.json and these splits' files now, so that a missing or malformed one is named
+        before Ray starts or a model loads; dev must have databases to score against."""
+        for split in splits:
+            examples = self.examples(split)
+            if split == "dev" and examples and not self.executable(examples)[0]:
+                raise SpiderError(
+                    f"{self.root / 'database'} holds none of the dev databases (expected database/<db_id>/<db_id>.sqlite, "
+                    f"e.g. {self.db_path(examples[0].db_id)})"
+                )
 
     def db_path(self, db_id: str) -> Path:
         """database/<db_id>/<db_id>.sqlite (the layout's owner: evaluation.inputs.database_file)."""

@@ -75,11 +75,11 @@ def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
     config as ``out/config.yaml`` (for `ray-spider predict --config` and `ray-spider train`); return
     its trials-table row."""
     from ray_spider.records import write_config
-    from ray_spider.tune import read_sweep, trial_rows, trial_run_config
+    from ray_spider.tune import SweepError, read_sweep, trial_rows, trial_run_config
 
     rows = [row for row in trial_rows(experiment) if row["checkpoint_uri"]]
     if not rows:
-        raise FileNotFoundError(f"no trial of {experiment} has reported a checkpoint yet")
+        raise SweepError(f"no trial of {experiment} has a checkpoint in storage (none reported yet, or the sweep was copied without its train_runs/)")
     best = rows[0]
     filesystem, path = storage(experiment)
     out.mkdir(parents=True, exist_ok=True)

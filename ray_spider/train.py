@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import nullcontext
 import time
@@ -33,8 +34,9 @@ from trl import SFTConfig, SFTTrainer
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.memory import resolve_memory_settings
-from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model
+from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
+from ray_spider.progress import LOG_FILE, PROGRESS_FILE, ProgressFile, output_to, show_progress
 from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
 
@@ -102,6 +104,7 @@ class DevEvalCallback(TrainerCallback):
         self.history: list[dict] = []  # every logged loss and every eval round, for the run records
         self.last_eval_step = -1
         self.start_s: float | None = None  # from launching the Ray Train job to train_loop: Ray's part of the start-up
+        self.progress: ProgressFile | None = None  # rank 0 of a `train` run: the terminal's progress bar reads it
         self.setup_s: float | None = None  # from there to the first step: model, data, tokenizing
         self.steps_started = 0.0  # when the optimizer steps since the last round began
 
@@ -163,6 +166,8 @@ class DevEvalCallback(TrainerCallback):
         self.eval_seconds += time.perf_counter() - started
         measured = {"train_s": steps_s, **{key: gb for key, gb in peaks.items() if gb is not None}}
         metrics = self._round_metrics(state, result, measured)
+        if self.progress is not None and metrics:
+            self.progress.dev_round(metrics["step"], metrics["dev_ex"])
         if self.world > 1:
             shared = [metrics]
             dist.broadcast_object_list(shared, src=0)
@@ -172,7 +177,7 @@ class DevEvalCallback(TrainerCallback):
             if self.rank == 0:
                 if trainer_checkpoint is not None:
                     shutil.copytree(trainer_checkpoint, tmp, dirs_exist_ok=True)
-                model.save_pretrained(tmp)  # PEFT format: adapter_config.json + adapter_model.safetensors
+                save_adapter(model, tmp, self.cfg.model.name)  # PEFT format: adapter_config.json + adapter_model.safetensors
                 result.write(Path(tmp) / "dev_eval")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()}
@@ -273,7 +278,14 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
 
 
 def train_loop(config: dict) -> dict:
-    """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's)."""
+    """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's).
+    With ``log_file`` in the dict, the worker's output goes there instead of the terminal; with
+    ``progress_file``, rank 0 writes its step, loss and dev EX there (progress.py)."""
+    with output_to(config["log_file"]) if config.get("log_file") else nullcontext():
+        return _train_loop(config)
+
+
+def _train_loop(config: dict) -> dict:
     from ray_spider.cli import configure_logging
 
     configure_logging()  # this is a fresh worker process
@@ -301,8 +313,10 @@ def train_loop(config: dict) -> dict:
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
     callback.start_s = start_s
+    if config.get("progress_file") and callback.rank == 0:
+        callback.progress = ProgressFile(config["progress_file"])
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, [callback])
+        trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, [callback, *([callback.progress] if callback.progress else [])])
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
             log.warning(
@@ -348,17 +362,30 @@ def resumed_step(checkpoint_dir: str | os.PathLike) -> int:
     return json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())["global_step"]
 
 
-def start_ray() -> None:
-    """Connect to Ray, starting a local cluster when none runs, with WORKER_ENV everywhere."""
+def start_ray(log_to_driver: bool = True) -> None:
+    """Connect to Ray, starting a local cluster when none runs, with WORKER_ENV everywhere.
+
+    Ray's rule picks the cluster: $RAY_ADDRESS, else the last one `ray start` left on this host, else a
+    new local one (RAY_ADDRESS=local forces that). Joining an existing cluster is said on stderr,
+    since its resources and other jobs are then shared."""
     import ray
+    from ray._private.services import canonicalize_bootstrap_address
 
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)  # the driver's children (Ray's local cluster) inherit them
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False)
+    if ray.is_initialized():
+        return
+    existing = canonicalize_bootstrap_address(None)  # Ray's own lookup, the one ray.init makes next (only said here)
+    ray.init(
+        runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
+        log_to_driver=log_to_driver, logging_level=logging.INFO if log_to_driver else logging.WARNING,
+    )
+    if existing:
+        source = "$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the cluster `ray start` left on this host"
+        print(f"joined the Ray cluster at {existing} ({source}; RAY_ADDRESS=local starts a private one)", file=sys.stderr)
 
 
-def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=()):
+def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=(), worker_files: dict | None = None):
     """The Ray Train job of one run: ``train_loop`` on cfg.train.num_workers workers, best checkpoints by dev EX."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -371,7 +398,8 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
         worker["GPU"] = gpus_per_worker or 1  # a fraction lets several trials share one GPU
     return TorchTrainer(
         train_loop,
-        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time()},  # fit() follows at once
+        # fit() follows at once; worker_files: log_file and progress_file of a `train` run (progress.py)
+        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time(), **(worker_files or {})},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=worker),
         run_config=RayRunConfig(
             name=name,
@@ -386,10 +414,16 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
     )
 
 
-def fit(cfg: RunConfig, storage_path: str, name: str):
-    """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result."""
-    start_ray()
-    return torch_trainer(cfg, storage_path, name).fit()
+def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None = None):
+    """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result. With
+    ``worker_files`` (log_file, progress_file) the workers' output goes to the log, not the terminal."""
+    start_ray(log_to_driver=not worker_files)
+    trainer = torch_trainer(cfg, storage_path, name, worker_files=worker_files)
+    try:
+        return trainer.fit()
+    except SystemExit:
+        # Ray Train's SIGINT handler aborts the run, then ends the driver with sys.exit(0): a Ctrl-C.
+        raise KeyboardInterrupt from None
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:
@@ -400,9 +434,12 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
     run = RunFolder.create(cfg)
     started = time.time()
-    result = fit(cfg, storage_path=str(run.path / "ray"), name="train")
+    files = {"log_file": str(run.path / LOG_FILE), "progress_file": str(run.path / PROGRESS_FILE)}
+    with run.removed_if_interrupted("training stopped"), show_progress(files["progress_file"]):
+        result = fit(cfg, storage_path=str(run.path / "ray"), name="train", worker_files=files)
+    Path(files["progress_file"]).unlink(missing_ok=True)
     if result.error:
-        raise RuntimeError(f"training failed; Ray's logs are under {run.path / 'ray'}") from result.error
+        raise RuntimeError(f"training failed; the workers' output is in {files['log_file']}, Ray's files under {run.path / 'ray'}") from result.error
     returned = result.return_value or {}
     history = metrics_by_step(returned.get("history", []))
     rounds = [metrics for _, metrics in result.best_checkpoints or []]

@@ -22,11 +22,16 @@ import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.errors import UserError
 from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
 from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, checkpoint_in, experiment_path, experiment_uri, is_local, storage, train_runs_path
 
 log = logging.getLogger(__name__)
+
+class SweepError(UserError):
+    """A sweep folder is missing, not a sweep, already taken, or every trial of a sweep failed."""
+
 
 
 def tune_distribution(dimension: SearchDimension):
@@ -132,7 +137,7 @@ def _tuner(sweep: SweepConfig, resume: bool):
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
-            raise FileNotFoundError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}")
+            raise SweepError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}: Tune saved no state there; run it without --resume")
         return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
     param_space = {key: tune_distribution(dim) for key, dim in sweep.search_space.items()}
     if sweep.search.name == "optuna_tpe":
@@ -164,26 +169,75 @@ def _tuner(sweep: SweepConfig, resume: bool):
     )
 
 
-def run_sweep(sweep: SweepConfig, resume: bool = False) -> str:
-    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI."""
+def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
+    """Before Ray starts: a new sweep must not land in an existing one's folder (its sweep.yaml would be
+    replaced and old and new trials mixed), and --resume needs a sweep to resume. With ``overwrite``
+    an existing folder is accepted, and deleted when ``delete``."""
+    filesystem, root = storage(sweep.storage)
+    experiment = experiment_uri(root, sweep.name)
+    uri = experiment_uri(sweep.storage, sweep.name)
+    if filesystem.get_file_info(root).type == pafs.FileType.File:
+        raise SweepError(f"storage={sweep.storage} is a file; give a folder (or s3://, gs:// URI) for sweeps")
+    found = filesystem.get_file_info(experiment).type != pafs.FileType.NotFound
+    if resume:
+        if not found or filesystem.get_file_info(f"{experiment}/{SWEEP_FILE}").type == pafs.FileType.NotFound:
+            raise SweepError(f"no sweep to resume at {uri} (no {SWEEP_FILE} there); run it without --resume")
+        return
+    if found and filesystem.get_file_info(pafs.FileSelector(experiment)):
+        if not overwrite:
+            raise SweepError(
+                f"a sweep named {sweep.name!r} already exists at {uri}: pass --resume to continue it, "
+                f"or start a new one with name=<new name> (or --overwrite to delete the old one first)"
+            )
+        if delete:
+            filesystem.delete_dir(experiment)
+
+
+def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False) -> str:
+    """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI.
+    Raises SweepError (before Ray starts) for a taken or missing folder, and after the run when every
+    trial failed, naming the first failure."""
     import yaml
 
+    check_experiment_folder(sweep, resume, overwrite)
     tuner = _tuner(sweep, resume)
     filesystem, experiment = experiment_path(sweep.storage, sweep.name)
     filesystem.create_dir(experiment, recursive=True)
-    with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
-        out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
-    tuner.fit()
-    write_trials_table(experiment_uri(sweep.storage, sweep.name))
+    if not resume:
+        with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
+            out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
+    results = tuner.fit()
+    rows = write_trials_table(experiment_uri(sweep.storage, sweep.name))
+    # Tune ends fit() quietly on Ctrl-C (it saves its state first): trials left unfinished tell.
+    if len(rows) < sweep.num_samples or any(row["status"] not in ("TERMINATED", "ERROR") for row in rows):
+        raise KeyboardInterrupt(
+            f"the sweep stopped with {sum(row['status'] == 'TERMINATED' for row in rows)} of {sweep.num_samples} trials finished; "
+            f"its state and trials.parquet are in {experiment_uri(sweep.storage, sweep.name)}: continue it with --resume"
+        )
+    failed = [result for result in results if result.error]
+    if results and len(failed) == len(results):
+        first = failed[0]
+        lines = [line for line in str(first.error).splitlines() if line.strip()]
+        raise SweepError(
+            f"all {len(failed)} trials of {sweep.name} failed; the first: {lines[-1] if lines else type(first.error).__name__} "
+            f"(its traceback: {first.path}/error.txt)"
+        )
     return experiment_uri(sweep.storage, sweep.name)  # as the user names it: s3:// kept
 
 
 def trial_rows(experiment_uri: str) -> list[dict]:
-    """One row per trial from Tune's saved state: hyperparameters, best round by the objective, timing."""
+    """One row per trial from Tune's saved state: hyperparameters, best round by the objective, timing.
+
+    The best round is the highest-scoring one whose checkpoint is still in storage (earliest first):
+    Ray Train keeps only ``train.keep_checkpoints`` of them, and among tied rounds the one it kept
+    need not be the earliest. Checkpoint paths are found again under the experiment's own
+    train_runs/ when the experiment was moved or copied (Tune records them absolute)."""
     from ray.tune import ExperimentAnalysis
 
     filesystem, experiment = storage(experiment_uri)
     sweep = read_sweep(filesystem, experiment)
+    if not any(info.base_name.startswith("experiment_state") for info in filesystem.get_file_info(pafs.FileSelector(experiment))):
+        raise SweepError(f"{experiment_uri}: the sweep has no trials recorded yet (no Tune experiment state)")
     analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem, default_metric=sweep["objective"], default_mode="max")
     frames = analysis.trial_dataframes
     gpus = sweep["resources"]["workers"] * sweep["resources"]["gpus_per_worker"]
@@ -192,7 +246,10 @@ def trial_rows(experiment_uri: str) -> list[dict]:
         frame = frames.get(trial.trial_id)
         history = frame.to_dict("records") if frame is not None else []
         rounds = [row for row in history if is_number(row.get(sweep["objective"]))]
-        best = best_round(rounds, metric=sweep["objective"])
+        checkpoints = [_kept_checkpoint(filesystem, experiment, row.get("checkpoint_path")) for row in rounds]
+        kept = {id(row): path for row, path in zip(rounds, checkpoints) if path}
+        best = best_round(rounds, metric=sweep["objective"], kept=lambda row: id(row) in kept)
+        checkpoint = kept.get(id(best)) if best else None
         wall = max((row.get("time_total_s") or 0.0 for row in history), default=0.0)
         rows.append(
             {
@@ -207,7 +264,7 @@ def trial_rows(experiment_uri: str) -> list[dict]:
                 "curve_steps": [int(row["step"]) for row in rounds],
                 "curve_dev_ex": [float(row["dev_ex"]) for row in rounds],
                 "curve_dev_em": [float(row["dev_em"]) for row in rounds],
-                "checkpoint_uri": checkpoint_in(experiment, best.get("checkpoint_path")) if best else None,
+                "checkpoint_uri": checkpoint,
                 "wall_time_s": float(wall),
                 "gpu_hours": float(wall) * gpus / 3600,
             }
@@ -215,11 +272,57 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     return sorted(rows, key=lambda row: -(row["best_dev_ex"] if row["best_dev_ex"] is not None else -1))
 
 
+def _kept_checkpoint(filesystem: pafs.FileSystem, experiment: str, recorded: str | None) -> str | None:
+    """The recorded checkpoint folder if it is still in storage; else the same folder under this
+    experiment's train_runs/ (the experiment was moved or copied); None when Ray deleted it."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    candidates = [recorded, checkpoint_in(experiment, recorded)]
+    for path in candidates:
+        try:
+            if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+                return path
+        except (OSError, ValueError):  # a path of another filesystem (the experiment moved from s3 to a disk)
+            continue
+    return None
+
+
 def read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:
+    """The sweep.yaml of an experiment folder; SweepError when the folder is missing or not a sweep."""
     import yaml
 
-    with filesystem.open_input_stream(f"{experiment}/{SWEEP_FILE}") as stream:
-        return yaml.safe_load(stream.read())
+    folder = filesystem.get_file_info(experiment)
+    if folder.type == pafs.FileType.NotFound:
+        raise SweepError(f"sweep folder not found: {experiment} (give <storage>/<sweep name>, e.g. runs/sweeps/sweep-smoke-cpu)")
+    if folder.type != pafs.FileType.Directory:
+        raise SweepError(f"{experiment} is a file, not a sweep folder (<storage>/<sweep name>)")
+    try:
+        with filesystem.open_input_stream(f"{experiment}/{SWEEP_FILE}") as stream:
+            sweep = yaml.safe_load(stream.read())
+    except FileNotFoundError:
+        raise SweepError(f"{experiment} is not a sweep folder: no {SWEEP_FILE} in it (a sweep folder is <storage>/<sweep name>, written by `ray-spider sweep`)") from None
+    except yaml.YAMLError as exc:
+        raise SweepError(f"{experiment}/{SWEEP_FILE}: not valid YAML ({exc})") from None
+    if not isinstance(sweep, dict) or not {"name", "objective", "resources"} <= set(sweep):
+        raise SweepError(f"{experiment}/{SWEEP_FILE} is not a sweep file written by `ray-spider sweep`")
+    return sweep
+
+
+def read_trials_table(experiment_uri: str) -> list[dict] | None:
+    """The rows of an experiment's trials.parquet, or None when it has none (a sweep folder without
+    Tune's state, like the committed results, is read this way)."""
+    filesystem, experiment = storage(experiment_uri)
+    if filesystem.get_file_info(f"{experiment}/{TRIALS_FILE}").type == pafs.FileType.NotFound:
+        return None
+    with filesystem.open_input_file(f"{experiment}/{TRIALS_FILE}") as stream:
+        return pq.read_table(stream).to_pylist()
+
+
+def has_tune_state(experiment_uri: str) -> bool:
+    filesystem, experiment = storage(experiment_uri)
+    if filesystem.get_file_info(experiment).type != pafs.FileType.Directory:
+        return False
+    return any(info.base_name.startswith("experiment_state") for info in filesystem.get_file_info(pafs.FileSelector(experiment)))
 
 
 def write_trials_table(experiment_uri: str) -> list[dict]:

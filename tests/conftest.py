@@ -9,6 +9,10 @@ import pytest
 
 SPIDER_DIR = os.environ.get("SPIDER_DIR")
 needs_spider = pytest.mark.skipif(not SPIDER_DIR, reason="set SPIDER_DIR to the Spider 1.0 folder")
+# Every Ray a test starts is its own: without this, ray.init (and the CLI's subprocesses, which inherit
+# it) would join whatever cluster `ray start` last left on the host. A test that wants a shared
+# cluster sets RAY_ADDRESS to its own private head.
+os.environ["RAY_ADDRESS"] = "local"
 
 
 @pytest.fixture(scope="session")

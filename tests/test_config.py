@@ -71,3 +71,15 @@ def test_lora_off_is_rejected_for_train_before_any_work(spider_dir):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "lora.enabled is false" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lr_scheduler_names_are_transformers_own():
+    import typing
+
+    from transformers.trainer_utils import SchedulerType
+
+    from ray_spider.config import LrScheduler
+
+    assert set(typing.get_args(LrScheduler)) == {kind.value for kind in SchedulerType}
+    with pytest.raises(ConfigError, match="train.lr_scheduler"):
+        load_run_config(None, ["train.lr_scheduler=cosin"])

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,109 @@ def test_missing_spider_folder_is_named_before_any_work(command, tmp_path):
     assert "SPIDER_DIR" in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
+GOLD_LINES = "SELECT count(*) FROM singer\tconcert_singer\nSELECT name FROM singer WHERE age > 40\tconcert_singer\n"
+
+
+def write_pair(tmp_path, gold: bytes | str = GOLD_LINES, pred: bytes | str = "SELECT count(*) FROM singer\nSELECT name FROM singer WHERE age > 40\n"):
+    for name, content in (("gold.sql", gold), ("pred.sql", pred)):
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return tmp_path / "gold.sql", tmp_path / "pred.sql"
+
+
+def eval_paths(gold, pred, db, table, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "ray_spider", "eval", "--gold", str(gold), "--pred", str(pred), "--db", str(db), "--table", str(table), *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def assert_user_error(result, *needles):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_spider_root_as_db_folder_is_an_error(spider_dir, tmp_path):
+    gold, pred = write_pair(tmp_path)
+    result = eval_paths(gold, pred, spider_dir, spider_dir / "tables.json")
+    assert_user_error(result, "<db_id>/<db_id>.sqlite", f"did you mean --db {spider_dir / 'database'}")
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [('[{"db_id": "concert_singer", "table_na', "not valid JSON"), ("not json at all", "not valid JSON"), ("{}", "expected a JSON list"), (None, "lacks table_names_original")],
+    ids=["truncated", "text", "object", "dev.json"],
+)
+def test_bad_tables_file_is_one_error(spider_dir, tmp_path, content, needle):
+    gold, pred = write_pair(tmp_path)
+    table = spider_dir / "dev.json" if content is None else tmp_path / "tables.json"
+    if content is not None:
+        table.write_text(content)
+    result = eval_paths(gold, pred, spider_dir / "database", table)
+    assert_user_error(result, str(table), needle)
+    assert "DATA ERROR" not in result.stderr
+
+
+def test_gold_db_id_not_in_tables_is_an_error_but_a_missing_database_file_is_skipped(spider_dir, tmp_path):
+    gold, pred = write_pair(tmp_path, gold=GOLD_LINES + "SELECT 1\tno_such_db\n", pred="SELECT 1\nSELECT 1\nSELECT 1\n")
+    assert_user_error(eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json"), "no_such_db", "not in")
+    gold, pred = write_pair(tmp_path, gold=GOLD_LINES + "SELECT count(*) FROM players\twta_1\n", pred="SELECT 1\nSELECT 1\nSELECT 1\n")
+    result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["skipped_db_ids"] == ["wta_1"]
+
+
+def test_byte_order_marks_are_dropped(spider_dir, tmp_path):
+    gold, pred = write_pair(tmp_path, gold=b"\xef\xbb\xbf" + GOLD_LINES.encode(), pred=b"\xef\xbb\xbfSELECT count(*) FROM singer\nSELECT name FROM singer WHERE age > 40\n")
+    result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["n"], summary["ex"], summary["em"], summary["gold_errors"]) == (2, 1.0, 1.0, 0)
+
+
+@pytest.mark.parametrize("which", ["gold", "pred"])
+def test_a_file_that_is_not_utf8_is_named_with_its_line(spider_dir, tmp_path, which):
+    latin1 = "SELECT name FROM singer WHERE name = 'Jos\xe9'".encode("latin-1")
+    gold, pred = write_pair(
+        tmp_path,
+        gold=GOLD_LINES.encode() + (latin1 + b"\tconcert_singer\n" if which == "gold" else b"SELECT 1\tconcert_singer\n"),
+        pred=b"SELECT 1\nSELECT 1\n" + (latin1 if which == "pred" else b"SELECT 1") + b"\n",
+    )
+    result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json")
+    assert_user_error(result, f"{which}.sql:3", "not UTF-8")
+
+
+@pytest.mark.parametrize("target", ["gold", "pred"])
+def test_per_example_never_overwrites_an_input(spider_dir, tmp_path, target):
+    gold, pred = write_pair(tmp_path)
+    before = {path: path.read_bytes() for path in (gold, pred)}
+    result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json", "--per-example", str(tmp_path / f"{target}.sql"))
+    assert_user_error(result, "is also an input")
+    assert {path: path.read_bytes() for path in (gold, pred)} == before
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers):
+    """Predictions that run until their 120 s timeout; SIGINT after 4 s must end the command within
+    seconds, exit 130, and leave no per-example file."""
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    gold, pred = write_pair(tmp_path, gold="SELECT count(*) FROM singer\tconcert_singer\n" * 40, pred=(endless + "\n") * 40)
+    out = tmp_path / "rows.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray_spider", "eval", "--gold", str(gold), "--pred", str(pred), "--db", str(spider_dir / "database"),
+         "--table", str(spider_dir / "tables.json"), "--timeout", "120", "--workers", workers, "--per-example", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(4)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert time.monotonic() - started < 15
+    assert "interrupted:" in stderr and "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
 def test_failing_gold_query_is_a_data_error_left_out_of_the_scores(spider_dir, tmp_path):
     gold = tmp_path / "gold.sql"
     gold.write_text("SELECT nme FROM singer\tconcert_singer\nSELECT count(*) FROM singer\tconcert_singer\n")
@@ -117,6 +222,13 @@ def test_summary_keeps_its_json_shape(spider_dir):
     assert data["by_hardness"]["easy"] == {"n": 1, "ex": 1.0, "em": 1.0}
     assert list(data["by_hardness"]) == ["easy", "medium", "hard", "extra"]
     assert Summary.from_dict(json.loads(json.dumps(data))) == report.summary()
+
+
+@pytest.mark.parametrize("flag, value", [("--timeout", "-1"), ("--timeout", "0"), ("--workers", "0")])
+def test_a_timeout_or_pool_that_cannot_score_is_an_error(spider_dir, tmp_path, flag, value):
+    gold, pred = write_pair(tmp_path)
+    result = eval_paths(gold, pred, spider_dir / "database", spider_dir / "tables.json", flag, value)
+    assert_user_error(result, value)
 
 
 def test_the_evaluator_imports_nothing_from_the_training_side():

@@ -249,3 +249,60 @@ def test_cuda_graph_decoding_answers_like_eager_decoding(tiny_dir, caplog):
         assert generate(model, tokenizer, PROMPTS, graphed, progress=False) == expected
         assert generate(model, tokenizer, PROMPTS, graphed.model_copy(update={"cuda_graph_rows": 8}), progress=False) == expected
     assert "capture failed" not in caplog.text  # the graphs ran, not the eager fallback
+
+
+def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_path):
+    from ray_spider.model import AdapterError, check_adapter
+
+    with pytest.raises(AdapterError, match="adapter folder not found"):
+        check_adapter(tmp_path / "missing", full(tiny_dir))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        check_adapter(tmp_path / "empty", full(tiny_dir))
+    check_adapter(saved_adapter(tiny_dir, tmp_path), full(tiny_dir))  # its own base: fine
+
+
+def test_adapter_of_another_base_is_named_without_loading_it(tiny_dir, tmp_path):
+    """An adapter trained on a model with another hidden size: today's peft load would fail with a
+    size-mismatch traceback after loading the base; the check reads only the two config files and
+    the adapter's tensor shapes."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from ray_spider.model import AdapterError, check_adapter, save_adapter
+
+    config = AutoConfig.from_pretrained(tiny_dir)
+    config.hidden_size, config.intermediate_size = 32, 96
+    other = tmp_path / "other-base"
+    LlamaForCausalLM(config).save_pretrained(other)
+    model = apply_lora(load_model(full(str(other)), "cpu"), LoraConfig(r=4, alpha=8))
+    save_adapter(model, tmp_path / "adapter", "org/other-base")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/other-base"
+    with pytest.raises(AdapterError, match=r"trained on 'org/other-base'.*has (32|96) (input|output) features, that layer of the model has (64|128)"):
+        check_adapter(tmp_path / "adapter", full(tiny_dir))
+    with pytest.raises(AdapterError, match="trained on 'org/other-base'"):
+        load_for_inference(full(tiny_dir), tmp_path / "adapter", device="cpu")
+
+
+def test_a_batch_out_of_gpu_memory_is_halved_until_it_fits(caplog):
+    """A real callable that raises torch.OutOfMemoryError above 3 rows, as a GPU would: the batch of 8
+    shrinks to 2 and every answer comes back in order; one row that does not fit is a named error."""
+    from ray_spider.inference import GenerationMemoryError, in_batches_that_fit
+
+    seen = []
+
+    def square(batch):
+        seen.append(len(batch))
+        if len(batch) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [item * item for item in batch]
+
+    with caplog.at_level(logging.WARNING, logger="ray_spider.inference"):
+        assert in_batches_that_fit(list(range(11)), 8, square) == [item * item for item in range(11)]
+    assert seen == [8, 4, 2, 2, 2, 2, 2, 1]
+    assert "going on with 4" in caplog.text and "going on with 2" in caplog.text
+
+    def never_fits(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(GenerationMemoryError, match="even one answer"):
+        in_batches_that_fit([1, 2], 2, never_fits)

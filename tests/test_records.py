@@ -33,3 +33,10 @@ def test_experiment_uri_is_built_once():
     filesystem, path = storage(experiment_uri("runs/sweeps", "sweep-a"))
     assert path.endswith("/runs/sweeps/sweep-a") and path.startswith("/")
     assert train_runs_path(path) == path + "/train_runs"
+
+
+def test_best_round_among_tied_rounds_is_one_whose_checkpoint_was_kept():
+    """Three tied rounds, two checkpoints kept: Ray Train deleted the earliest tied one (step 1)."""
+    rounds = [{"step": 1, "dev_ex": 0.0}, {"step": 2, "dev_ex": 0.0}, {"step": 3, "dev_ex": 0.0}]
+    assert best_round(rounds, kept=lambda row: row["step"] > 1)["step"] == 2
+    assert best_round(rounds, kept=lambda row: False)["step"] == 1  # none kept: the rule alone

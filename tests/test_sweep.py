@@ -4,12 +4,16 @@ trials stopped by ASHA giving their Train workers' resources back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import socket
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,19 +127,70 @@ def test_killed_trial_is_retried_and_resumes_from_its_last_checkpoint(tiny_dir, 
     assert retried["curve_steps"] == [2, 4, 6, 8, 10]  # no round repeated: the retry went on from step `resumed`
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports no process listens on now (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# Ray enables token authentication by default once a token exists in ~/.ray (any local ray.init
+# writes one), and then a driver joining with RAY_ADDRESS is refused unless it is in token mode too:
+# the private head and the drivers that join it are told the same mode.
+PRIVATE_RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+@contextlib.contextmanager
+def private_ray_cluster(num_cpus: int):
+    """A Ray head of this test only: its own temp dir and free ports (Ray's defaults would join or
+    collide with any other cluster on the host), stopped by the ids of the processes it started,
+    never by `ray stop` (which ends every Ray process on the host). Yields the GCS address."""
+    gcs, node_manager, object_manager, client, agent, agent_grpc, env_agent, metrics, workers = free_ports(9)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = subprocess.Popen(
+        [
+            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--num-cpus={num_cpus}",
+            "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}", f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
+            f"--min-worker-port={workers}", f"--max-worker-port={workers + 50}",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **PRIVATE_RAY_ENV},
+    )
+    address = f"127.0.0.1:{gcs}"
+    try:
+        wait_for(lambda: Path(temp_dir, "ray_current_cluster").is_file(), 120, "the private Ray head", head)
+        yield address
+    finally:
+        started = [head, *psutil.Process(head.pid).children(recursive=True)] if head.poll() is None else []
+        head.terminate()  # `ray start --block` ends its raylet, GCS and workers on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        for process in started[1:]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
     """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
     On a running 3-CPU Ray cluster two trials (1 CPU each) train side by side."""
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    subprocess.run([*ray_cli, "start", "--head", "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
-    try:
+    with private_ray_cluster(num_cpus=3) as address:
         result = subprocess.run(
             sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
-            capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": "auto"},
+            capture_output=True, text=True, timeout=900, env={**os.environ, **PRIVATE_RAY_ENV, "RAY_ADDRESS": address},
         )
-    finally:
-        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(rf"joined the Ray cluster at [\d.]+:{address.rsplit(':', 1)[1]} \(\$RAY_ADDRESS", result.stderr)
     spans = []
     for path in (tmp_path / "sweep-smoke-cpu").glob("trial_*/result.json"):
         last = json.loads(path.read_text().splitlines()[-1])
@@ -229,3 +284,51 @@ def test_trials_stopped_by_asha_give_their_workers_back(tmp_path, monkeypatch):
         assert left == []
     finally:
         ray.shutdown()
+
+
+def test_best_after_tied_rounds_a_taken_name_and_a_moved_experiment(tiny_dir, spider_dir, tmp_path):
+    """One trial, three dev rounds that tie (a random tiny model scores 0 each time), two kept: Ray
+    deletes the earliest tied checkpoint, and `best` must name one that exists. Running the sweep
+    again under the same name is refused before Ray starts; the experiment copied elsewhere (its
+    recorded checkpoint paths then point at the old place) still gives `trials` and `best`."""
+    storage = tmp_path / "first"
+    tied = ["base.train.max_steps=3", "base.train.eval_every_steps=1", "base.train.keep_checkpoints=2"]
+    command = sweep_command(storage, tiny_dir, 1, *tied)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    experiment = storage / "sweep-smoke-cpu"
+    (row,) = pq.read_table(experiment / "trials.parquet").to_pylist()
+    assert row["eval_rounds"] == 3 and len(set(row["curve_dev_ex"])) == 1  # tied
+    assert Path(row["checkpoint_uri"]).is_dir() and row["best_step"] > 1  # the earliest tied round's was deleted
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr and "Ray" not in again.stdout
+
+    moved = tmp_path / "elsewhere" / "sweep-smoke-cpu"
+    shutil.copytree(experiment, moved)
+    shutil.rmtree(storage)
+    listed = subprocess.run([sys.executable, "-m", "ray_spider", "trials", str(moved)], capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(moved), "--out", str(tmp_path / "best")], capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
+
+
+def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_the_first_error(tiny_dir, spider_dir, tmp_path):
+    command = sweep_command(tmp_path, tiny_dir, 2, "base.model.attn_implementation=no_such_kernel", "trial_retries=0")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "no_such_kernel" in result.stderr
+
+
+def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(tiny_dir, spider_dir, tmp_path):
+    """Tune answers SIGINT by saving its state and returning from fit() as if done; the sweep must
+    still end as interrupted (exit 130) and say how to continue."""
+    process = start(sweep_command(tmp_path, tiny_dir, 2, "base.train.max_steps=1000"), tmp_path / "sweep.log")
+    wait_for(lambda: list((tmp_path / "sweep-smoke-cpu").glob("trial_*")), 600, "a trial to start", process)
+    time.sleep(5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=300) == 130, (tmp_path / "sweep.log").read_text()[-3000:]
+    log = " ".join((tmp_path / "sweep.log").read_text().split())
+    assert "interrupted: the sweep stopped with 0 of 2 trials finished" in log and "--resume" in log

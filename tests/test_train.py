@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -91,8 +93,16 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
-    for name in ("config.yaml", "manifest.json", "metrics.parquet", "curves.png", "report.md", "adapter/adapter_config.json", "dev_eval/predictions.jsonl"):
+    for name in ("config.yaml", "manifest.json", "metrics.parquet", "curves.png", "report.md", "adapter/adapter_config.json", "dev_eval/predictions.jsonl", "train.log"):
         assert (run_dir / name).exists(), name
+    assert not (run_dir / "progress.json").exists()
+    # The terminal shows the progress bar and the report; the workers' output is in train.log.
+    terminal = result.stdout + result.stderr
+    for noise in ("RayTrainWorker", "TrainController", "PlacementGroupCleaner", "FutureWarning", "Loading weights", "{'loss'"):
+        assert noise not in terminal, noise
+    assert "training" in result.stderr and "loss" in result.stderr and "dev EX" in result.stderr
+    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == tiny_dir  # the spec the run was given
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     evals = [row for row in rows if row.get("dev_ex") is not None]
     assert [row["step"] for row in evals] == [2, 4]
@@ -186,3 +196,20 @@ def test_tiny_model_losses_are_pinned_and_same_seed_adapters_are_byte_identical(
     assert first == second
     adapter = "adapter/adapter_model.safetensors"
     assert (tmp_path / "a" / adapter).read_bytes() == (tmp_path / "b" / adapter).read_bytes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_train_and_removes_the_unfinished_run_folder(tiny_dir, spider_dir, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray_spider", "train", "sweeps/smoke_cpu.yaml", f"output_dir={tmp_path}", f"model.name={tiny_dir}",
+         "train.max_steps=1000", "data.dev_subset=2", "generation.max_new_tokens=4", "model.quantization=none"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.time() + 600
+    while not list(tmp_path.glob("*/progress.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(1)  # rank 0 is stepping
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted: training stopped; removed the unfinished run folder" in " ".join(stderr.split())
+    assert list(tmp_path.iterdir()) == []

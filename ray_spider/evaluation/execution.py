@@ -33,9 +33,12 @@ tools/ex_agreement.py before changing these rules.
 from __future__ import annotations
 
 import re
+import signal
 import sqlite3
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,32 @@ class QueryOutcome:
 
 # ---------------------------------------------------------------------------------------------
 # Running one query on a connection that cannot change anything
+
+_SIGINT = threading.Event()
+
+
+@contextmanager
+def interrupts_recorded():
+    """Let Ctrl-C stop scoring in this process. A KeyboardInterrupt raised while sqlite runs a query
+    lands in the progress callback, where the sqlite3 module swallows it and merely stops the
+    statement: the query would count as an error and scoring go on. Inside this block SIGINT is also
+    recorded, and ``_execute`` turns the stopped statement back into KeyboardInterrupt. Only the
+    main thread can own a signal handler; elsewhere (and where SIGINT is not Python's default, e.g.
+    ignored) nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def record(signum, frame):
+        _SIGINT.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _SIGINT.clear()
 
 
 def run_query(db_path: Path, sql: str, timeout_s: float = 10.0, max_rows: int | None = 100_000) -> QueryOutcome:
@@ -99,6 +128,8 @@ def _execute(connection: sqlite3.Connection, sql: str, timeout_s: float, max_row
     timed_out = []  # set by the progress handler; sqlite then reports only "interrupted"
 
     def past_deadline() -> int:
+        if _SIGINT.is_set():
+            return 1
         if time.monotonic() > deadline:
             timed_out.append(True)
             return 1  # non-zero interrupts the running statement
@@ -111,6 +142,8 @@ def _execute(connection: sqlite3.Connection, sql: str, timeout_s: float, max_row
             return QueryOutcome("no_sql", None, "the statement returns no result set")
         rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
     except Exception as exc:  # any failure of a prediction is an outcome, never an exception
+        if _SIGINT.is_set():
+            raise KeyboardInterrupt from None  # Ctrl-C stopped the statement: not an outcome of the query
         if timed_out:
             return QueryOutcome("timeout", None, f"interrupted after {timeout_s:g} s")
         return QueryOutcome(_classify_error(str(exc)), None, str(exc))

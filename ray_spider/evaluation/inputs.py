@@ -14,12 +14,14 @@ parse, a db_id without schema): a data bug, reported loudly and left out of the 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
 
 
 class EvalInputError(ValueError):
@@ -38,13 +40,25 @@ class GoldQuery:
     db_id: str
 
 
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped (Windows editors write one; it
+    would be read as part of the first query). EvalInputError naming the file and line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputError(f"{what} not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise EvalInputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the {what} as UTF-8") from None
+
+
 def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
     """``SQL<TAB>db_id`` per line (blank lines skipped); raises EvalInputError naming file:line."""
     path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"gold file not found: {path}")
     golds = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "gold file").splitlines(), start=1):
         if not line.strip():
             continue
         sql, sep, db_id = line.rstrip().rpartition("\t")
@@ -56,14 +70,58 @@ def read_gold_file(path: str | os.PathLike) -> list[GoldQuery]:
 
 def read_pred_file(path: str | os.PathLike) -> list[str]:
     """One predicted SQL per line (an empty line is an empty prediction)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"prediction file not found: {path}")
-    lines = path.read_text().split("\n")
+    lines = read_text(path, "prediction file").split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it is not an empty prediction
     # As both official evaluators read it: a tab ends the SQL (so dev_gold.sql itself is a valid PRED).
     return [line.split("\t")[0].strip() for line in lines]
+
+
+TABLE_KEYS = ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys", "foreign_keys")
+
+
+def read_tables_file(path: str | os.PathLike) -> dict[str, dict]:
+    """db_id -> schema entry of a Spider tables.json; EvalInputError naming the file and what is wrong
+    (not JSON, a truncated file, or another Spider file such as dev.json)."""
+    path = Path(path)
+    try:
+        entries = json.loads(read_text(path, "tables file"))
+    except json.JSONDecodeError as exc:
+        raise EvalInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); --table takes Spider's tables.json") from None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise EvalInputError(f"{path}: expected a JSON list of database schemas (Spider's tables.json), got {type(entries).__name__}")
+    for position, entry in enumerate(entries):
+        missing = [key for key in TABLE_KEYS if key not in entry]
+        if missing:
+            raise EvalInputError(
+                f"{path}: entry {position} is not a database schema: it lacks {', '.join(missing)} "
+                f"(has {', '.join(list(entry)[:6])}); --table takes Spider's tables.json"
+            )
+    return {entry["db_id"]: entry for entry in entries}
+
+
+def check_inputs(golds: list[GoldQuery], db_dir: Path, tables_json: Path) -> None:
+    """Raise EvalInputError when the inputs cannot give a true score: a tables file that is not one,
+    a gold db_id it does not describe, or a database folder holding none of the gold databases (an
+    all-skipped, all-zero table would pass for a result). A db_id that tables.json describes but
+    whose .sqlite file is absent is no error: it is skipped and reported (Spider ships dev without wta_1)."""
+    if not Path(db_dir).is_dir():
+        raise EvalInputError(f"database folder not found: {db_dir}")
+    tables = read_tables_file(tables_json)
+    db_ids = sorted({gold.db_id for gold in golds})
+    unknown = [db_id for db_id in db_ids if db_id not in tables]
+    if unknown:
+        raise EvalInputError(
+            f"{len(unknown)} gold db_id(s) are not in {tables_json}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+            f"(is --table the tables.json of the gold file's Spider release?)"
+        )
+    if db_ids and not any(database_file(db_dir, db_id).is_file() for db_id in db_ids):
+        nested = Path(db_dir) / "database"
+        hint = f"; did you mean --db {nested}?" if nested.is_dir() else ""
+        raise EvalInputError(
+            f"--db {db_dir} holds none of the {len(db_ids)} gold databases: expected {db_dir}/<db_id>/<db_id>.sqlite, "
+            f"e.g. {database_file(db_dir, db_ids[0])}{hint}"
+        )
 
 
 def database_file(db_dir: str | os.PathLike, db_id: str) -> Path:

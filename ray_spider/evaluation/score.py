@@ -13,9 +13,10 @@ Scoring runs in a process pool (one SQLite connection and parser cache per proce
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ray_spider.evaluation.exact_match import HARDNESS_LEVELS, ExactMatcher
-from ray_spider.evaluation.execution import execution_match, plug_value_placeholder
-from ray_spider.evaluation.inputs import EvalInputError, GoldError, GoldQuery, database_file, read_gold_file, read_pred_file
+from ray_spider.evaluation.execution import execution_match, interrupts_recorded, plug_value_placeholder
+from ray_spider.evaluation.inputs import EvalInputError, GoldError, GoldQuery, check_inputs, database_file, read_gold_file, read_pred_file
 
 __all__ = [
     "ERROR_TYPES", "HARDNESS_LEVELS", "DataError", "EvalInputError", "ExampleScore", "GoldQuery", "Rates", "Report",
@@ -169,13 +170,14 @@ def score(
     progress: bool = True,
 ) -> Report:
     """EX and EM of each prediction against its gold query; see the module docstring."""
+    if not timeout_s > 0:
+        raise EvalInputError(f"the query timeout must be more than 0 seconds, got {timeout_s:g} (a prediction would time out before it runs)")
+    if workers is not None and workers < 1:
+        raise EvalInputError(f"scoring workers must be at least 1, got {workers}")
     if len(golds) != len(preds):
         raise EvalInputError(f"{len(golds)} gold queries but {len(preds)} predictions: the files must have one line per question, in the same order")
     db_dir, tables_json = Path(db_dir), Path(tables_json)
-    if not db_dir.is_dir():
-        raise EvalInputError(f"database folder not found: {db_dir}")
-    if not tables_json.is_file():
-        raise EvalInputError(f"tables file not found: {tables_json}")
+    check_inputs(golds, db_dir, tables_json)
     report = Report(scores=[])
     work = []
     for index, (gold, pred) in enumerate(zip(golds, preds)):
@@ -199,22 +201,45 @@ def score(
 
 
 def _map_chunks(chunks, workers: int, init_args: tuple):
+    """Results of each chunk, in order. Ctrl-C stops at once: in-process, the running query is
+    interrupted and KeyboardInterrupt raised (``interrupts_recorded``); with a pool the workers
+    ignore SIGINT and the parent terminates them (they may be deep in a slow query)."""
     if workers <= 1:
-        _init_process(*init_args)
-        yield from map(_score_chunk, chunks)
+        with interrupts_recorded():
+            _init_process(*init_args)
+            yield from map(_score_chunk, chunks)
         return
-    with ProcessPoolExecutor(workers, initializer=_init_process, initargs=init_args) as pool:
-        yield from pool.map(_score_chunk, chunks)
+    pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=init_args)
+    try:
+        yield from pool.imap(_score_chunk, chunks)
+        pool.close()
+    finally:
+        pool.terminate()  # no-op work left after close(); ends busy workers on Ctrl-C or an error
+        pool.join()
+
+
+def _init_worker(*init_args) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a worker never half-scores
+    _init_process(*init_args)
 
 
 def summary_table(summary: Summary, title: str = "Spider evaluation") -> Table:
+    """Count, EX and EM per hardness level and overall, then the wrong predictions by error type.
+    A level without questions shows '-' (a rate of nothing is not 0)."""
     table = Table(title=title)
     table.add_column("level")
     for column in ("count", "EX", "EM"):
         table.add_column(column, justify="right")
     for level in (*HARDNESS_LEVELS, "all"):
         row = summary if level == "all" else summary.by_hardness[level]
-        table.add_row(level, str(row.n), f"{row.ex:.3f}", f"{row.em:.3f}")
+        rates = (f"{row.ex:.3f}", f"{row.em:.3f}") if row.n else ("-", "-")
+        table.add_row(level, str(row.n), *rates, end_section=level == HARDNESS_LEVELS[-1])
+    counts = summary.error_types
+    wrong = sum(counts.values())
+    table.add_section()
+    for kind in ERROR_TYPES:
+        table.add_row(f"wrong: {kind}", str(counts.get(kind, 0)), "", "")
+    table.caption = f"{wrong} of {summary.n} predictions wrong (EX), by error type"
     return table
 
 

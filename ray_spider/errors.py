@@ -1,0 +1,60 @@
+"""The user-error family: every mistake a user can fix (a path, a file's contents, a config key, a
+model or adapter folder, an output folder) raises a ``UserError`` naming the file/key/value and what
+would be valid. The CLI catches the family in one place (``cli.GuardedGroup``), together with the
+evaluator's ``EvalInputError`` (the evaluator package stands alone and imports nothing from here),
+and prints one ``error:`` line with exit status 2; anything else is a bug and keeps its traceback.
+
+    raise UserError(f"{path}: not valid JSON ({exc})")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad user input; the message alone tells the user what to change."""
+
+
+class OutputPathError(UserError):
+    """An output path would overwrite an input or cannot be written."""
+
+
+def check_output(path: str | Path, inputs: tuple = (), what: str = "output", allow_existing_dir: bool = False) -> Path:
+    """Raise ``OutputPathError`` unless ``path`` can be written without harm: not one of ``inputs``
+    (compared after resolving links), not an existing folder where a file goes (or an existing file
+    where a folder goes), and under a parent that is (or can become) a folder. Call it before any
+    work starts, so a bad output path never costs a generation or a training run."""
+    path = Path(path)
+    resolved = path.expanduser().resolve()
+    for given in inputs:
+        if given is not None and Path(given).expanduser().resolve() == resolved:
+            raise OutputPathError(f"{what} {path} is also an input; choose another path (inputs are never overwritten)")
+    if allow_existing_dir:
+        if resolved.exists() and not resolved.is_dir():
+            raise OutputPathError(f"{what} {path} is a file; give a folder")
+    elif resolved.is_dir():
+        raise OutputPathError(f"{what} {path} is a folder; give a file path")
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"{what} {path}: {parent} is a file, not a folder")
+            if not _writable(parent):
+                raise OutputPathError(f"{what} {path}: {parent} is not writable")
+            break
+    return path
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: an interruption leaves
+    the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)

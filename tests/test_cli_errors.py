@@ -1,0 +1,113 @@
+"""User mistakes on every command end in one named `error:` (exit 2), before Ray starts or a model
+loads, with user text shown as typed (never read as markup); tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = "sweeps/smoke_cpu.yaml"
+SWEEP = "sweeps/sweep_smoke_cpu.yaml"
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray_spider", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def write(path: Path, text: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
+    """(command line, what the error must say): one of each kind of mistake, command by command."""
+    not_a_model = tmp / "not-a-model"
+    not_a_model.mkdir(exist_ok=True)
+    a_file = write(tmp / "a-file.txt", "x")
+    broken_spider = tmp / "broken-spider"
+    if not broken_spider.exists():
+        broken_spider.mkdir()
+        (broken_spider / "tables.json").symlink_to(Path(os.environ["SPIDER_DIR"]) / "tables.json")
+        write(broken_spider / "dev.json", '[{"db_id": "concert_singer", "question": "How many?", "que')
+    no_databases = tmp / "no-databases"
+    if not no_databases.exists():
+        no_databases.mkdir()
+        for name in ("tables.json", "dev.json"):
+            (no_databases / name).symlink_to(Path(os.environ["SPIDER_DIR"]) / name)
+    return [
+        (["baseline", SMOKE, f"data.spider_dir={broken_spider}"], "dev.json: not valid JSON"),
+        (["predict", "--out", str(tmp / "preds"), f"data.spider_dir={no_databases}"], "holds none of the dev databases"),
+        (["prompt", "--db-id", "x[/b]", "--question", "q"], "'x[/b]' is not in"),
+        (["prompt", "--db-id", "concert_singe", "--question", "q"], "did you mean concert_singer"),
+        (["train", SMOKE, "train.learnin_rate=1e-4"], "did you mean learning_rate"),
+        (["train", SMOKE, "lora.r=0"], "from the override 'lora.r=0'"),
+        (["train", SMOKE, "train.learning_rate=[1"], "not valid YAML"),
+        (["train", str(tmp / "missing.yaml")], "config file not found"),
+        (["train", write(tmp / "list.yaml", "- a\n- b\n")], "must be a mapping"),
+        (["train", write(tmp / "latin1.yaml", "name: Jos\xe9\n".encode("latin-1"))], "not UTF-8"),
+        (["train", SMOKE, f"model.name={not_a_model}"], "no config.json"),
+        (["train", SMOKE, f"model.name={tmp / 'missing.gguf'}"], "GGUF file not found"),
+        (["train", SMOKE, f"output_dir={a_file}"], "is a file"),
+        (["baseline", SMOKE, f"model.name={tmp / 'nowhere'}"], "not a model folder"),
+        (["predict", "--out", str(tmp / "preds"), "--adapter", str(tmp / "no-adapter")], "adapter folder not found"),
+        (["predict", "--out", str(tmp / "preds"), "--adapter", str(not_a_model)], "no adapter_config.json"),
+        (["predict", "--out", a_file], "is a file"),
+        (["predict", "--out", str(tmp / "preds"), "--split", "test"], "--split must be dev or train"),
+        (["sweep", write(tmp / "frac.yaml", "name: x\nsearch_space:\n  lora.r: {uniform: [1, 64]}\n")], "use randint or choice"),
+        (["sweep", write(tmp / "drop.yaml", "name: x\nsearch_space:\n  lora.dropout: {uniform: [2, 3]}\n")], "uniform [2.0, 3.0] can give 2.0"),
+        (["sweep", write(tmp / "bounds.yaml", "name: x\nsearch_space:\n  lora.r: {randint: [8, 8]}\n")], "randint needs [low, high] with low < high, got [8, 8]"),
+        (["sweep", SWEEP, "train.max_steps=2"], "base.train.max_steps=2"),
+        (["sweep", SWEEP, "base.train.max_stepz=2"], "did you mean max_steps"),
+        (["sweep", SWEEP, f"storage={tmp}", "--resume"], "no sweep to resume"),
+        (["sweep", SWEEP, f"storage={a_file}"], "is a file"),
+        (["trials", str(tmp / "nowhere")], "sweep folder not found"),
+        (["trials", str(REPO / "docs")], "is not a sweep folder"),
+        (["trials", a_file], "is a file, not a sweep folder"),
+        (["best", str(REPO / "docs"), "--out", str(tmp / "best")], "is not a sweep folder"),
+        (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(tmp / "best")], "no trials recorded"),
+        (["data", "build", "--out", a_file], "is a file"),
+    ]
+
+
+CASES = 31  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+
+
+@pytest.mark.parametrize("case", range(CASES))
+def test_each_mistake_is_one_named_error(case, spider_dir, tmp_path):
+    table = mistakes(tmp_path)
+    assert len(table) == CASES
+    args, message = table[case]
+    result = cli(*args)
+    assert result.returncode == 2, (args, result.stdout[-2000:], result.stderr[-2000:])
+    assert result.stderr.startswith("error: "), result.stderr[-2000:]
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback_of_a_user_error(spider_dir):
+    result = cli("--debug", "prompt", "--db-id", "nope", "--question", "q")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "SpiderError" in result.stderr
+
+
+def test_committed_sweep_results_are_readable(spider_dir):
+    result = cli("trials", str(REPO / "docs" / "results" / "sweep-h200-attempt1"))
+    assert result.returncode == 0, result.stderr
+    assert "trials, best dev EX first" in result.stdout
+
+
+def test_config_reference_lists_every_key_with_default_and_description():
+    from ray_spider.config import RunConfig, SweepConfig, config_reference
+
+    result = cli("config")
+    assert result.returncode == 0
+    rows = config_reference()
+    assert {key for key, *_ in rows} >= {"train.learning_rate", "lora.r", "generation.batch_size", "eval.workers"}
+    assert all(description for *_, description in rows + config_reference(SweepConfig))
+    assert "train.learning_rate" in result.stdout and "0.0001" in result.stdout
+    assert len(rows) == sum(len(getattr(RunConfig, "model_fields")[section].annotation.model_fields) for section in ("prompt", "data", "model", "lora", "train", "generation", "eval")) + 2
