@@ -340,3 +340,28 @@ def dequantized_base(model_cfg: ModelConfig, device: str | torch.device | None =
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)
     return model
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's save_pretrained writes
+
+
+def export_model(model_cfg: ModelConfig, adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = True, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write a model folder for serving; returns it.
+
+    ``merge=True``: the base with the LoRA adapter folded in, in ``dtype``, plus the tokenizer: a plain
+    transformers folder that ``AutoModelForCausalLM.from_pretrained(out)`` loads without peft. A
+    4-bit base is dequantized first (``dequantized_base``): the export holds the weights the adapter
+    was trained and scored against, so it answers as the evaluated model did, up to ``dtype`` rounding.
+    ``merge=False``: the adapter files plus the tokenizer, for servers that load LoRA adapters.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if merge:
+        model, tokenizer = load_for_inference(model_cfg, adapter, merge=True, device="cpu")
+        model.to(dtype).save_pretrained(out)
+    else:
+        for name in ADAPTER_FILES:
+            shutil.copy2(Path(adapter) / name, out / name)
+        tokenizer = load_tokenizer(resolve_model(model_cfg.name))
+    tokenizer.save_pretrained(out)
+    return out

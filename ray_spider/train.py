@@ -23,12 +23,14 @@ import torch.distributed as dist
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from ray_spider import tracking
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.model import MergedCopy, apply_lora, load_model, load_tokenizer, resolve_model
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
+from ray_spider.tracking import dev_round_logs
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ def use_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConfig:
+def sft_config(cfg: RunConfig, output_dir: str, device: torch.device, report_to: list[str] = (), run_name: str | None = None) -> SFTConfig:
+    """TRL's SFTConfig of a run; ``report_to``: transformers' tracking integrations (tracking.py)."""
     train = cfg.train
     return SFTConfig(
         output_dir=output_dir,
@@ -71,7 +74,8 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
         logging_steps=train.logging_steps,
         save_strategy="no",  # checkpoints go through ray.train.report, scored by dev EX
         eval_strategy="no",
-        report_to=[],
+        report_to=list(report_to),
+        run_name=run_name,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -93,6 +97,7 @@ class DevEvalCallback(TrainerCallback):
         self.start_s: float | None = None  # from launching the Ray Train job to train_loop: Ray's part of the start-up
         self.setup_s: float | None = None  # from there to the first step: model, data, tokenizing
         self.steps_started = 0.0  # when the optimizer steps since the last round began
+        self.trainer = None  # set once built: its log() sends the dev rounds to the trackers (report_to)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "num_tokens" in logs:
@@ -104,7 +109,9 @@ class DevEvalCallback(TrainerCallback):
         self.steps_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.cfg.train.eval_every_steps == 0:
+        # The last step's round runs here, not in on_train_end: the trackers close their writers and
+        # runs in their own on_train_end, which comes first.
+        if state.global_step % self.cfg.train.eval_every_steps == 0 or state.global_step == state.max_steps:
             self.evaluate_and_report(state, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -145,6 +152,8 @@ class DevEvalCallback(TrainerCallback):
             shared = [metrics]
             dist.broadcast_object_list(shared, src=0)
             metrics = shared[0]
+        if self.trainer is not None:
+            self.log_to_trackers(dev_round_logs(metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
@@ -154,6 +163,15 @@ class DevEvalCallback(TrainerCallback):
             report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()}
             ray.train.report(report, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
         self.steps_started = time.perf_counter()
+
+    def log_to_trackers(self, logs: dict) -> None:
+        """Through the trainer's log(): TensorBoard and MLflow (report_to) get the dev round in the same
+        writers and at the same step as train loss. log() clears the flag that makes the trainer log
+        the loss of this step afterwards; it is put back, or that loss would be lost."""
+        control = self.trainer.control
+        pending = control.should_log
+        self.trainer.log(logs)
+        self.trainer.control.should_log = control.should_log = pending
 
     def _round_metrics(self, state, result: PredictionResult | None, measured: dict) -> dict:
         if result is None:
@@ -197,12 +215,12 @@ def worker_placement_group_id() -> str | None:
     return group.id.hex() if group else None
 
 
-def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, device, callbacks=()) -> SFTTrainer:
+def build_trainer(cfg: RunConfig, model, tokenizer, train_set, output_dir: str, device, callbacks=(), report_to: list[str] = (), run_name: str | None = None) -> SFTTrainer:
     """TRL's SFTTrainer on pre-tokenized rows: the loss covers the completion (SQL + end of turn) only."""
     tokenized = train_set.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer}, remove_columns=train_set.column_names)
     return SFTTrainer(
         model=model,
-        args=sft_config(cfg, output_dir, device),
+        args=sft_config(cfg, output_dir, device, report_to, run_name),
         train_dataset=tokenized,
         processing_class=tokenizer,
         callbacks=list(callbacks),
@@ -252,8 +270,10 @@ def train_loop(config: dict) -> dict:
     dev = scored_dev_examples(spider, cfg.data)
     callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
     callback.start_s = start_s
+    report_to, run_name = tracking.apply(config.get("tracking"))
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback])
+        trainer = build_trainer(cfg, model, tokenizer, train_set, output_dir, device, [callback], report_to, run_name)
+        callback.trainer = trainer
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
             log.warning(
@@ -284,8 +304,9 @@ def start_ray() -> None:
         ray.init(runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False)
 
 
-def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=()):
-    """The Ray Train job of one run: ``train_loop`` on cfg.train.num_workers workers, best checkpoints by dev EX."""
+def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=(), tracking: dict | None = None):
+    """The Ray Train job of one run: ``train_loop`` on cfg.train.num_workers workers, best checkpoints by dev EX;
+    ``tracking``: tracking.worker_tracking's dict (None: no trackers)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -297,7 +318,7 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
         worker["GPU"] = gpus_per_worker or 1  # a fraction lets several trials share one GPU
     return TorchTrainer(
         train_loop,
-        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time()},  # fit() follows at once
+        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time(), "tracking": tracking},  # fit() follows at once
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=worker),
         run_config=RayRunConfig(
             name=name,
@@ -312,10 +333,10 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
     )
 
 
-def fit(cfg: RunConfig, storage_path: str, name: str):
+def fit(cfg: RunConfig, storage_path: str, name: str, tracking: dict | None = None):
     """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result."""
     start_ray()
-    return torch_trainer(cfg, storage_path, name).fit()
+    return torch_trainer(cfg, storage_path, name, tracking=tracking).fit()
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:
@@ -326,7 +347,8 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
     run = RunFolder.create(cfg)
     started = time.time()
-    result = fit(cfg, storage_path=str(run.path / "ray"), name="train")
+    trackers = tracking.worker_tracking(cfg, str(run.path / tracking.TENSORBOARD_DIR), run_name=run.path.name)
+    result = fit(cfg, storage_path=str(run.path / "ray"), name="train", tracking=trackers)
     if result.error:
         raise RuntimeError(f"training failed; Ray's logs are under {run.path / 'ray'}") from result.error
     returned = result.return_value or {}

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
+from ray_spider import tracking
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
@@ -62,6 +63,9 @@ def run_trial(params: dict, sweep: dict) -> None:
 
     cfg = trial_run_config(sweep, params)
     filesystem, experiment = experiment_path(sweep["storage"], sweep["name"])
+    trial = f"trial_{ray.tune.get_context().get_trial_id()}"
+    # TensorBoard from the worker needs a local folder; MLflow is Tune's MLflowLoggerCallback (one run per trial).
+    tensorboard_dir = f"{experiment}/{trial}/{tracking.TENSORBOARD_DIR}" if is_local(filesystem) else None
     trainer = torch_trainer(
         cfg,
         storage_path=train_runs_path(experiment),
@@ -69,6 +73,7 @@ def run_trial(params: dict, sweep: dict) -> None:
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
+        tracking=tracking.worker_tracking(cfg, tensorboard_dir, run_name=trial, mlflow=False),
     )
     result = trainer.fit()
     if result.error:
@@ -156,7 +161,7 @@ def _tuner(sweep: SweepConfig, resume: bool):
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=root, storage_filesystem=filesystem,
             failure_config=tune.FailureConfig(max_failures=sweep.trial_retries),
-            callbacks=[ReleaseStoppedTrainRuns()],
+            callbacks=[ReleaseStoppedTrainRuns(), *tracking.tune_callbacks(build_run_config(base, source='base'), sweep.name)],
         ),
     )
 
