@@ -342,8 +342,6 @@ def dequantized_base(model_cfg: ModelConfig, device: str | torch.device | None =
     return model
 
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's save_pretrained writes
-
 
 def export_model(model_cfg: ModelConfig, adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = True, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write a model folder for serving; returns it.
@@ -360,6 +358,8 @@ def export_model(model_cfg: ModelConfig, adapter: str | os.PathLike, out: str | 
         model, tokenizer = load_for_inference(model_cfg, adapter, merge=True, device="cpu")
         model.to(dtype).save_pretrained(out)
     else:
+        from ray_spider.records import ADAPTER_FILES
+
         for name in ADAPTER_FILES:
             shutil.copy2(Path(adapter) / name, out / name)
         tokenizer = load_tokenizer(resolve_model(model_cfg.name))

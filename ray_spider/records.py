@@ -33,6 +33,8 @@ from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS, Summary
 if TYPE_CHECKING:
     from ray_spider.predict import PredictionSummary
 
+# A checkpoint's adapter in PEFT format: what `PeftModel.from_pretrained` reads.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PACKAGES = ("ray-spider", "torch", "transformers", "peft", "trl", "bitsandbytes", "ray", "datasets", "pyarrow")
 
 
@@ -162,14 +164,13 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
 
 
 def copy_best_checkpoint(checkpoint_dir: Path, run_dir: Path) -> None:
-    """Adapter files to run_dir/adapter, its dev predictions to run_dir/dev_eval."""
+    """Adapter files to run_dir/adapter, its dev predictions to run_dir/dev_eval. The trainer
+    state a checkpoint also holds (optimizer, scheduler, RNG: for resuming) stays in Ray's storage."""
     adapter = run_dir / "adapter"
     adapter.mkdir()
-    for item in Path(checkpoint_dir).iterdir():
-        if item.name == "dev_eval":
-            shutil.copytree(item, run_dir / "dev_eval")
-        elif item.is_file():
-            shutil.copy2(item, adapter / item.name)
+    for name in ADAPTER_FILES:
+        shutil.copy2(Path(checkpoint_dir) / name, adapter / name)
+    shutil.copytree(Path(checkpoint_dir) / "dev_eval", run_dir / "dev_eval")
 
 
 def hardness_table_md(summary: Summary) -> str:

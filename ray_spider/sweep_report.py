@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 from rich.table import Table
 
 from ray_spider.config import ModelConfig
-from ray_spider.model import ADAPTER_FILES
+from ray_spider.records import ADAPTER_FILES
 from ray_spider.storage import TRIALS_PLOT, is_local, storage
 
 DEV_EVAL = "dev_eval"  # the checkpoint's dev predictions and summary.json (train.DevEvalCallback writes them)

@@ -5,22 +5,29 @@
 ``train_loop`` runs on every Ray Train worker (DDP across workers, one GPU each when there are
 GPUs). Every ``train.eval_every_steps`` optimizer steps, and at the end, the workers generate the
 dev answers (each its own shard), rank 0 scores them with the evaluator, and every worker calls
-``ray.train.report`` with dev_ex/dev_em; rank 0 attaches the adapter (PEFT format) and its dev
-predictions as the checkpoint. Ray keeps the best checkpoints by dev_ex. The Ray-specific lines
-are marked ``# Ray:``.
+``ray.train.report`` with dev_ex/dev_em; rank 0 attaches the checkpoint: the adapter (PEFT
+format), its dev predictions (dev_eval/) and the Trainer's state at that step (optimizer,
+scheduler, RNG, data position). Ray keeps the best checkpoints by dev_ex, and the latest; a run
+restarted under the same name (a retried sweep trial) resumes from the latest. The Ray-specific
+lines are marked ``# Ray:``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import tempfile
+from contextlib import nullcontext
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from ray_spider import tracking
@@ -72,7 +79,10 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device, report_to:
         seed=train.seed,
         data_seed=train.seed,
         logging_steps=train.logging_steps,
-        save_strategy="no",  # checkpoints go through ray.train.report, scored by dev EX
+        # Saved only on dev rounds (DevEvalCallback asks for it), then reported to Ray with the dev
+        # scores; the local copy is dropped once Ray holds it (only the newest one stays on disk).
+        save_strategy="no",
+        save_total_limit=1,
         eval_strategy="no",
         report_to=list(report_to),
         run_name=run_name,
@@ -83,7 +93,7 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device, report_to:
 
 
 class DevEvalCallback(TrainerCallback):
-    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with the adapter."""
+    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with its checkpoint."""
 
     def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev, device):
         self.cfg, self.prompter, self.tokenizer, self.dev, self.device = cfg, prompter, tokenizer, dev, device
@@ -108,11 +118,15 @@ class DevEvalCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.steps_started = time.perf_counter()
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        # The last step's round runs here, not in on_train_end: the trackers close their writers and
-        # runs in their own on_train_end, which comes first.
-        if state.global_step % self.cfg.train.eval_every_steps == 0 or state.global_step == state.max_steps:
-            self.evaluate_and_report(state, model)
+    def on_step_end(self, args, state, control, **kwargs):
+        # A dev round is taken right after the Trainer saves its state (on_save): the checkpoint
+        # Ray keeps is then the adapter with everything a retried trial resumes from.
+        if state.global_step % self.cfg.train.eval_every_steps == 0 or state.global_step >= state.max_steps:
+            control.should_save = True
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        trainer_checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        self.evaluate_and_report(state, model, trainer_checkpoint)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.eval_seconds_in_loop = self.eval_seconds  # train_runtime is taken before this callback
@@ -135,7 +149,10 @@ class DevEvalCallback(TrainerCallback):
             merged[rank :: self.world] = outputs
         return merged
 
-    def evaluate_and_report(self, state, model) -> None:
+    def evaluate_and_report(self, state, model, trainer_checkpoint: Path | None = None) -> None:
+        """Score the dev questions and report the round to Ray, with rank 0's checkpoint: the adapter
+        (PEFT format) at the top, ``dev_eval/``, and, from ``trainer_checkpoint`` (the Trainer's
+        save of this step), optimizer, scheduler, RNG and trainer state for resuming."""
         import ray.train  # Ray: imported here so the callback also runs outside Ray (tests)
 
         self.last_eval_step = state.global_step
@@ -157,6 +174,8 @@ class DevEvalCallback(TrainerCallback):
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
+                if trainer_checkpoint is not None:
+                    shutil.copytree(trainer_checkpoint, tmp, dirs_exist_ok=True)
                 model.save_pretrained(tmp)  # PEFT format: adapter_config.json + adapter_model.safetensors
                 result.write(Path(tmp) / "dev_eval")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -259,6 +278,7 @@ def train_loop(config: dict) -> dict:
     import ray.train.torch  # Ray
 
     device = ray.train.torch.get_device()  # Ray: this worker's GPU, or cpu
+    resume_from = ray.train.get_checkpoint()  # Ray: the latest reported checkpoint when a failed run restarts
     if cfg.train.deterministic:
         use_deterministic_kernels()
     set_seed(cfg.train.seed)
@@ -282,7 +302,11 @@ def train_loop(config: dict) -> dict:
                 len(train_set), stats["train_examples_truncated"], cfg.train.max_length, stats["train_examples_dropped_prompt_too_long"],
             )
         callback.setup_s = round(time.perf_counter() - started, 1)
-        runtime = trainer.train().metrics["train_runtime"]
+        with resume_from.as_directory() if resume_from else nullcontext() as resume_dir:
+            if resume_dir:
+                log.info("resuming from the checkpoint of step %d", resumed_step(resume_dir))
+            # Adapter, optimizer, scheduler, RNG and the position in the data, as at that step.
+            runtime = trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
     train_seconds = runtime - callback.eval_seconds_in_loop
     speed = {
         "train_seconds": round(train_seconds, 2),  # optimizer work only, dev evaluation excluded
@@ -292,6 +316,11 @@ def train_loop(config: dict) -> dict:
     }
     kernels = torch.are_deterministic_algorithms_enabled()
     return {"history": callback.history, "data": {**stats, **speed, "deterministic_kernels": kernels}}
+
+
+def resumed_step(checkpoint_dir: str | os.PathLike) -> int:
+    """The optimizer step a reported checkpoint was saved at (its trainer_state.json)."""
+    return json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())["global_step"]
 
 
 def start_ray() -> None:

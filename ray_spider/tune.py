@@ -6,14 +6,15 @@
 
 Each trial runs the training job of train.py (a Ray Train TorchTrainer launched inside the Tune
 trial function, reporting every dev-eval round to Tune through TuneReportCallback), so ASHA can stop
-weak trials and every reported adapter is a checkpoint in storage. Storage is any pyarrow
+weak trials and every reported adapter is a checkpoint in storage. The Train run is named by the
+trial id: a crashed trial that Tune retries (``trial_retries``) resumes from its latest checkpoint
+(adapter, optimizer, scheduler, position in the data) in the same folder. Storage is any pyarrow
 filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix (layout: storage.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -69,7 +70,9 @@ def run_trial(params: dict, sweep: dict) -> None:
     trainer = torch_trainer(
         cfg,
         storage_path=train_runs_path(experiment),
-        name=f"{ray.tune.get_context().get_trial_id()}-{int(time.time())}",
+        # Named by the trial alone: a retried trial's Train run finds its own checkpoints in storage
+        # and resumes from the latest (train_loop), instead of starting over in a new folder.
+        name=ray.tune.get_context().get_trial_id(),
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result

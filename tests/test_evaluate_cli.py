@@ -117,3 +117,16 @@ def test_summary_keeps_its_json_shape(spider_dir):
     assert data["by_hardness"]["easy"] == {"n": 1, "ex": 1.0, "em": 1.0}
     assert list(data["by_hardness"]) == ["easy", "medium", "hard", "extra"]
     assert Summary.from_dict(json.loads(json.dumps(data))) == report.summary()
+
+
+def test_the_evaluator_imports_nothing_from_the_training_side():
+    """ray_spider/evaluation/ is a product of its own: only the standard library, rich, and itself."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "ray_spider" / "evaluation"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith("ray_spider") or name.startswith("ray_spider.evaluation"), f"{path.name} imports {name}"
+                assert name.split(".")[0] not in {"torch", "transformers", "ray", "peft", "trl", "datasets"}, f"{path.name} imports {name}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def start(command: list[str], log: Path, cwd: Path | None = None) -> subprocess.
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
-def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None, poll_s: float = 1.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -46,7 +47,7 @@ def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | N
             return value
         if process is not None and process.poll() is not None:
             raise AssertionError(f"sweep exited ({process.returncode}) before {what}")
-        time.sleep(1)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -62,8 +63,23 @@ def finished_trials(experiment: Path) -> list[Path]:
     return done
 
 
-def train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+def train_workers(sweep: subprocess.Popen) -> list[psutil.Process]:
+    """The Ray Train workers of this sweep (its local Ray runs under it), not of other Ray clusters on the host."""
+    return [p for p in psutil.Process(sweep.pid).children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+def reported_steps(experiment: Path) -> dict[str, list[int]]:
+    """trial id -> the steps of the dev rounds Tune has received so far, in order, over all attempts."""
+    steps = {}
+    for path in experiment.glob("trial_*/result.json"):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # the line being written
+        steps[path.parent.name.removeprefix("trial_")] = [row["step"] for row in rows if "step" in row]
+    return steps
 
 
 def test_trial_config_applies_sampled_values():
@@ -79,14 +95,19 @@ def test_sweep_file_errors_name_the_key(tmp_path):
         load_sweep_config(path)
 
 
-def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
+def test_killed_trial_is_retried_and_resumes_from_its_last_checkpoint(tiny_dir, spider_dir, tmp_path):
+    """A trial whose training process dies mid-run is retried by Tune, and the retry goes on from the
+    trial's latest checkpoint (adapter, optimizer, scheduler, data position) in the same Train run
+    folder: its dev rounds continue where they stopped instead of starting again at step 2."""
     log = tmp_path / "sweep.log"
-    process = start(sweep_command("relative/storage", tiny_dir, 2), log, cwd=tmp_path)  # relative to where it runs
-    wait_for(lambda: "trainable params" in log.read_text(), 300, "a trial to start training", process)
-    (victim,) = train_workers()
+    experiment = tmp_path / "relative" / "storage" / "sweep-smoke-cpu"
+    # 10 steps, a dev round every 2: the kill lands after the first round and before the last
+    command = sweep_command("relative/storage", tiny_dir, 2, "base.train.max_steps=10")  # storage relative to where it runs
+    process = start(command, log, cwd=tmp_path)
+    first = wait_for(lambda: [steps for steps in reported_steps(experiment).values() if steps], 600, "a first dev round", process, poll_s=0.1)[0]
+    (victim,) = train_workers(process)
     victim.kill()  # a real crash of the trial's training process, mid-training
     assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
-    experiment = tmp_path / "relative" / "storage" / "sweep-smoke-cpu"
     rows = pq.read_table(experiment / "trials.parquet").to_pylist()
     assert len(rows) == 2 and all(row["status"] == "TERMINATED" for row in rows)
     assert sum(row["retries"] for row in rows) == 1
@@ -94,6 +115,12 @@ def test_killed_trial_is_retried(tiny_dir, spider_dir, tmp_path):
         assert row["best_dev_ex"] is not None
         assert len(row["curve_dev_ex"]) == len(row["curve_dev_em"]) == len(row["curve_steps"]) == row["eval_rounds"] > 0
         assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
+    # One Train run folder per trial, named by the trial: the retry used its trial's folder.
+    assert sorted(path.name for path in (experiment / "train_runs").iterdir() if path.is_dir()) == sorted(row["trial_id"] for row in rows)
+    (resumed,) = [int(step) for step in re.findall(r"resuming from the checkpoint of step (\d+)", log.read_text())]
+    assert resumed >= first[-1] >= 2
+    retried = next(row for row in rows if row["retries"])
+    assert retried["curve_steps"] == [2, 4, 6, 8, 10]  # no round repeated: the retry went on from step `resumed`
 
 
 def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
