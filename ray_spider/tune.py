@@ -29,6 +29,8 @@ from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, experiment_path, experim
 
 log = logging.getLogger(__name__)
 
+TRIAL_DRIVER_MEMORY = 2**20  # bytes: the trial function's token reservation (see _tuner)
+
 
 def tune_distribution(dimension: SearchDimension):
     from ray import tune
@@ -133,8 +135,10 @@ def _tuner(sweep: SweepConfig, resume: bool):
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
     # Trials run in their own working dirs: a relative local storage path must be made absolute here.
     sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if is_local(filesystem) else sweep.storage}
-    # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
+    # The trial function only drives its Train job (whose workers hold the real resources): a token
+    # of memory, not of CPU. Even 0.01 CPU per trial left 2 x 0.99 CPUs for two 1-CPU trials on a
+    # 2-core machine, so the second waited for the first (Tune needs some resource in the bundle).
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"memory": TRIAL_DRIVER_MEMORY})
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
             raise FileNotFoundError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}")

@@ -125,9 +125,10 @@ def test_killed_trial_is_retried_and_resumes_from_its_last_checkpoint(tiny_dir, 
 
 def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
     """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
-    On a running 3-CPU Ray cluster two trials (1 CPU each) train side by side."""
+    On a running 2-CPU Ray cluster two trials (1 CPU each) train side by side: the trial functions
+    reserve no CPU (with 0.01 CPU each, the second trial's worker waited for the first)."""
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    subprocess.run([*ray_cli, "start", "--head", "--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    subprocess.run([*ray_cli, "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
     try:
         result = subprocess.run(
             sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
