@@ -70,6 +70,11 @@ def test_export_merges_the_adapter_into_a_plain_transformers_model(tiny_adapter,
     assert bf16.returncode == 0, bf16.stderr[-3000:]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
 
+    adapter_only = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "lora"), "--no-merge")
+    assert adapter_only.returncode == 0, adapter_only.stderr[-3000:]
+    assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == (tiny_adapter / "adapter_model.safetensors").read_bytes()
+    assert AutoTokenizer.from_pretrained(tmp_path / "lora").chat_template == tokenizer.chat_template
+
 
 def test_export_bad_input_is_one_error_line(tiny_adapter, tmp_path):
     (tmp_path / "full").mkdir()
