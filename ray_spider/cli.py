@@ -313,10 +313,12 @@ def ask(
         console.print(f"[bold red]the query did not run ({result.outcome.status}):[/] {result.outcome.error}")
         raise typer.Exit(1)
     rows = result.outcome.rows
-    table = Table(title=f"{len(rows)} row(s)" + (f", first {max_rows} shown" if len(rows) > max_rows else ""), show_header=False)
-    for row in rows[:max_rows]:
-        table.add_row(*(str(value) for value in row))
-    stdout.print(table)
+    print(f"{len(rows)} row(s)" + (f", the first {max_rows} below" if len(rows) > max_rows else ""))
+    if rows:
+        table = Table(show_header=False)
+        for row in rows[:max_rows]:
+            table.add_row(*(str(value) for value in row))
+        stdout.print(table)
 
 
 @app.command()

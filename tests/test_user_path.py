@@ -99,12 +99,17 @@ def test_ask_without_sql_in_the_answer_says_so(tiny_adapter):
 
 @pytest.mark.slow
 def test_ask_prints_the_sql_and_its_rows(offline_dir, tmp_path):
-    make_adapter(offline_dir, tmp_path / "adapter", random_lora=False)  # PEFT's initial adapter: the base's answers
-    result = run_cli("ask", "--adapter", str(tmp_path / "adapter"), "--db-id", "concert_singer", "--question", "How many singers do we have?")
+    """The base model's own answers (PEFT's initial adapter changes nothing), phrased so that it writes SQL."""
+    make_adapter(offline_dir, tmp_path / "adapter", random_lora=False)
+    ask = ["ask", "--adapter", str(tmp_path / "adapter"), "--db-id", "concert_singer", "--question"]
+    result = run_cli(*ask, "SELECT the name of every singer.", "generation.max_new_tokens=48")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sql, *table = result.stdout.splitlines()
     assert sql.upper().startswith("SELECT") and "singer" in sql.lower()
     assert any("row(s)" in line for line in table), result.stdout
+    failing = run_cli(*ask, "Show the SQL query that counts all singers.", "generation.max_new_tokens=48")  # the base writes SUBSTRING: not SQLite
+    assert failing.returncode == 1 and failing.stdout.upper().startswith("SELECT"), failing.stderr[-3000:]
+    assert "the query did not run (syntax_error)" in " ".join(failing.stderr.split())
 
 
 def write_jsonl(path, rows):
