@@ -48,6 +48,7 @@ def tiny_adapter(tiny_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_merges_the_adapter_into_a_plain_transformers_model(tiny_adapter, tiny_dir, tmp_path):
     result = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "merged"), "--merge", "--dtype", "float32")
     assert result.returncode == 0, result.stderr[-3000:]
