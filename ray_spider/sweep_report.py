@@ -83,6 +83,7 @@ def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
     for name in ADAPTER_FILES:
         pafs.copy_files(f"{best['checkpoint_uri']}/{name}", str(out.resolve() / name), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
     if filesystem.get_file_info(f"{best['checkpoint_uri']}/{DEV_EVAL}").type == pafs.FileType.Directory:
+        (out / DEV_EVAL).mkdir(exist_ok=True)  # copy_files fills a local folder, it does not create it
         pafs.copy_files(f"{best['checkpoint_uri']}/{DEV_EVAL}", str(out.resolve() / DEV_EVAL), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
     sweep = read_sweep(filesystem, path)
     params = {key.removeprefix("param."): value for key, value in best.items() if key.startswith("param.")}
