@@ -166,6 +166,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spide
     fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(experiment), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "dev_eval" / "summary.json").read_text())["ex"] == rows[0]["best_dev_ex"]  # for `compare`
+    assert len((out / "dev_eval" / "predictions.jsonl").read_text().splitlines()) == 2  # sweep_command's dev subset
     best_cfg = load_run_config(out / "config.yaml")  # the winner, ready for `predict --config` / `train`
     assert best_cfg.lora.r == rows[0]["param.lora.r"] and best_cfg.train.learning_rate == rows[0]["param.train.learning_rate"]
     assert (experiment / "trials.png").is_file()
