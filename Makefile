@@ -22,11 +22,16 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # The main job on its embedded default: local Ray, local storage, the offline model, real Spider.
+# A CPU sweep on easy questions, its best adapter, and the base model without adapter scored on the
+# same dev questions, side by side.
+DEMO := runs/demo
 demo: setup
 	$(BIN)/ray-spider setup-model
-	rm -rf runs/sweeps/sweep-smoke-cpu
-	$(BIN)/ray-spider sweep sweeps/sweep_smoke_cpu.yaml storage=runs/sweeps
-	$(BIN)/ray-spider best runs/sweeps/sweep-smoke-cpu --out runs/demo/best_adapter
+	rm -rf runs/sweeps/sweep-demo-cpu $(DEMO)
+	$(BIN)/ray-spider sweep sweeps/sweep_demo_cpu.yaml storage=runs/sweeps
+	$(BIN)/ray-spider best runs/sweeps/sweep-demo-cpu --out $(DEMO)/best_adapter
+	$(BIN)/ray-spider predict --config $(DEMO)/best_adapter/config.yaml --out $(DEMO)/baseline lora.enabled=false
+	$(BIN)/ray-spider compare $(DEMO)/baseline $(DEMO)/best_adapter/dev_eval --label "base model" --label "best adapter"
 
 bench: setup
 	$(BIN)/python bench/bench_eval.py

@@ -289,10 +289,15 @@ def predict(
     model: Annotated[Optional[str], typer.Option(help="model spec (default: the config's)")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter folder (a run's adapter/ or `best --out`)")] = None,
     split: Annotated[str, typer.Option(help="dev or train")] = "dev",
+    questions: Annotated[
+        Optional[Path],
+        typer.Option(help="your own questions instead of a split: .jsonl lines {\"db_id\", \"question\"[, \"query\"]} or a Spider-format .json; "
+                     "without gold \"query\" the answers are written, not scored"),
+    ] = None,
     config: ConfigPath = None,
     overrides: Overrides = None,
 ) -> None:
-    """Batched greedy generation on a split, SQL extraction, and scoring."""
+    """Batched greedy generation on a split (or a questions file), SQL extraction, and scoring."""
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
     from ray_spider.model import check_adapter
@@ -301,12 +306,128 @@ def predict(
     check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True)
     if adapter is not None:
         check_adapter(adapter, cfg.model)
-    from ray_spider.evaluation.score import summary_table
-    from ray_spider.predict import run_prediction  # slow to import: after the checks
+    asked = None
+    if questions is not None:
+        from ray_spider.data import QuestionsFileError, read_questions
 
-    result = run_prediction(cfg, adapter, out, split)
-    stdout.print(summary_table(result.summary, title=f"{split}: {result.summary.n} questions"))
+        try:
+            asked = read_questions(questions, _spider(None, cfg.data))
+        except QuestionsFileError as exc:
+            fail(str(exc))
+    from ray_spider.evaluation.score import summary_table
+    from ray_spider.predict import Answers, run_prediction  # slow to import: after the checks
+
+    result = run_prediction(cfg, adapter, out, split, questions=asked)
+    if isinstance(result, Answers):
+        console.print(f"{questions} has no gold SQL: wrote {len(result.records)} answers to {out}, not scored; "
+                      f"SQL-only rate {result.sql_only_rate:.3f}", markup=False)
+        return
+    title = f"{questions or split}: {result.summary.n} questions"
+    stdout.print(summary_table(result.summary, title=title))
     console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}", markup=False)
+
+
+def _adapter_run_config(adapter: Path, config: Path | None, overrides: list[str]):
+    """The run config that goes with an adapter: --config when given, else the one saved beside it
+    (`best --out` writes ADAPTER/config.yaml, a run folder holds RUN/config.yaml above RUN/adapter/),
+    else the defaults. The prompt must be the one the adapter was trained with."""
+    from ray_spider.model import check_adapter
+
+    if config is None:
+        config = next((path for path in (adapter / "config.yaml", adapter.parent / "config.yaml") if path.is_file()), None)
+    cfg = _job_config(config, overrides)
+    check_adapter(adapter, cfg.model)
+    return cfg
+
+
+@app.command()
+def ask(
+    adapter: Annotated[Path, typer.Option(help="PEFT adapter folder (`best --out`, or a run's adapter/)")],
+    db_id: Annotated[str, typer.Option(help="Spider database id, e.g. concert_singer")],
+    question: Annotated[str, typer.Option(help="natural-language question")],
+    max_rows: Annotated[int, typer.Option(min=1, help="rows printed (all are counted)")] = 20,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML (default: the adapter's config.yaml)")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Answer one question: print the SQL the model writes and its rows from a read-only run."""
+    from rich.table import Table
+
+    from ray_spider.model import load_for_inference
+    from ray_spider.predict import ask as answer
+    from ray_spider.prompt import Prompter
+
+    cfg = _adapter_run_config(adapter, config, overrides or [])
+    spider = _spider(None, cfg.data)
+    if db_id not in spider.tables:
+        fail(f"--db-id {db_id!r} is not in {spider.root / 'tables.json'} (e.g. {', '.join(sorted(spider.tables)[:3])})")
+    if not spider.has_database(db_id):
+        fail(f"--db-id {db_id!r} has no database file: {spider.db_path(db_id)}")
+    if not question.strip():
+        fail("--question is empty")
+    model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
+    result = answer(model, tokenizer, Prompter(spider, cfg.prompt), db_id, question, cfg.generation, cfg.eval)
+    if result.sql is None:
+        console.print(f"[bold red]no SQL in the answer:[/] {escape(repr(result.raw_output))}")
+        raise typer.Exit(1)
+    print(result.sql)
+    if result.outcome.status != "ok":
+        console.print(f"[bold red]the query did not run ({result.outcome.status}):[/] {escape(str(result.outcome.error))}")
+        raise typer.Exit(1)
+    rows = result.outcome.rows
+    print(f"{len(rows)} row(s)" + (f", the first {max_rows} below" if len(rows) > max_rows else ""))
+    if rows:
+        table = Table(show_header=False)
+        for row in rows[:max_rows]:
+            table.add_row(*(str(value) for value in row))
+        stdout.print(table)
+
+
+@app.command()
+def export(
+    adapter: Annotated[Path, typer.Option(help="PEFT adapter folder (`best --out`, or a run's adapter/)")],
+    out: Annotated[Path, typer.Option(help="output folder (must not exist or be empty)")],
+    merge: Annotated[bool, typer.Option("--merge/--no-merge", help="fold the adapter into the base (a plain transformers model), or copy the adapter with the tokenizer")] = True,
+    dtype: Annotated[str, typer.Option(help="weights of the merged model: bfloat16 or float32")] = "bfloat16",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML (default: the adapter's config.yaml)")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Write a model folder for serving: the base with the adapter merged (AutoModelForCausalLM.from_pretrained loads it) and its tokenizer."""
+    import torch
+
+    from ray_spider.model import export_model
+
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    if dtype not in dtypes:
+        fail(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(f"--out {out} exists and is not an empty folder; give a new one")
+    cfg = _adapter_run_config(adapter, config, overrides or [])
+    export_model(cfg.model, adapter, out, merge=merge, dtype=dtypes[dtype])
+    what = f"merged {dtype} model" if merge else "adapter and tokenizer"
+    console.print(f"[bold green]wrote {what}:[/] {escape(str(out))}")
+
+
+@app.command()
+def compare(
+    folders: Annotated[list[Path], typer.Argument(help="prediction folders with summary.json: `predict --out`, a run's dev_eval/, `best --out`'s dev_eval/")],
+    label: Annotated[Optional[list[str]], typer.Option(help="column name per folder, in order (default: the folder paths)")] = None,
+) -> None:
+    """Print scores of prediction folders side by side (e.g. the baseline and the tuned adapter on the same questions)."""
+    from ray_spider.records import comparison_table, read_summary_file
+
+    labels = label or [str(folder) for folder in folders]
+    if len(labels) != len(folders):
+        fail(f"give one --label per folder: {len(folders)} folder(s), {len(labels)} label(s)")
+    summaries = []
+    for folder in folders:
+        path = folder / "summary.json"
+        if not path.is_file():
+            fail(f"{folder}: no summary.json (a `predict --out` folder or a run's dev_eval/)")
+        summary = json.loads(path.read_text())
+        if summary.get("scored") is False:
+            fail(f"{folder}: its answers were not scored (no gold SQL); nothing to compare")
+        summaries.append(read_summary_file(path))
+    stdout.print(comparison_table(summaries, labels))
 
 
 @app.command()

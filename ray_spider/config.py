@@ -25,6 +25,7 @@ from ray_spider.errors import UserError
 DEFAULT_SYSTEM_PROMPT = "You are a text-to-SQL system. Output ONLY one SQLite SQL query and nothing else."
 LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OFFLINE_MODEL = "smollm2-135m-instruct"
+Hardness = Literal["easy", "medium", "hard", "extra"]  # Spider's hardness levels (evaluation.exact_match)
 
 
 AUTO = "auto"
@@ -58,9 +59,19 @@ class PromptConfig(_Strict):
 class DataConfig(_Strict):
     spider_dir: str | None = Field(None, description="Spider 1.0 folder; default: $SPIDER_DIR")
     include_train_others: bool = Field(False, description="also train on train_others.json (schema-only databases)")
-    max_train_examples: int | None = Field(None, ge=1, description="first N training examples (smoke runs)")
+    max_train_examples: int | None = Field(None, ge=1, description="first N training examples (smoke runs); see train_sample_seed")
+    train_sample_seed: int | None = Field(
+        None, description="with max_train_examples: a seeded sample of N across all training databases instead of the "
+        "first N in file order (Spider's train file is grouped by database, so its first N cover only a few)",
+    )
+    train_hardness: list[Hardness] | None = Field(
+        None, min_length=1, description="train only on questions of these Spider hardness levels (the evaluator's rule; None = all)"
+    )
     dev_subset: int | None = Field(None, ge=1, description="evaluate on a fixed seeded sample of N dev-972 questions (None = all)")
     dev_subset_seed: int = Field(42, description="seed of that sample, apart from train.seed: runs with other training seeds are scored on the same questions")
+    dev_hardness: list[Hardness] | None = Field(
+        None, min_length=1, description="score only dev questions of these hardness levels (before dev_subset samples; None = all)"
+    )
 
 
 class ModelConfig(_Strict):
@@ -196,6 +207,20 @@ class EvalConfig(_Strict):
     workers: int | None = Field(None, ge=1, description="processes for scoring (None = all cores, at most 8: more cost more to start than they save)")
 
 
+class TrackingConfig(_Strict):
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="where train loss, learning rate and dev EX/EM go besides the run folder, through the libraries' "
+        "own integrations (transformers' report_to, Ray Tune's logger callbacks): tensorboard writes event files into "
+        "the run folder (a sweep: each trial's folder), mlflow logs runs to mlflow_uri; [] = none",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (http://host:5000, sqlite:///file.db, databricks); None = sqlite:///<output_dir>/mlflow.db, "
+        "a local store (`mlflow ui --backend-store-uri` that URI)",
+    )
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name; None = the run's name (a sweep: the sweep's)")
+
+
 class RunConfig(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="run name: the run folder is <output_dir>/<name>-<timestamp>")
     output_dir: str = Field("runs", description="runs are written to <output_dir>/<name>-<timestamp>/ (a local path; sweeps take any pyarrow storage)")
@@ -206,6 +231,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimizer, schedule, dev rounds and Ray Train workers")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding of the dev answers")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="scoring of the dev answers (EX/EM)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment trackers: TensorBoard, MLflow")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> RunConfig:

@@ -469,3 +469,27 @@ def apply_liger_kernels(model, setting: bool | str, device: str | torch.device) 
     for name, cls in classes.items():
         setattr(modeling_llama, name, cls)
     return True
+
+
+def export_model(model_cfg: ModelConfig, adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = True, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write a model folder for serving; returns it.
+
+    ``merge=True``: the base with the LoRA adapter folded in, in ``dtype``, plus the tokenizer: a plain
+    transformers folder that ``AutoModelForCausalLM.from_pretrained(out)`` loads without peft. A
+    4-bit base is dequantized first (``dequantized_base``): the export holds the weights the adapter
+    was trained and scored against, so it answers as the evaluated model did, up to ``dtype`` rounding.
+    ``merge=False``: the adapter files plus the tokenizer, for servers that load LoRA adapters.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if merge:
+        model, tokenizer = load_for_inference(model_cfg, adapter, merge=True, device="cpu")
+        model.to(dtype).save_pretrained(out)
+    else:
+        from ray_spider.records import ADAPTER_FILES
+
+        for name in ADAPTER_FILES:
+            shutil.copy2(Path(adapter) / name, out / name)
+        tokenizer = load_tokenizer(resolve_model(model_cfg.name))
+    tokenizer.save_pretrained(out)
+    return out

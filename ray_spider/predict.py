@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray_spider.config import EvalConfig, GenerationConfig, RunConfig
 from ray_spider.errors import write_atomically
+from ray_spider.evaluation.execution import QueryOutcome, run_query
 from ray_spider.evaluation.extract import extract_sql, one_line
 from ray_spider.evaluation.score import GoldQuery, Report, Summary, score
 from ray_spider.inference import generate_candidates
@@ -126,8 +127,47 @@ def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Examp
     return replace(result, summary=replace(result.summary, **timings))
 
 
-def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True) -> PredictionResult:
-    """Load base (+ adapter), answer the split's scorable questions (cfg.data.dev_subset for dev), score, write."""
+@dataclass
+class Answers:
+    """Model answers to questions without gold SQL: written like a PredictionResult, never scored."""
+
+    records: list[dict]  # one per question: db_id, question, raw_output, sql, sql_only
+    sql_only_rate: float
+    prompt_version: str | None = None
+
+    @property
+    def summary(self) -> dict:
+        return {"n": len(self.records), "scored": False, "sql_only_rate": self.sql_only_rate, "prompt_version": self.prompt_version}
+
+    def write(self, out_dir: Path) -> None:
+        """predictions.jsonl, pred.sql (one line per question) and summary.json; no gold.sql."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "predictions.jsonl", "w") as out:
+            for record in self.records:
+                out.write(json.dumps(record) + "\n")
+        (out_dir / "pred.sql").write_text("".join(one_line(r["sql"]) + "\n" for r in self.records))
+        (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+
+
+def unscored_answers(examples: list[Example], raw_outputs: list[str]) -> Answers:
+    extractions = [extract_sql(raw) for raw in raw_outputs]
+    records = [
+        {"index": e.index, "db_id": e.db_id, "question": e.question, "raw_output": raw, "sql": one_line(x.sql) if x.sql else "", "sql_only": x.pure}
+        for e, raw, x in zip(examples, raw_outputs, extractions)
+    ]
+    return Answers(records, sum(x.pure for x in extractions) / len(extractions) if extractions else 0.0)
+
+
+def run_prediction(
+    cfg: RunConfig, adapter: str | None, out_dir: Path, split: str = "dev", progress: bool = True,
+    questions: list[Example] | None = None,
+) -> PredictionResult | Answers:
+    """Load base (+ adapter), answer the questions, score them, write ``out_dir``.
+
+    The questions: ``questions`` when given (a user's file, data.read_questions), else the split's
+    scorable ones (cfg.data's dev subset and hardness for dev). Questions without gold SQL are
+    answered and written, not scored (an ``Answers``).
+    """
     from ray_spider.data import scored_dev_examples
     from ray_spider.memory import resolve_generation_settings
     from ray_spider.model import default_device, load_for_inference
@@ -135,13 +175,40 @@ def run_prediction(cfg: RunConfig, adapter: str | None, out_dir: Path, split: st
     cfg = resolve_generation_settings(cfg, default_device())
     spider = Spider(cfg.data.spider_dir)
     prompter = Prompter(spider, cfg.prompt)
-    if split == "dev":
+    if questions is not None:
+        examples = questions
+    elif split == "dev":
         examples = scored_dev_examples(spider, cfg.data)
     else:
         examples, _ = spider.executable(spider.examples(split))
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
+    if any(example.query is None for example in examples):
+        answers = unscored_answers(examples, generate_raw(model, tokenizer, prompter, examples, cfg.generation, progress))
+        answers.prompt_version = prompter.version
+        answers.write(out_dir)
+        return answers
     result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
     generation = cfg.generation.model_dump(mode="json")  # how the answers were decoded
     result = replace(result, summary=replace(result.summary, prompt_version=prompter.version, generation=generation))
     result.write(out_dir)
     return result
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One question answered and run: what `ray-spider ask` prints."""
+
+    raw_output: str
+    sql: str | None  # the extracted statement; None when the answer held no SQL
+    outcome: QueryOutcome  # of running ``sql`` read-only on the question's database
+
+
+def ask(model, tokenizer, prompter: Prompter, db_id: str, question: str, gen_cfg: GenerationConfig, eval_cfg: EvalConfig) -> Answer:
+    """Answer one question with the inference path of `predict` and run the SQL on the database with
+    the evaluator's read-only execution (eval_cfg.query_timeout_s, its row cap).
+    Raises KeyError for a db_id that tables.json lacks (from the prompt)."""
+    question_example = Example("questions", 0, db_id, question, None)
+    raw = generate_raw(model, tokenizer, prompter, [question_example], gen_cfg, progress=False)[0]
+    sql = extract_sql(raw).sql
+    outcome = run_query(prompter.spider.db_path(db_id), sql or "", timeout_s=eval_cfg.query_timeout_s)
+    return Answer(raw, one_line(sql) if sql else None, outcome)

@@ -261,3 +261,23 @@ def read_summary_file(path: Path) -> PredictionSummary:
     from ray_spider.predict import PredictionSummary
 
     return PredictionSummary.from_dict(json.loads(Path(path).read_text()))
+
+
+def comparison_table(summaries: list[PredictionSummary], labels: list[str]):
+    """A rich Table with one column per summary: questions, SQL-only rate, EX and EM overall and per
+    hardness level (levels that none of them has are left out). Scores of summaries over different
+    question sets are not comparable; the row of question counts shows it."""
+    from rich.table import Table
+
+    table = Table(title="side by side")
+    table.add_column("")
+    for label in labels:
+        table.add_column(label, justify="right")
+    table.add_row("questions", *(str(s.n) for s in summaries))
+    table.add_row("SQL-only rate", *(f"{s.sql_only_rate:.3f}" for s in summaries))
+    table.add_row("EX", *(f"{s.ex:.3f}" for s in summaries))
+    table.add_row("EM", *(f"{s.em:.3f}" for s in summaries))
+    for level in HARDNESS_LEVELS:
+        if any(s.by_hardness[level].n for s in summaries):
+            table.add_row(f"EX {level} (n)", *(f"{s.by_hardness[level].ex:.3f} ({s.by_hardness[level].n})" for s in summaries))
+    return table

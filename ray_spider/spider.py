@@ -29,7 +29,7 @@ class Example:
     index: int  # position in the split's JSON file
     db_id: str
     question: str
-    query: str  # gold SQL
+    query: str | None  # gold SQL; None for a user's question asked without one (`predict --questions`)
 
 
 def resolve_spider_dir(explicit: str | os.PathLike | None = None) -> Path:

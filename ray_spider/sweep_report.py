@@ -16,6 +16,7 @@ from ray_spider.config import ModelConfig
 from ray_spider.records import ADAPTER_FILES
 from ray_spider.storage import TRIALS_PLOT, is_local, storage
 
+DEV_EVAL = "dev_eval"  # the checkpoint's dev predictions and summary.json (train.DevEvalCallback writes them)
 
 
 def trials_table(rows: list[dict]) -> Table:
@@ -72,8 +73,8 @@ def plot_trials(experiment: str, rows: list[dict]) -> str:
 
 def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
     """Copy the best trial's best adapter out of storage into ``out``, with the trial's resolved run
-    config as ``out/config.yaml`` (for `ray-spider predict --config` and `ray-spider train`); return
-    its trials-table row."""
+    config as ``out/config.yaml`` (for `ray-spider predict --config` and `ray-spider train`) and the
+    checkpoint's dev predictions as ``out/dev_eval/`` (for `ray-spider compare`); return its trials-table row."""
     from ray_spider.records import write_config
     from ray_spider.tune import SweepError, read_sweep, trial_rows, trial_run_config
 
@@ -85,6 +86,9 @@ def fetch_best(experiment: str, out: Path, check_load: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         pafs.copy_files(f"{best['checkpoint_uri']}/{name}", str(out.resolve() / name), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    if filesystem.get_file_info(f"{best['checkpoint_uri']}/{DEV_EVAL}").type == pafs.FileType.Directory:
+        (out / DEV_EVAL).mkdir(exist_ok=True)  # copy_files fills a local folder, it does not create it
+        pafs.copy_files(f"{best['checkpoint_uri']}/{DEV_EVAL}", str(out.resolve() / DEV_EVAL), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
     sweep = read_sweep(filesystem, path)
     params = {key.removeprefix("param."): value for key, value in best.items() if key.startswith("param.")}
     cfg = trial_run_config(sweep, params)

@@ -31,6 +31,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
+from ray_spider import tracking
 from ray_spider.config import RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.memory import resolve_memory_settings
@@ -39,6 +40,7 @@ from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.progress import LOG_FILE, PROGRESS_FILE, ProgressFile, output_to, show_progress
 from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
+from ray_spider.tracking import dev_round_logs
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ def use_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConfig:
+def sft_config(cfg: RunConfig, output_dir: str, device: torch.device, report_to: list[str] = (), run_name: str | None = None) -> SFTConfig:
+    """TRL's SFTConfig of a run; ``report_to``: transformers' tracking integrations (tracking.py)."""
     train = cfg.train
     return SFTConfig(
         output_dir=output_dir,
@@ -84,7 +87,8 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
         save_strategy="no",
         save_total_limit=1,
         eval_strategy="no",
-        report_to=[],
+        report_to=list(report_to),
+        run_name=run_name,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -107,6 +111,7 @@ class DevEvalCallback(TrainerCallback):
         self.progress: ProgressFile | None = None  # rank 0 of a `train` run: the terminal's progress bar reads it
         self.setup_s: float | None = None  # from there to the first step: model, data, tokenizing
         self.steps_started = 0.0  # when the optimizer steps since the last round began
+        self.trainer = None  # set once built: its log() sends the dev rounds to the trackers (report_to)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "num_tokens" in logs:
@@ -172,6 +177,8 @@ class DevEvalCallback(TrainerCallback):
             shared = [metrics]
             dist.broadcast_object_list(shared, src=0)
             metrics = shared[0]
+        if self.trainer is not None:
+            self.log_to_trackers(dev_round_logs(metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
@@ -183,6 +190,15 @@ class DevEvalCallback(TrainerCallback):
             report = {**metrics, PLACEMENT_GROUP_METRIC: worker_placement_group_id()}
             ray.train.report(report, checkpoint=checkpoint)  # Ray: every worker reports, rank 0 checkpoints
         self.steps_started = time.perf_counter()
+
+    def log_to_trackers(self, logs: dict) -> None:
+        """Through the trainer's log(): TensorBoard and MLflow (report_to) get the dev round in the same
+        writers and at the same step as train loss. log() clears the flag that makes the trainer log
+        the loss of this step afterwards; it is put back, or that loss would be lost."""
+        control = self.trainer.control
+        pending = control.should_log
+        self.trainer.log(logs)
+        self.trainer.control.should_log = control.should_log = pending
 
     def _round_metrics(self, state, result: PredictionResult | None, measured: dict) -> dict:
         if result is None:
@@ -245,11 +261,11 @@ def longest_sequence(tokenized, max_length: int) -> int:
     return min(max_length, max((len(ids) for ids in tokenized["input_ids"]), default=1))
 
 
-def build_trainer(cfg: RunConfig, model, tokenizer, tokenized, output_dir: str, device, callbacks=()) -> SFTTrainer:
+def build_trainer(cfg: RunConfig, model, tokenizer, tokenized, output_dir: str, device, callbacks=(), report_to: list[str] = (), run_name: str | None = None) -> SFTTrainer:
     """TRL's SFTTrainer on pre-tokenized rows (tokenize_dataset): the loss covers the completion (SQL + end of turn) only."""
     return SFTTrainer(
         model=model,
-        args=sft_config(cfg, output_dir, device),
+        args=sft_config(cfg, output_dir, device, report_to, run_name),
         train_dataset=tokenized,
         processing_class=tokenizer,
         callbacks=list(callbacks),
@@ -315,8 +331,11 @@ def _train_loop(config: dict) -> dict:
     callback.start_s = start_s
     if config.get("progress_file") and callback.rank == 0:
         callback.progress = ProgressFile(config["progress_file"])
+    report_to, run_name = tracking.apply(config.get("tracking"))
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, [callback, *([callback.progress] if callback.progress else [])])
+        callbacks = [callback, *([callback.progress] if callback.progress else [])]
+        trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, callbacks, report_to, run_name)
+        callback.trainer = trainer
         stats = data_stats(trainer, len(train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
             log.warning(
@@ -385,8 +404,12 @@ def start_ray(log_to_driver: bool = True) -> None:
         print(f"joined the Ray cluster at {existing} ({source}; RAY_ADDRESS=local starts a private one)", file=sys.stderr)
 
 
-def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=(), worker_files: dict | None = None):
-    """The Ray Train job of one run: ``train_loop`` on cfg.train.num_workers workers, best checkpoints by dev EX."""
+def torch_trainer(
+    cfg: RunConfig, storage_path: str, name: str, gpus_per_worker: float | None = None, storage_filesystem=None, callbacks=(),
+    worker_files: dict | None = None, tracking: dict | None = None,
+):
+    """The Ray Train job of one run: ``train_loop`` on cfg.train.num_workers workers, best checkpoints by dev EX;
+    ``tracking``: tracking.worker_tracking's dict (None: no trackers)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -399,7 +422,7 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
     return TorchTrainer(
         train_loop,
         # fit() follows at once; worker_files: log_file and progress_file of a `train` run (progress.py)
-        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time(), **(worker_files or {})},
+        train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time(), "tracking": tracking, **(worker_files or {})},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=worker),
         run_config=RayRunConfig(
             name=name,
@@ -414,11 +437,11 @@ def torch_trainer(cfg: RunConfig, storage_path: str, name: str, gpus_per_worker:
     )
 
 
-def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None = None):
+def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None = None, tracking: dict | None = None):
     """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result. With
     ``worker_files`` (log_file, progress_file) the workers' output goes to the log, not the terminal."""
     start_ray(log_to_driver=not worker_files)
-    trainer = torch_trainer(cfg, storage_path, name, worker_files=worker_files)
+    trainer = torch_trainer(cfg, storage_path, name, worker_files=worker_files, tracking=tracking)
     try:
         return trainer.fit()
     except SystemExit:
@@ -435,8 +458,9 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     run = RunFolder.create(cfg)
     started = time.time()
     files = {"log_file": str(run.path / LOG_FILE), "progress_file": str(run.path / PROGRESS_FILE)}
+    trackers = tracking.worker_tracking(cfg, str(run.path / tracking.TENSORBOARD_DIR), run_name=run.path.name)
     with run.removed_if_interrupted("training stopped"), show_progress(files["progress_file"]):
-        result = fit(cfg, storage_path=str(run.path / "ray"), name="train", worker_files=files)
+        result = fit(cfg, storage_path=str(run.path / "ray"), name="train", worker_files=files, tracking=trackers)
     Path(files["progress_file"]).unlink(missing_ok=True)
     if result.error:
         raise RuntimeError(f"training failed; the workers' output is in {files['log_file']}, Ray's files under {run.path / 'ray'}") from result.error

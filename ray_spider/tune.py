@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
+from ray_spider import tracking
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.errors import UserError
 from ray_spider.records import best_round, is_number
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 class SweepError(UserError):
     """A sweep folder is missing, not a sweep, already taken, or every trial of a sweep failed."""
 
+TRIAL_DRIVER_MEMORY = 2**20  # bytes: the trial function's token reservation (see _tuner)
 
 
 def tune_distribution(dimension: SearchDimension):
@@ -68,6 +70,9 @@ def run_trial(params: dict, sweep: dict) -> None:
 
     cfg = trial_run_config(sweep, params)
     filesystem, experiment = experiment_path(sweep["storage"], sweep["name"])
+    trial = f"trial_{ray.tune.get_context().get_trial_id()}"
+    # TensorBoard from the worker needs a local folder; MLflow is Tune's MLflowLoggerCallback (one run per trial).
+    tensorboard_dir = f"{experiment}/{trial}/{tracking.TENSORBOARD_DIR}" if is_local(filesystem) else None
     trainer = torch_trainer(
         cfg,
         storage_path=train_runs_path(experiment),
@@ -77,6 +82,7 @@ def run_trial(params: dict, sweep: dict) -> None:
         gpus_per_worker=sweep["resources"]["gpus_per_worker"],
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
+        tracking=tracking.worker_tracking(cfg, tensorboard_dir, run_name=trial, mlflow=False),
     )
     result = trainer.fit()
     if result.error:
@@ -133,8 +139,10 @@ def _tuner(sweep: SweepConfig, resume: bool):
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}
     # Trials run in their own working dirs: a relative local storage path must be made absolute here.
     sweep_dict = {**sweep.model_dump(mode="json"), "base": base, "storage": root if is_local(filesystem) else sweep.storage}
-    # The trial function only drives its Train job (whose workers hold the real resources): a token CPU.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"CPU": 0.01})
+    # The trial function only drives its Train job (whose workers hold the real resources): a token
+    # of memory, not of CPU. Even 0.01 CPU per trial left 2 x 0.99 CPUs for two 1-CPU trials on a
+    # 2-core machine, so the second waited for the first (Tune needs some resource in the bundle).
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep_dict), {"memory": TRIAL_DRIVER_MEMORY})
     if resume:
         if not tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
             raise SweepError(f"no sweep to resume at {experiment_uri(sweep.storage, sweep.name)}: Tune saved no state there; run it without --resume")
@@ -164,7 +172,7 @@ def _tuner(sweep: SweepConfig, resume: bool):
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=root, storage_filesystem=filesystem,
             failure_config=tune.FailureConfig(max_failures=sweep.trial_retries),
-            callbacks=[ReleaseStoppedTrainRuns()],
+            callbacks=[ReleaseStoppedTrainRuns(), *tracking.tune_callbacks(build_run_config(base, source='base'), sweep.name)],
         ),
     )
 

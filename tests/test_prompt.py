@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from ray_spider.config import DEFAULT_SYSTEM_PROMPT, DataConfig, PromptConfig, load_run_config
+from ray_spider.config import DEFAULT_SYSTEM_PROMPT, ConfigError, DataConfig, PromptConfig, load_run_config
 from ray_spider.data import build_sft_dataset, dev_examples, scored_dev_examples, train_examples
 from ray_spider.prompt import Prompter, prompt_version, quote_identifier
 from ray_spider.spider import Spider, SpiderError
@@ -123,3 +123,27 @@ def test_bad_spider_folder_is_named(tmp_path):
         Spider(tmp_path).examples("dev")
     with pytest.raises(SpiderError, match="valid: train, train_others, dev"):
         Spider(tmp_path).examples("test")
+
+
+def test_hardness_filters_and_the_training_sample(spider):
+    from ray_spider.evaluation.exact_match import ExactMatcher
+
+    matcher = ExactMatcher(spider.root / "database", spider.root / "tables.json")
+    first = train_examples(spider, DataConfig(max_train_examples=20, train_hardness=["easy"]))
+    sampled = train_examples(spider, DataConfig(max_train_examples=20, train_hardness=["easy"], train_sample_seed=0))
+    for rows in (first, sampled):
+        assert len(rows) == 20 and all(matcher.hardness(e.query, e.db_id) == "easy" for e in rows)
+    assert [e.index for e in first] == sorted(e.index for e in first)  # file order: a few databases only
+    assert len({e.db_id for e in sampled}) > 2 * len({e.db_id for e in first})  # a sample spans many
+    assert sampled == train_examples(spider, DataConfig(max_train_examples=20, train_hardness=["easy"], train_sample_seed=0))
+
+    easy, skipped = dev_examples(spider, hardness=["easy"])
+    assert 0 < len(easy) < 972 and len(skipped) == 62
+    assert all(matcher.hardness(e.query, e.db_id) == "easy" for e in easy)
+    subset = scored_dev_examples(spider, DataConfig(dev_hardness=["easy"], dev_subset=20))
+    assert len(subset) == 20 and set(subset) <= set(easy)
+
+
+def test_hardness_levels_are_validated():
+    with pytest.raises(ConfigError, match="data.dev_hardness"):
+        load_run_config(None, ["data.dev_hardness=[simple]"])

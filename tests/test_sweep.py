@@ -183,8 +183,9 @@ def private_ray_cluster(num_cpus: int):
 
 def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
     """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
-    On a running 3-CPU Ray cluster two trials (1 CPU each) train side by side."""
-    with private_ray_cluster(num_cpus=3) as address:
+    On a running 2-CPU Ray cluster two trials (1 CPU each) train side by side: the trial functions
+    reserve no CPU (with 0.01 CPU each, the second trial's worker waited for the first)."""
+    with private_ray_cluster(num_cpus=2) as address:
         result = subprocess.run(
             sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
             capture_output=True, text=True, timeout=900, env={**os.environ, **PRIVATE_RAY_ENV, "RAY_ADDRESS": address},
@@ -220,6 +221,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spide
     fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(experiment), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "dev_eval" / "summary.json").read_text())["ex"] == rows[0]["best_dev_ex"]  # for `compare`
+    assert len((out / "dev_eval" / "predictions.jsonl").read_text().splitlines()) == 2  # sweep_command's dev subset
     best_cfg = load_run_config(out / "config.yaml")  # the winner, ready for `predict --config` / `train`
     assert best_cfg.lora.r == rows[0]["param.lora.r"] and best_cfg.train.learning_rate == rows[0]["param.train.learning_rate"]
     assert (experiment / "trials.png").is_file()

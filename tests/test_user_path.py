@@ -1,0 +1,165 @@
+"""What users reach for after `best`: `ask`, `export`, `predict --questions`, `compare`, end to end
+through the CLI on the tiny model (and the real offline model where an answer must be real SQL)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ray_spider.config import ModelConfig, RunConfig, build_run_config
+from ray_spider.model import apply_lora, load_model
+from ray_spider.records import write_config
+
+from test_train import run_cli
+
+SMALL = {"generation": {"max_new_tokens": 8, "batch_size": 4}, "eval": {"workers": 1}}
+
+
+def make_adapter(model_dir: str, out, random_lora: bool = True) -> RunConfig:
+    """A LoRA adapter on ``model_dir`` saved with its run config beside it (as `best --out` does).
+    random_lora: LoRA B drawn at random, so the adapter changes the outputs (PEFT starts B at 0)."""
+    cfg = build_run_config({**SMALL, "model": {"name": model_dir, "quantization": "none"}, "lora": {"r": 4}})
+    torch.manual_seed(0)
+    model = apply_lora(load_model(cfg.model, device="cpu"), cfg.lora)
+    if random_lora:
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.data.normal_(0, 0.5)
+    model.save_pretrained(out)
+    write_config(cfg, out)
+    return cfg
+
+
+def one_error_line(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter")
+    make_adapter(tiny_dir, out)
+    return out
+
+
+@pytest.mark.slow
+def test_export_merges_the_adapter_into_a_plain_transformers_model(tiny_adapter, tiny_dir, tmp_path):
+    result = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "merged"), "--merge", "--dtype", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no peft needed
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    ids = tokenizer("SELECT count(*) FROM singer", return_tensors="pt")["input_ids"]
+    adapted = PeftModel.from_pretrained(load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu"), tiny_adapter)
+    base = load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu")
+    with torch.no_grad():
+        expected, got, unadapted = adapted(ids).logits, merged(ids).logits, base(ids).logits
+    assert not torch.allclose(expected, unadapted, atol=1e-3)  # the adapter matters...
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)  # ...and the merged model has it
+
+    bf16 = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "bf16"))
+    assert bf16.returncode == 0, bf16.stderr[-3000:]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
+
+    adapter_only = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "lora"), "--no-merge")
+    assert adapter_only.returncode == 0, adapter_only.stderr[-3000:]
+    assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == (tiny_adapter / "adapter_model.safetensors").read_bytes()
+    assert AutoTokenizer.from_pretrained(tmp_path / "lora").chat_template == tokenizer.chat_template
+
+
+def test_export_bad_input_is_one_error_line(tiny_adapter, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    one_error_line(run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "full")), "--out", "not an empty folder")
+    one_error_line(run_cli("export", "--adapter", str(tmp_path), "--out", str(tmp_path / "m")), "adapter_config.json")
+    one_error_line(run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "m"), "--dtype", "int3"), "--dtype", "bfloat16")
+    assert not (tmp_path / "m").exists()  # nothing half-written
+
+
+def test_ask_bad_input_is_one_error_line(tiny_adapter, tmp_path):
+    one_error_line(run_cli("ask", "--adapter", str(tiny_adapter), "--db-id", "no_such_db", "--question", "How many?"), "no_such_db", "tables.json")
+    one_error_line(run_cli("ask", "--adapter", str(tiny_adapter), "--db-id", "concert_singer", "--question", " "), "--question")
+    one_error_line(run_cli("ask", "--adapter", str(tmp_path), "--db-id", "concert_singer", "--question", "How many?"), "adapter_config.json")
+
+
+def test_ask_without_sql_in_the_answer_says_so(tiny_adapter):
+    result = run_cli("ask", "--adapter", str(tiny_adapter), "--db-id", "concert_singer", "--question", "How many singers do we have?")
+    assert result.returncode == 1, result.stderr[-3000:]  # a random model writes no SQL: not a user error
+    assert "no SQL in the answer" in result.stderr
+
+
+@pytest.mark.slow
+def test_ask_prints_the_sql_and_its_rows(offline_dir, tmp_path):
+    """The base model's own answers (PEFT's initial adapter changes nothing), phrased so that it writes SQL."""
+    make_adapter(offline_dir, tmp_path / "adapter", random_lora=False)
+    ask = ["ask", "--adapter", str(tmp_path / "adapter"), "--db-id", "concert_singer", "--question"]
+    result = run_cli(*ask, "SELECT the name of every singer.", "generation.max_new_tokens=48")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sql, *table = result.stdout.splitlines()
+    assert sql.upper().startswith("SELECT") and "singer" in sql.lower()
+    assert any("row(s)" in line for line in table), result.stdout
+    failing = run_cli(*ask, "Show the SQL query that counts all singers.", "generation.max_new_tokens=48")  # the base writes SUBSTRING: not SQLite
+    assert failing.returncode == 1 and failing.stdout.upper().startswith("SELECT"), failing.stderr[-3000:]
+    assert "the query did not run (syntax_error)" in " ".join(failing.stderr.split())
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_predict_on_a_questions_file_without_gold_writes_answers_unscored(tiny_adapter, tmp_path):
+    questions = write_jsonl(tmp_path / "my.jsonl", [
+        {"db_id": "concert_singer", "question": "How many singers do we have?"},
+        {"db_id": "pets_1", "question": "How many pets are there?"},
+    ])
+    out = tmp_path / "out"
+    result = run_cli("predict", "--adapter", str(tiny_adapter), "--config", str(tiny_adapter / "config.yaml"), "--questions", str(questions), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not scored" in result.stderr
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["db_id"]) for r in records] == [(1, "concert_singer"), (2, "pets_1")]
+    assert len((out / "pred.sql").read_text().splitlines()) == 2 and not (out / "gold.sql").exists()
+    assert json.loads((out / "summary.json").read_text())["scored"] is False
+    one_error_line(run_cli("compare", str(out)), "not scored")
+
+
+def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spider, tmp_path):
+    dev = json.loads((spider.root / "dev.json").read_text())[:3]
+    questions = tmp_path / "mine.json"
+    questions.write_text(json.dumps(dev))
+    out = tmp_path / "out"
+    result = run_cli("predict", "--adapter", str(tiny_adapter), "--config", str(tiny_adapter / "config.yaml"), "--questions", str(questions), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and "ex" in summary
+    assert len((out / "gold.sql").read_text().splitlines()) == 3
+
+    compared = run_cli("compare", str(out), str(out), "--label", "a", "--label", "b")
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "SQL-only rate" in compared.stdout and "EX" in compared.stdout
+
+
+@pytest.mark.parametrize("content, fragments", [
+    ('{"db_id": "no_such_db", "question": "q"}\n', ["line 1", "no_such_db"]),
+    ('{"db_id": "concert_singer"}\n', ["line 1", "'question'"]),
+    ('{"db_id": "concert_singer", "question": "q", "query": "SELECT 1"}\n{"db_id": "concert_singer", "question": "r"}\n', ["line 2", "query"]),
+    ("not json\n", ["line 1", "not JSON"]),
+    ("", ["no questions"]),
+])
+def test_predict_questions_file_errors_name_the_entry(tiny_adapter, tmp_path, content, fragments):
+    questions = tmp_path / "bad.jsonl"
+    questions.write_text(content)
+    result = run_cli("predict", "--adapter", str(tiny_adapter), "--questions", str(questions), "--out", str(tmp_path / "out"))
+    one_error_line(result, str(questions), *fragments)
+    assert not (tmp_path / "out").exists()
