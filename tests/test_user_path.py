@@ -157,9 +157,11 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     ("not json\n", ["line 1", "not JSON"]),
     ("", ["no questions"]),
 ])
-def test_predict_questions_file_errors_name_the_entry(tiny_adapter, tmp_path, content, fragments):
+def test_predict_questions_file_errors_name_the_entry(tiny_dir, tiny_adapter, tmp_path, content, fragments):
     questions = tmp_path / "bad.jsonl"
     questions.write_text(content)
-    result = run_cli("predict", "--adapter", str(tiny_adapter), "--questions", str(questions), "--out", str(tmp_path / "out"))
+    result = run_cli(
+        "predict", "--model", tiny_dir, "--adapter", str(tiny_adapter), "--questions", str(questions), "--out", str(tmp_path / "out")
+    )
     one_error_line(result, str(questions), *fragments)
     assert not (tmp_path / "out").exists()
