@@ -26,7 +26,9 @@ grammar per database is a string built here and compiled in milliseconds (xgramm
 compile EBNF/regex ahead of time per grammar, which suits one fixed JSON schema better than 166
 databases; transformers-cfg is pure Python and much slower per token). Its lexer is lazy (only the
 lexemes the parser can take next are matched), and it fills a batch's masks on a thread pool
-(``LLExecutor``) while the GPU waits for one small copy.
+(``LLExecutor``) while the GPU waits for one small copy. Its token trie is checked on a probe
+text before use (``token_bytes``), and a row whose matcher fails goes on unconstrained with a
+warning (``BatchConstraint``) rather than ending at once.
 """
 
 from __future__ import annotations
