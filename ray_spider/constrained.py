@@ -26,11 +26,16 @@ grammar per database is a string built here and compiled in milliseconds (xgramm
 compile EBNF/regex ahead of time per grammar, which suits one fixed JSON schema better than 166
 databases; transformers-cfg is pure Python and much slower per token). Its lexer is lazy (only the
 lexemes the parser can take next are matched), and it fills a batch's masks on a thread pool
-(``LLExecutor``) while the GPU waits for one small copy.
+(``LLExecutor``) while the GPU waits for one small copy. Its token trie is checked on a probe
+text before use (``token_bytes``), and a row whose matcher fails goes on unconstrained with a
+warning (``BatchConstraint``) rather than ending at once.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import re
 import weakref
 
@@ -38,6 +43,8 @@ import llguidance
 import llguidance.hf
 import torch
 from llguidance.torch import fill_next_token_bitmask_par
+
+log = logging.getLogger(__name__)
 
 ALIAS_PATTERN = r"[Tt][0-9]+"  # Spider's alias convention: T1, t2, ... (see the module docstring)
 KEYWORDS = (
@@ -161,19 +168,88 @@ class GrammarError(ValueError):
     """A database's grammar did not compile; the message names the database."""
 
 
+class TokenBytesError(ValueError):
+    """llguidance cannot read a tokenizer's tokens as the bytes they stand for."""
+
+
+# Text with every kind of byte a SQL answer holds: spaces, newline, tab, quotes, punctuation, non-ASCII.
+_PROBE = "SELECT T1.name, count(*) FROM singer AS T1\n\tWHERE x = 'Zoë' AND y <> \"東京\" LIMIT 1;"
+
+
+def _reads_probe(ll_tokenizer, tokenizer) -> bool:
+    ids = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    return ll_tokenizer.decode_bytes(ids) == _PROBE.encode()
+
+
+def _has_byte_level(component: dict | None) -> bool:
+    """Whether a tokenizer.json pre-tokenizer (or a Sequence of them) contains a ByteLevel step."""
+    if not component:
+        return False
+    parts = component.get("pretokenizers") or component.get("decoders") or [component]
+    return any(part and part.get("type") == "ByteLevel" for part in parts)
+
+
+def token_bytes(tokenizer, stop_id: int):
+    """llguidance's tokenizer (``LLTokenizer``: the bytes of every token id, its token trie) of a
+    fast HF tokenizer, checked on a probe text: decoding its token ids must give its bytes back.
+
+    llguidance tells byte-level BPE (GPT-2 style: "Ġ" stands for a space byte) from
+    sentencepiece-style tokens by the tokenizer.json decoder. transformers 5.17 converts
+    SmolLM2's GGUF tokenizer (byte-level BPE) with the decoder Sequence[ByteFallback, Fuse,
+    Replace, ByteLevel], which llguidance reads as sentencepiece: "Ġname" becomes the bytes
+    'Ġname', no token holds a space, and every constrained answer stopped after its first word.
+    A byte-level pre-tokenizer with a decoder llguidance misreads gets the plain ByteLevel decoder
+    (which is what decodes the tokens in the end), then the probe is checked again.
+
+    Raises TokenBytesError when the probe still does not come back.
+    """
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=stop_id)
+    if _reads_probe(ll_tokenizer, tokenizer):
+        return ll_tokenizer
+    backend = copy.copy(tokenizer.backend_tokenizer)  # as llguidance.hf: no padding or truncation in the JSON
+    backend.no_padding()
+    backend.no_truncation()
+    spec = json.loads(backend.to_str())
+    if _has_byte_level(spec.get("pre_tokenizer")):
+        spec["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        ll_tokenizer = llguidance.LLTokenizer(json.dumps(spec), eos_token=stop_id)
+        if _reads_probe(ll_tokenizer, tokenizer):
+            log.info("constrained decoding reads the tokenizer as byte-level BPE (its decoder %s is not plain ByteLevel)",
+                     json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder"))[:200])
+            return ll_tokenizer
+    raise TokenBytesError(
+        f"llguidance reads the tokens of {type(tokenizer).__name__} {getattr(tokenizer, 'name_or_path', '')!r} as other "
+        f"bytes than they decode to ({_PROBE!r} comes back as {ll_tokenizer.decode_bytes(tokenizer(_PROBE, add_special_tokens=False)['input_ids'])!r}); "
+        "generation.constrained cannot be used with this tokenizer"
+    )
+
+
 class SchemaGrammars:
     """Compiled grammars of one tokenizer, one per database, built on first use and kept.
 
     ``stop_id`` is the token that ends an answer (the chat template's end of turn): the grammar
     allows it once the SQL is complete, and nothing after it.
+
+    ``released_rows``: how many rows so far went on unconstrained because their matcher failed
+    (``BatchConstraint``); a warning is logged for the first.
     """
 
     def __init__(self, tokenizer, stop_id: int):
         self.stop_id = stop_id
-        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=stop_id)
+        self.tokenizer = token_bytes(tokenizer, stop_id)
         self.words = (self.tokenizer.vocab_size + 31) // 32  # int32 words of one row's bitmask
         self._compiled: dict[str, object] = {}  # grammar text -> LLMatcher at its start state
         self.executor = llguidance.LLExecutor()  # fills a batch's masks on a thread pool
+        self.released_rows = 0
+
+    def release(self, reason: str) -> None:
+        """Count a row that goes on unconstrained; the first one's reason is logged as a warning."""
+        if self.released_rows == 0:
+            log.warning(
+                "constrained decoding: a row's grammar matcher failed, the row goes on unconstrained "
+                "(further ones are counted, not logged): %s", reason.strip()[:2000],
+            )
+        self.released_rows += 1
 
     def matcher(self, schema: dict):
         """A fresh matcher (at the start of an answer) for one database's tables.json entry."""
@@ -199,28 +275,48 @@ class SchemaGrammars:
 
 
 class BatchConstraint:
-    """The grammar state of every row of one batch: masks for the next token, advanced by the chosen ones."""
+    """The grammar state of every row of one batch: masks for the next token, advanced by the chosen ones.
+
+    A row whose matcher fails (it rejects the chosen token, or errs computing a mask) is released:
+    from then on its mask allows every token, so the row decodes on as unconstrained greedy
+    instead of being stopped by the error state's mask (which allows only the stop token).
+    ``released``: those rows. None should fail; a failure means the mask and the matcher disagree.
+    """
 
     def __init__(self, grammars: SchemaGrammars, matchers: list):
         self.grammars, self.matchers = grammars, matchers
         self._bitmask = torch.empty((len(matchers), grammars.words), dtype=torch.int32)
+        self.released: set[int] = set()
+
+    def _release(self, row: int, reason: str) -> None:
+        self.released.add(row)
+        self.grammars.release(f"row {row}: {reason}")
 
     def bitmask(self, rows: list[int]) -> torch.Tensor:
         """Allowed next tokens of the given rows, shape (len(rows), words) int32 on the CPU: bit
         ``t % 32`` of word ``t // 32`` is set when token t is allowed. Masks of all rows are filled
-        in parallel by llguidance's thread pool. A row whose answer ended allows only the stop token."""
+        in parallel by llguidance's thread pool. A row whose answer ended allows only the stop
+        token; a released row allows every token."""
         out = self._bitmask[: len(rows)]
-        fill_next_token_bitmask_par(
-            self.grammars.executor, [(self.matchers[row], index) for index, row in enumerate(rows)], out
-        )
+        constrained = [(self.matchers[row], index) for index, row in enumerate(rows) if row not in self.released]
+        if constrained:  # llguidance refuses an empty batch
+            fill_next_token_bitmask_par(self.grammars.executor, constrained, out)
+        for matcher, index in constrained:
+            if matcher.is_error():
+                self._release(rows[index], matcher.get_error())
+        for index, row in enumerate(rows):
+            if row in self.released:
+                out[index] = -1
         return out
 
     def advance(self, rows: list[int], tokens: list[int]) -> None:
-        """Feed each row its chosen token (rows whose answer already ended are left as they are)."""
+        """Feed each row its chosen token (rows whose answer already ended, or released, are left as they are)."""
         for row, token in zip(rows, tokens):
             matcher = self.matchers[row]
-            if not matcher.is_stopped():
-                matcher.consume_token(token)
+            if row in self.released or matcher.is_stopped():
+                continue
+            if not matcher.consume_token(token) or matcher.is_error():
+                self._release(row, f"token {token} rejected: {matcher.get_error()}")
 
 
 def mask_logits(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
@@ -270,6 +366,7 @@ class GrammarLogitsProcessor:
     def __init__(self, grammars: SchemaGrammars, schemas: list[dict], prompt_width: int):
         self.grammars, self.schemas, self.prompt_width = grammars, schemas, prompt_width
         self._states: dict[tuple, object] = {}  # (prompt, answer tokens) -> matcher after them
+        self.released: set[int] = set()  # prompts with a failed matcher: their rows go on unconstrained
 
     def _state(self, prompt: int, answer: tuple[int, ...]):
         key = (prompt, answer)
@@ -292,6 +389,12 @@ class GrammarLogitsProcessor:
         self._states = {key: self._states[key] for key in unique}  # the next step's parents
         bitmask = torch.empty((len(unique), self.grammars.words), dtype=torch.int32)
         fill_next_token_bitmask_par(self.grammars.executor, [(matcher, row) for row, matcher in enumerate(matchers)], bitmask)
+        for row, (key, matcher) in enumerate(zip(unique, matchers)):
+            if matcher.is_error():  # its mask would allow only the stop token: see BatchConstraint
+                bitmask[row] = -1
+                if key[0] not in self.released:
+                    self.released.add(key[0])
+                    self.grammars.release(f"prompt {key[0]}: {matcher.get_error()}")
         position = {key: row for row, key in enumerate(unique)}
         rows = torch.tensor([position[key] for key in keys])
         return mask_logits(scores, bitmask[rows].to(scores.device))

@@ -335,6 +335,7 @@ def generate_candidates(
     order = batch_order(encoded) if shared_prefixes else sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
     generation_config = hf_generation_config(tokenizer, model, cfg)
     grammars = grammars_for(tokenizer) if cfg.constrained else None
+    released_before = grammars.released_rows if grammars is not None else 0
     questions_per_batch = max(1, cfg.batch_size // cfg.candidates)  # batch_size counts rows: k per question
     device = _device(model)
     answers: list[list[str] | None] = [None] * len(prompts)
@@ -390,6 +391,11 @@ def generate_candidates(
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - started
+    if grammars is not None and grammars.released_rows > released_before:
+        log.warning(
+            "constrained decoding: %d rows went on unconstrained after their grammar matcher failed",
+            grammars.released_rows - released_before,
+        )
     log.info(
         "generated %d x %d answers in %.1f s (%.2f questions/s)", len(prompts), cfg.candidates, elapsed,
         len(prompts) / max(elapsed, 1e-9),

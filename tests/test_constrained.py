@@ -193,3 +193,102 @@ def test_constrained_decoding_in_cuda_graphs_answers_like_eager(spider, tiny_dir
         graphed = generate(model, tokenizer, prompts, eager.model_copy(update={"cuda_graph_rows": 4}), progress=False, schemas=schemas)
     assert graphed == expected and "capture failed" not in caplog.text
     assert all(_unknown_words(answer, schema, ended=False) == [] for answer, schema in zip(graphed, schemas))
+
+
+def _misread_decoder_tokenizer(offline_dir):
+    """SmolLM2's tokenizer with the decoder transformers 5.17 writes when it converts the GGUF:
+    Sequence[ByteFallback, Fuse, Replace, ByteLevel]. It decodes the same text; llguidance read
+    it as sentencepiece ("Ġ" as the bytes of 'Ġ', not a space)."""
+    from tokenizers import decoders
+
+    tokenizer = load_tokenizer(offline_dir)
+    tokenizer.backend_tokenizer.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " "), decoders.ByteLevel()]
+    )
+    assert tokenizer.decode(tokenizer("SELECT name FROM singer")["input_ids"]) == "SELECT name FROM singer"
+    return tokenizer
+
+
+def test_grammar_reads_byte_level_tokens_whatever_their_decoder(spider, offline_dir):
+    """With the 5.17-converted tokenizer every constrained answer was "SELECT": no token held a space."""
+    tokenizer = _misread_decoder_tokenizer(offline_dir)
+    grammars = grammars_for(tokenizer)
+    schema = spider.tables["concert_singer"]
+    gold = [e.query for e in spider.examples("dev") if e.db_id == "concert_singer"]
+    assert all(grammars.accepts(schema, tokenizer(sql, add_special_tokens=False)["input_ids"]) for sql in gold)
+
+
+def _assert_answers_follow_the_grammar(grammars, schemas, answers: torch.Tensor, stop_ids: list[int]) -> None:
+    """Every chosen token is one the row's grammar accepts, and a row that ends before
+    max_new_tokens ends with a complete query (the matcher takes the stop token)."""
+    for schema, row in zip(schemas, answers.tolist()):
+        ends = [step for step, token in enumerate(row) if token in stop_ids]
+        tokens = row[: ends[0]] if ends else row
+        matcher = grammars.matcher(schema)
+        for token in tokens:
+            assert matcher.consume_token(token) and not matcher.is_error(), matcher.get_error()[:300]
+        if ends:
+            assert matcher.consume_token(grammars.stop_id) and not matcher.is_error(), (tokens, matcher.get_error()[:300])
+
+
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_constrained_rows_never_end_inside_the_grammar(spider, offline_dir, tiny_dir, questions, prefix_cache):
+    """The invariant behind every constrained answer, with the 5.17-converted tokenizer, with and
+    without the shared-prefix cache (its batch order is not the prompts' order)."""
+    from transformers import AutoModelForCausalLM
+
+    from ray_spider.inference import greedy_pruned, prefill_shared_prefixes, stop_token_ids
+    from ray_spider.prefix_cache import SharedPrefixBatch
+    from ray_spider.prompt import render_generation_prompt
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tokenizer = _misread_decoder_tokenizer(offline_dir)
+    grammars = grammars_for(tokenizer)
+    prompts, schemas = _prompts(spider, questions)
+    encoded = [tokenizer(render_generation_prompt(tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts]
+    stops = stop_token_ids(tokenizer, model)
+    cache = None
+    if prefix_cache:
+        shared = SharedPrefixBatch.of(encoded, tokenizer.pad_token_id)
+        inputs = {"input_ids": shared.rest_ids, "attention_mask": shared.attention_mask}
+        with torch.no_grad():
+            cache = prefill_shared_prefixes(model, shared)
+    else:
+        inputs = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+    constraint = grammars.constraint(schemas)
+    with torch.no_grad():
+        answers = greedy_pruned(
+            model, inputs["input_ids"], inputs["attention_mask"], 24, stops, tokenizer.pad_token_id,
+            cache=cache, constraint=constraint,
+        )
+    _assert_answers_follow_the_grammar(grammars, schemas, answers, stops)
+    assert constraint.released == set()  # no row needed the fallback
+
+
+def test_a_failed_matcher_releases_its_row_with_one_warning(spider, offline_dir, caplog):
+    """A matcher in its error state allows only the stop token; its row goes on unconstrained instead."""
+    import logging
+
+    import llguidance.hf
+
+    from ray_spider.constrained import SchemaGrammars, answer_stop_id
+
+    tokenizer = load_tokenizer(offline_dir)
+    grammars = SchemaGrammars(tokenizer, answer_stop_id(tokenizer))
+    schema = spider.tables["concert_singer"]
+    select, from_ = tokenizer("SELECT FROM", add_special_tokens=False)["input_ids"]
+    with caplog.at_level(logging.WARNING, logger="ray_spider.constrained"):
+        constraint = grammars.constraint([schema, schema])
+        constraint.advance([0, 1], [select, select])
+        constraint.advance([0, 1], [from_, from_])  # "SELECT FROM": no result column, rejected
+        assert constraint.released == {0, 1}
+        assert (constraint.bitmask([0, 1]) == -1).all()  # every token allowed
+    # a matcher that errs computing its mask (the misread tokenizer: no token extends "SELECT")
+    grammars.tokenizer = llguidance.hf.from_tokenizer(_misread_decoder_tokenizer(offline_dir), eos_token=grammars.stop_id)
+    grammars._compiled.clear()
+    with caplog.at_level(logging.WARNING, logger="ray_spider.constrained"):
+        constraint = grammars.constraint([schema])
+        constraint.advance([0], [select])
+        assert (constraint.bitmask([0]) == -1).all() and constraint.released == {0}
+    assert grammars.released_rows == 3
+    assert caplog.text.count("goes on unconstrained") == 1 and "rejected" in caplog.text
