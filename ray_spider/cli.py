@@ -378,7 +378,7 @@ def ask(
     if rows:
         table = Table(show_header=False)
         for row in rows[:max_rows]:
-            table.add_row(*(str(value) for value in row))
+            table.add_row(*(escape(str(value)) for value in row))  # database values are text, not markup
         stdout.print(table)
 
 
