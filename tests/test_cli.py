@@ -44,7 +44,7 @@ def test_data_build_counts_tokens_as_training_does(tiny_dir, spider, tmp_path):
     from ray_spider.data import build_sft_dataset, train_examples
     from ray_spider.model import apply_lora, load_model, load_tokenizer
     from ray_spider.prompt import Prompter
-    from ray_spider.train import build_trainer
+    from ray_spider.train import build_trainer, tokenize_dataset
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"data": {"max_train_examples": 12}}))
@@ -58,7 +58,8 @@ def test_data_build_counts_tokens_as_training_does(tiny_dir, spider, tmp_path):
     cfg = load_run_config(config, [f"model.name={model_dir}", "model.quantization=none", "train.max_length=4096"])
     dataset = build_sft_dataset(Prompter(spider, cfg.prompt), train_examples(spider, cfg.data))
     model = apply_lora(load_model(cfg.model, device="cpu"), cfg.lora)
-    trainer = build_trainer(cfg, model, load_tokenizer(model_dir), dataset, str(tmp_path / "trainer"), torch.device("cpu"))
+    tokenizer = load_tokenizer(model_dir)
+    trainer = build_trainer(cfg, model, tokenizer, tokenize_dataset(dataset, tokenizer), str(tmp_path / "trainer"), torch.device("cpu"))
     trained = sorted(len(ids) for ids in trainer.train_dataset["input_ids"])
     lengths = summary["token_lengths"]
     assert (lengths["min"], lengths["max"], lengths["p50"]) == (trained[0], trained[-1], trained[len(trained) // 2])
