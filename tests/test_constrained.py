@@ -69,6 +69,8 @@ def test_grammar_accepts_gold_and_rejects_names_outside_the_schema(spider, offli
     assert all(accepts(sql) for sql in gold)  # all 45 (tools/grammar_coverage.py checks every database)
     assert accepts("select T1.name from singer as t1 join singer_in_concert as T2 on T1.singer_id = t2.singer_id")
     assert accepts('SELECT "Name" FROM singer WHERE age > = 20 ORDER BY age DESC LIMIT 1;')
+    assert accepts("SELECT distinct(country) FROM singer")
+    assert not accepts("SELECT DISTINCTcountry FROM singer")  # a keyword glued to a name
     assert not accepts("SELECT nme FROM singer")  # no such column
     assert not accepts("SELECT name FROM singers")  # no such table
     assert not accepts("SELECT namesinger FROM singer")  # two names glued: one unknown identifier to SQLite
