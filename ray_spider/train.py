@@ -89,7 +89,7 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device) -> SFTConf
 
 
 class DevEvalCallback(TrainerCallback):
-    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with the adapter."""
+    """Dev EX/EM every N optimizer steps and at the end; reports each round to Ray with its checkpoint."""
 
     def __init__(self, cfg: RunConfig, prompter: Prompter, tokenizer, dev, device):
         self.cfg, self.prompter, self.tokenizer, self.dev, self.device = cfg, prompter, tokenizer, dev, device
