@@ -317,8 +317,8 @@ def generate_candidates(
         model.train(was_training)
     elapsed = time.perf_counter() - started
     log.info(
-        "generated %d x %d answers in %.1f s (%.2f questions/s)", len(prompts), cfg.candidates, elapsed,
-        len(prompts) / max(elapsed, 1e-9),
+        "generated %d answers in %.1f s (%.2f questions/s, %d candidates each)", len(prompts), elapsed,
+        len(prompts) / max(elapsed, 1e-9), cfg.candidates,
     )
     return answers
 
