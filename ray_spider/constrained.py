@@ -62,7 +62,8 @@ _RULES = r"""
 start: query (_o ";")? _o
 query: select (set_op select)*
 set_op: _w UNION (_w ALL)? _w | _w INTERSECT _w | _w EXCEPT _w
-select: SELECT (_w DISTINCT)? _w results _w FROM sources where? group? order? limit?
+select: SELECT _w select_list _w FROM sources where? group? order? limit?
+select_list: (DISTINCT _w)? results | DISTINCT _o "(" _o expr _o ")" (_o "," _o result)*  // "distinct(name)"
 results: result (_o "," _o result)*
 result: "*" | STAR_QUALIFIED | expr
 sources: source (join source (_w ON _w expr)?)*

@@ -397,8 +397,8 @@ def generate_candidates(
             grammars.released_rows - released_before,
         )
     log.info(
-        "generated %d x %d answers in %.1f s (%.2f questions/s)", len(prompts), cfg.candidates, elapsed,
-        len(prompts) / max(elapsed, 1e-9),
+        "generated %d answers in %.1f s (%.2f questions/s, %d candidates each)", len(prompts), elapsed,
+        len(prompts) / max(elapsed, 1e-9), cfg.candidates,
     )
     return answers
 

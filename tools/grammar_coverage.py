@@ -4,9 +4,10 @@ A grammar that rejects a gold query can only hurt: constrained decoding could no
 gold query (its text as in the gold file, whitespace and all) is tokenized by the model's
 tokenizer and fed to its database's matcher, then the end-of-turn token. Not run in CI.
 
-    python tools/grammar_coverage.py --spider $SPIDER_DIR [--gold dev_gold.sql] [--model smollm2-135m-instruct] [--show 20]
+    python tools/grammar_coverage.py --spider $SPIDER_DIR [--gold dev_gold.sql] [--model smollm2-135m-instruct] [--show 20] [--time-masks 200]
 
-Prints the acceptance rate and the rejected queries with llguidance's reason.
+Prints the acceptance rate and the rejected queries with llguidance's reason; with --time-masks,
+the CPU time of one row's mask per decoding step along the first N gold queries.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--gold", default=None, help="'SQL<TAB>db_id' file (default: <spider>/dev_gold.sql)")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer")
     parser.add_argument("--show", type=int, default=20, help="rejected queries to print")
+    parser.add_argument("--time-masks", type=int, default=0, metavar="N", help="also time the token masks along the first N gold queries")
     args = parser.parse_args()
 
     spider = Spider(args.spider)
@@ -44,11 +46,28 @@ def main() -> None:
     accepted = len(gold) - len(rejected)
     print(f"accepted {accepted}/{len(gold)} = {accepted / len(gold):.2%} gold queries of {Path(args.gold or 'dev_gold.sql').name} "
           f"({len(grammars._compiled)} databases, {elapsed:.1f} s)")
+    if args.time_masks:
+        time_masks(grammars, tokenizer, spider, gold[: args.time_masks])
     for query in rejected[: args.show]:
         matcher = grammars.matcher(spider.tables[query.db_id])
         matcher.consume_tokens(tokenizer(query.sql.strip(), add_special_tokens=False)["input_ids"] + [stop_id])
         reason = matcher.get_error().splitlines()[0] if matcher.get_error() else "not complete"
         print(f"  [{query.db_id}] {query.sql}\n      {reason}")
+
+
+def time_masks(grammars, tokenizer, spider: Spider, queries) -> None:
+    """The CPU time of one row's next-token mask, decoding each gold query token by token (one thread)."""
+    seconds = []
+    for query in queries:
+        constraint = grammars.constraint([spider.tables[query.db_id]])
+        for token in tokenizer(query.sql.strip(), add_special_tokens=False)["input_ids"]:
+            started = time.perf_counter()
+            constraint.bitmask([0])
+            seconds.append(time.perf_counter() - started)
+            constraint.advance([0], [token])
+    seconds.sort()
+    print(f"mask per row and step over {len(seconds)} steps: mean {1e3 * sum(seconds) / len(seconds):.2f} ms, "
+          f"median {1e3 * seconds[len(seconds) // 2]:.2f} ms, p99 {1e3 * seconds[int(0.99 * len(seconds))]:.2f} ms")
 
 
 if __name__ == "__main__":
