@@ -174,7 +174,7 @@ def data_build(
     from ray_spider.prompt import Prompter
 
     cfg = _run_config(config)
-    check_output(out, what="--out", allow_existing_dir=True)
+    check_output(out, what="--out", allow_existing_dir=True, empty_dir=True)
     spider = _spider(spider_dir, cfg.data)
     prompter = Prompter(spider, cfg.prompt)
     examples = train_examples(spider, cfg.data)
@@ -303,7 +303,7 @@ def predict(
     from ray_spider.model import check_adapter
 
     cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])], splits=(split,))
-    check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True)
+    check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True, empty_dir=True)
     if adapter is not None:
         check_adapter(adapter, cfg.model)
     asked = None

@@ -21,10 +21,13 @@ class OutputPathError(UserError):
     """An output path would overwrite an input or cannot be written."""
 
 
-def check_output(path: str | Path, inputs: tuple = (), what: str = "output", allow_existing_dir: bool = False) -> Path:
+def check_output(
+    path: str | Path, inputs: tuple = (), what: str = "output", allow_existing_dir: bool = False, empty_dir: bool = False,
+) -> Path:
     """Raise ``OutputPathError`` unless ``path`` can be written without harm: not one of ``inputs``
     (compared after resolving links), not an existing folder where a file goes (or an existing file
-    where a folder goes), and under a parent that is (or can become) a folder. Call it before any
+    where a folder goes), with ``empty_dir`` not a folder that already holds files (its files would
+    mix with the new ones), and under a parent that is (or can become) a folder. Call it before any
     work starts, so a bad output path never costs a generation or a training run."""
     path = Path(path)
     resolved = path.expanduser().resolve()
@@ -34,6 +37,8 @@ def check_output(path: str | Path, inputs: tuple = (), what: str = "output", all
     if allow_existing_dir:
         if resolved.exists() and not resolved.is_dir():
             raise OutputPathError(f"{what} {path} is a file; give a folder")
+        if empty_dir and resolved.is_dir() and any(resolved.iterdir()):
+            raise OutputPathError(f"{what} {path} already holds files; give a new or empty folder (the files written there must not mix with others)")
     elif resolved.is_dir():
         raise OutputPathError(f"{what} {path} is a folder; give a file path")
     for parent in resolved.parents:

@@ -72,10 +72,12 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["best", str(REPO / "docs"), "--out", str(tmp / "best")], "is not a sweep folder"),
         (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(tmp / "best")], "no trials recorded"),
         (["data", "build", "--out", a_file], "is a file"),
+        (["data", "build", "--out", str(not_a_model.parent)], "already holds files"),
+        (["predict", "--out", str(not_a_model.parent)], "already holds files"),
     ]
 
 
-CASES = 31  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 33  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))
