@@ -308,12 +308,9 @@ def predict(
         check_adapter(adapter, cfg.model)
     asked = None
     if questions is not None:
-        from ray_spider.data import QuestionsFileError, read_questions
+        from ray_spider.data import read_questions
 
-        try:
-            asked = read_questions(questions, _spider(None, cfg.data))
-        except QuestionsFileError as exc:
-            fail(str(exc))
+        asked = read_questions(questions, _spider(None, cfg.data))  # QuestionsFileError: a UserError
     from ray_spider.evaluation.score import summary_table
     from ray_spider.predict import Answers, run_prediction  # slow to import: after the checks
 

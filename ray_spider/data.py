@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 
 from ray_spider.config import DataConfig
+from ray_spider.errors import UserError
 from ray_spider.evaluation.exact_match import ExactMatcher
 from ray_spider.evaluation.inputs import GoldError
 from ray_spider.prompt import Prompter, tokenize_example
@@ -75,7 +76,7 @@ def scored_dev_examples(spider: Spider, cfg: DataConfig) -> list[Example]:
     return dev_examples(spider, cfg.dev_subset, seed=cfg.dev_subset_seed, hardness=cfg.dev_hardness)[0]
 
 
-class QuestionsFileError(ValueError):
+class QuestionsFileError(UserError, ValueError):
     """A questions file is malformed; the message names the file, the entry and what would be valid."""
 
 
