@@ -116,6 +116,7 @@ def run_ray(args) -> dict:
         "micro_batch": manifest.get("memory_plan", {}).get("micro_batch"),
         "checkpointing": manifest.get("memory_plan", {}).get("gradient_checkpointing"),
         "liger": manifest.get("liger_kernel"),
+        "alloc_retries": manifest.get("gpu_alloc_retries"),
     }
 
 
@@ -211,6 +212,7 @@ def run_plain(args, cfg: RunConfig) -> dict:
         "examples": len(kept),
         "truncated": sum(len(ids) >= train.max_length for ids in kept),
         "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,
+        "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) if args.device == "cuda" else None,
     }
 
 

@@ -362,6 +362,7 @@ def _train_loop(config: dict) -> dict:
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "liger_kernel": liger,
         **peak_memory(callback.history),
+        **allocator_retries(device),
     }
     return {"history": callback.history, "data": {**stats, **speed, **memory, "deterministic_kernels": kernels}}
 
@@ -374,6 +375,15 @@ def peak_memory(history: list[dict]) -> dict:
         if values:
             peaks[key] = max(values)
     return peaks
+
+
+def allocator_retries(device: torch.device) -> dict:
+    """How often the CUDA caching allocator ran out, freed its cache and retried (each retry waits for
+    the GPU): a count that grows step after step means the memory budget is too tight for this
+    micro-batch. Empty off CUDA."""
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"gpu_alloc_retries": torch.cuda.memory_stats(device).get("num_alloc_retries", 0)}
 
 
 def resumed_step(checkpoint_dir: str | os.PathLike) -> int:
