@@ -16,6 +16,7 @@ import logging
 import shlex
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -52,18 +53,19 @@ class GuardedGroup(TyperGroup):
     ``UserError`` (config, paths, file contents, model/adapter folders, outputs) and the evaluator's
     ``EvalInputError`` (the evaluator stands alone, so it does not share the base class): one
     ``error:`` line, exit 2. Ctrl-C: one ``interrupted:`` line saying what was left, exit 130.
-    Anything else is a bug and keeps its traceback, as do user errors under ``--debug``."""
+    Anything else is a bug and keeps its traceback. ``--debug`` prints the traceback of user errors and
+    Ctrl-C too, before the same line and exit status."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (UserError, EvalInputError) as exc:
             if ctx.params.get("debug"):
-                raise
+                traceback.print_exc()  # the same error line and exit status follow
             fail(str(exc))
         except KeyboardInterrupt as exc:
             if ctx.params.get("debug"):
-                raise
+                traceback.print_exc()
             left = str(exc.args[0]) if exc.args else Interruption.left  # the raiser knows best what it left
             console.print(f"[bold yellow]interrupted:[/] {escape(left)}", soft_wrap=True)
             raise typer.Exit(INTERRUPTED) from None
@@ -327,11 +329,17 @@ def predict(
 def _adapter_run_config(adapter: Path, config: Path | None, overrides: list[str]):
     """The run config that goes with an adapter: --config when given, else the one saved beside it
     (`best --out` writes ADAPTER/config.yaml, a run folder holds RUN/config.yaml above RUN/adapter/),
-    else the defaults. The prompt must be the one the adapter was trained with."""
+    else the defaults, with a warning: the prompt must be the one the adapter was trained with."""
     from ray_spider.model import check_adapter
 
     if config is None:
         config = next((path for path in (adapter / "config.yaml", adapter.parent / "config.yaml") if path.is_file()), None)
+        if config is None:
+            console.print(
+                f"warning: no config.yaml in {adapter} or its parent folder: the default run config is used, whose prompt "
+                "may not be the one this adapter was trained with; give the run's own with --config RUN/config.yaml",
+                markup=False,
+            )
     cfg = _job_config(config, overrides)
     check_adapter(adapter, cfg.model)
     return cfg

@@ -453,7 +453,8 @@ class SweepConfig(_Strict):
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
-    """Read a sweep YAML and apply overrides (run settings go under ``base.``, e.g. base.train.max_steps=2).
+    """Read a sweep YAML and apply overrides (run settings go under ``base.``, e.g. base.train.max_steps=2; a
+    search dimension is ``search_space.<run-config key>=<distribution>``, e.g. search_space.lora.r="{choice: [8, 16]}").
     Every point of the search space is checked against the run config here, before Ray starts."""
     data = read_yaml(path)
     for text in overrides:
@@ -463,6 +464,8 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
                 f"override {text!r}: {path_parts[0]!r} is a run-config section; a sweep's run settings live under "
                 f"base., e.g. base.{text} (sweep keys: {', '.join(SweepConfig.model_fields)})"
             )
+        if path_parts[0] == "search_space" and len(path_parts) > 2:  # its keys are dotted run-config keys themselves
+            path_parts = ["search_space", ".".join(path_parts[1:])]
         apply_override(data, path_parts, value)
     try:
         return SweepConfig.model_validate(data)

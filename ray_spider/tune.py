@@ -245,6 +245,12 @@ def trial_rows(experiment_uri: str) -> list[dict]:
     filesystem, experiment = storage(experiment_uri)
     sweep = read_sweep(filesystem, experiment)
     if not any(info.base_name.startswith("experiment_state") for info in filesystem.get_file_info(pafs.FileSelector(experiment))):
+        if filesystem.get_file_info(f"{experiment}/{TRIALS_FILE}").type == pafs.FileType.File:
+            raise SweepError(
+                f"{experiment_uri} holds the sweep's trials table ({TRIALS_FILE}: `ray-spider trials` reads it) but not its "
+                "Tune experiment state or checkpoints (a copy of the results only); `best` needs the experiment folder the "
+                "sweep wrote (its storage/name)"
+            )
         raise SweepError(f"{experiment_uri}: the sweep has no trials recorded yet (no Tune experiment state)")
     analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem, default_metric=sweep["objective"], default_mode="max")
     frames = analysis.trial_dataframes

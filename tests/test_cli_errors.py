@@ -70,7 +70,7 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["trials", str(REPO / "docs")], "is not a sweep folder"),
         (["trials", a_file], "is a file, not a sweep folder"),
         (["best", str(REPO / "docs"), "--out", str(tmp / "best")], "is not a sweep folder"),
-        (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(tmp / "best")], "no trials recorded"),
+        (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(tmp / "best")], "holds the sweep's trials table (trials.parquet"),
         (["data", "build", "--out", a_file], "is a file"),
         (["data", "build", "--out", str(not_a_model.parent)], "already holds files"),
         (["predict", "--out", str(not_a_model.parent)], "already holds files"),
@@ -94,7 +94,8 @@ def test_each_mistake_is_one_named_error(case, spider_dir, tmp_path):
 
 def test_debug_shows_the_traceback_of_a_user_error(spider_dir):
     result = cli("--debug", "prompt", "--db-id", "nope", "--question", "q")
-    assert result.returncode != 0 and "Traceback" in result.stderr and "SpiderError" in result.stderr
+    assert "Traceback" in result.stderr and "SpiderError" in result.stderr
+    assert result.returncode == 2 and "error:" in result.stderr  # the same exit status as without --debug
 
 
 def test_committed_sweep_results_are_readable(spider_dir):

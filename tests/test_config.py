@@ -83,3 +83,11 @@ def test_lr_scheduler_names_are_transformers_own():
     assert set(typing.get_args(LrScheduler)) == {kind.value for kind in SchedulerType}
     with pytest.raises(ConfigError, match="train.lr_scheduler"):
         load_run_config(None, ["train.lr_scheduler=cosin"])
+
+
+def test_a_search_space_override_names_a_dotted_run_config_key():
+    from ray_spider.config import load_sweep_config
+
+    sweep = load_sweep_config("sweeps/sweep_smoke_cpu.yaml", ["search_space.lora.r={choice: [4, 8]}", "search_space.train.learning_rate={choice: [1.0e-4]}"])
+    assert sweep.search_space["lora.r"].describe() == "choice [4, 8]"
+    assert "train.learning_rate" in sweep.search_space and "lora" not in sweep.search_space

@@ -98,6 +98,20 @@ def test_ask_without_sql_in_the_answer_says_so(tiny_adapter):
     assert "no SQL in the answer" in result.stderr
 
 
+def test_ask_without_a_saved_run_config_warns_that_it_uses_the_defaults(tiny_adapter, tiny_dir, tmp_path):
+    bare = tmp_path / "bare" / "adapter"  # a PEFT adapter alone: no config.yaml in it or above it
+    bare.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (bare / name).write_bytes((tiny_adapter / name).read_bytes())
+    result = run_cli("ask", "--adapter", str(bare), "--db-id", "concert_singer", "--question", "How many singers?",
+                     f"model.name={tiny_dir}", "model.quantization=none", "generation.max_new_tokens=4", "eval.workers=1")
+    assert result.returncode == 1, result.stderr[-3000:]  # it ran (a random model writes no SQL)
+    message = " ".join(result.stderr.split())
+    assert "warning: no config.yaml in" in message and "--config RUN/config.yaml" in message
+    quiet = run_cli("ask", "--adapter", str(tiny_adapter), "--db-id", "concert_singer", "--question", "How many singers?")
+    assert "warning: no config.yaml" not in quiet.stderr
+
+
 @pytest.mark.slow
 def test_ask_prints_the_sql_and_its_rows(offline_dir, tmp_path):
     """The base model's own answers (PEFT's initial adapter changes nothing), phrased so that it writes SQL."""
