@@ -353,6 +353,11 @@ def build_run_config(data: dict, overrides: list[str] = (), source: str = "<conf
 def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
     """Read a run YAML (or the defaults when path is None) and apply key=value overrides."""
     data = read_yaml(path) if path else {}
+    if "search_space" in data:
+        raise ConfigError(
+            f"{path} is a sweep file (it has search_space:), not a run config: `ray-spider sweep {path}` runs it; "
+            "a run config looks like sweeps/smoke_cpu.yaml"
+        )
     return build_run_config(data, overrides, source=str(path or "<defaults>"))
 
 
@@ -467,6 +472,11 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
         if path_parts[0] == "search_space" and len(path_parts) > 2:  # its keys are dotted run-config keys themselves
             path_parts = ["search_space", ".".join(path_parts[1:])]
         apply_override(data, path_parts, value)
+    if "search_space" not in data and set(data) & (set(RunConfig.model_fields) - set(SweepConfig.model_fields)):
+        raise ConfigError(
+            f"{path} is a run config (no search_space:), not a sweep file: `ray-spider train {path}` runs it; "
+            "a sweep file puts a run config under base: and adds search_space:, like sweeps/sweep_smoke_cpu.yaml"
+        )
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:

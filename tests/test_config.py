@@ -91,3 +91,12 @@ def test_a_search_space_override_names_a_dotted_run_config_key():
     sweep = load_sweep_config("sweeps/sweep_smoke_cpu.yaml", ["search_space.lora.r={choice: [4, 8]}", "search_space.train.learning_rate={choice: [1.0e-4]}"])
     assert sweep.search_space["lora.r"].describe() == "choice [4, 8]"
     assert "train.learning_rate" in sweep.search_space and "lora" not in sweep.search_space
+
+
+def test_a_sweep_file_and_a_run_config_given_to_the_other_command_say_so():
+    from ray_spider.config import load_sweep_config
+
+    with pytest.raises(ConfigError, match=r"is a sweep file .*ray-spider sweep sweeps/sweep_smoke_cpu\.yaml"):
+        load_run_config("sweeps/sweep_smoke_cpu.yaml")
+    with pytest.raises(ConfigError, match=r"is a run config .*ray-spider train sweeps/smoke_cpu\.yaml"):
+        load_sweep_config("sweeps/smoke_cpu.yaml")
