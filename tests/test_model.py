@@ -259,7 +259,12 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterError, match="no adapter_config.json"):
         check_adapter(tmp_path / "empty", full(tiny_dir))
-    check_adapter(saved_adapter(tiny_dir, tmp_path), full(tiny_dir))  # its own base: fine
+    adapter = Path(saved_adapter(tiny_dir, tmp_path))
+    check_adapter(adapter, full(tiny_dir))  # its own base: fine
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # an edited rank
+    with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} but its weights have rank {config['r']}"):
+        check_adapter(adapter, full(tiny_dir))
 
 
 def test_adapter_of_another_base_is_named_without_loading_it(tiny_dir, tmp_path):
