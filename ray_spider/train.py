@@ -431,7 +431,7 @@ def torch_trainer(
         worker["GPU"] = gpus_per_worker or 1  # a fraction lets several trials share one GPU
     return TorchTrainer(
         train_loop,
-        # fit() follows at once; worker_files: log_file and progress_file of a `train` run (progress.py)
+        # fit() follows at once; worker_files: log_file (and progress_file) of a `train` run or a sweep trial (progress.py)
         train_loop_config={"run": cfg.model_dump(mode="json"), "launched_at": time.time(), "tracking": tracking, **(worker_files or {})},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=worker),
         run_config=RayRunConfig(

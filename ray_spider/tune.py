@@ -15,6 +15,8 @@ filesystem: a local path, s3://bucket/prefix or gs://bucket/prefix (layout: stor
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -24,6 +26,7 @@ from ray.tune import Callback
 from ray_spider import tracking
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.errors import UserError
+from ray_spider.progress import LOG_FILE
 from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
 from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, checkpoint_in, experiment_path, experiment_uri, is_local, storage, train_runs_path
@@ -73,6 +76,10 @@ def run_trial(params: dict, sweep: dict) -> None:
     trial = f"trial_{ray.tune.get_context().get_trial_id()}"
     # TensorBoard from the worker needs a local folder; MLflow is Tune's MLflowLoggerCallback (one run per trial).
     tensorboard_dir = f"{experiment}/{trial}/{tracking.TENSORBOARD_DIR}" if is_local(filesystem) else None
+    worker_files = None
+    if is_local(filesystem):  # the workers' output goes to the trial's folder (a retried trial appends), not the terminal
+        os.makedirs(f"{experiment}/{trial}", exist_ok=True)
+        worker_files = {"log_file": f"{experiment}/{trial}/{LOG_FILE}"}
     trainer = torch_trainer(
         cfg,
         storage_path=train_runs_path(experiment),
@@ -83,6 +90,7 @@ def run_trial(params: dict, sweep: dict) -> None:
         storage_filesystem=filesystem,
         callbacks=[TuneReportCallback()],  # Ray: every dev-eval round becomes a Tune result
         tracking=tracking.worker_tracking(cfg, tensorboard_dir, run_name=trial, mlflow=False),
+        worker_files=worker_files,
     )
     result = trainer.fit()
     if result.error:
@@ -131,9 +139,14 @@ def _tuner(sweep: SweepConfig, resume: bool):
 
     from ray_spider.train import start_ray
 
-    start_ray()
     filesystem, root = storage(sweep.storage)
     experiment = experiment_uri(root, sweep.name)
+    # Local storage: each trial's workers write to <experiment>/trial_<id>/train.log, and the terminal
+    # keeps Tune's status tables only (Ray's own actors would fill it with their warnings). A sweep
+    # storing to a bucket keeps the workers' output in the driver's (the job's) log instead.
+    start_ray(log_to_driver=not is_local(filesystem))
+    if is_local(filesystem):
+        print(f"trial logs: {experiment}/trial_<id>/{LOG_FILE}", file=sys.stderr)
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
     base = dict(sweep.base)
     base["data"] = {**base.get("data", {}), "spider_dir": str(Spider(base.get("data", {}).get("spider_dir")).root.resolve())}

@@ -303,6 +303,11 @@ def test_best_after_tied_rounds_a_taken_name_and_a_moved_experiment(tiny_dir, sp
     (row,) = pq.read_table(experiment / "trials.parquet").to_pylist()
     assert row["eval_rounds"] == 3 and len(set(row["curve_dev_ex"])) == 1  # tied
     assert Path(row["checkpoint_uri"]).is_dir() and row["best_step"] > 1  # the earliest tied round's was deleted
+    # The workers' output is in the trial's folder; the terminal keeps Tune's tables, not Ray's actors' noise.
+    (log,) = experiment.glob("trial_*/train.log")
+    assert "train_runtime" in log.read_text()
+    assert "(RayTrainWorker" not in result.stdout + result.stderr and "train_runtime" not in result.stdout + result.stderr
+    assert "trial logs:" in result.stderr
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
@@ -319,10 +324,13 @@ def test_best_after_tied_rounds_a_taken_name_and_a_moved_experiment(tiny_dir, sp
 
 
 def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_the_first_error(tiny_dir, spider_dir, tmp_path):
-    command = sweep_command(tmp_path, tiny_dir, 2, "base.model.attn_implementation=no_such_kernel", "trial_retries=0")
+    broken = tmp_path / "broken-model"  # passes every check before Ray (config.json is fine); each trial fails loading it
+    shutil.copytree(tiny_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    command = sweep_command(tmp_path, str(broken), 2, "trial_retries=0")
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "no_such_kernel" in result.stderr
+    assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "deserializing header" in result.stderr
 
 
 def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(tiny_dir, spider_dir, tmp_path):
