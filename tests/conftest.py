@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ needs_spider = pytest.mark.skipif(not SPIDER_DIR, reason="set SPIDER_DIR to the 
 # it) would join whatever cluster `ray start` last left on the host. A test that wants a shared
 # cluster sets RAY_ADDRESS to its own private head.
 os.environ["RAY_ADDRESS"] = "local"
+# The Ctrl-C tests signal the command they start. Started in the background by a non-interactive
+# shell (`nohup ... &`), pytest would inherit SIGINT ignored and pass that on to every command, which
+# then rightly ignores it; with Python's handler here the commands start with SIGINT at its default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

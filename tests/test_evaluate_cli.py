@@ -164,22 +164,27 @@ def test_per_example_never_overwrites_an_input(spider_dir, tmp_path, target):
     assert {path: path.read_bytes() for path in (gold, pred)} == before
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers):
-    """Predictions that run until their 120 s timeout; SIGINT after 4 s must end the command within
-    seconds, exit 130, and leave no per-example file."""
+@pytest.mark.parametrize("workers, delay_s", [("1", 4), ("2", 4), ("1", 0.2)])
+def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers, delay_s):
+    """Predictions that run until their 120 s timeout; SIGINT after 4 s (scoring) or 0.2 s (the CLI
+    still importing: once a traceback) must end the command within seconds, exit 130, and leave no
+    per-example file."""
     endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
     gold, pred = write_pair(tmp_path, gold="SELECT count(*) FROM singer\tconcert_singer\n" * 40, pred=(endless + "\n") * 40)
     out = tmp_path / "rows.jsonl"
     process = subprocess.Popen(
         [sys.executable, "-m", "ray_spider", "eval", "--gold", str(gold), "--pred", str(pred), "--db", str(spider_dir / "database"),
          "--table", str(spider_dir / "tables.json"), "--timeout", "120", "--workers", workers, "--per-example", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    time.sleep(4)
-    process.send_signal(signal.SIGINT)
-    started = time.monotonic()
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        time.sleep(delay_s)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # a failed test must not leave endless queries running
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, stderr
     assert time.monotonic() - started < 15
     assert "interrupted:" in stderr and "Traceback" not in stderr
