@@ -302,12 +302,12 @@ def predict(
     """Batched greedy generation on a split (or a questions file), SQL extraction, and scoring."""
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
-    from ray_spider.model import check_adapter
-
-    cfg = _job_config(config, [*(overrides or []), *([f"model.name={model}"] if model else [])], splits=(split,))
+    overrides = [*(overrides or []), *([f"model.name={model}"] if model else [])]
+    if adapter is None:
+        cfg = _job_config(config, overrides, splits=(split,))
+    else:
+        cfg = _adapter_run_config(Path(adapter), config, overrides, splits=(split,))
     check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True, empty_dir=True)
-    if adapter is not None:
-        check_adapter(adapter, cfg.model)
     asked = None
     if questions is not None:
         from ray_spider.data import read_questions
@@ -326,21 +326,25 @@ def predict(
     console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}", markup=False)
 
 
-def _adapter_run_config(adapter: Path, config: Path | None, overrides: list[str]):
+def _adapter_run_config(adapter: Path, config: Path | None, overrides: list[str], splits: tuple[str, ...] = ("dev",)):
     """The run config that goes with an adapter: --config when given, else the one saved beside it
     (`best --out` writes ADAPTER/config.yaml, a run folder holds RUN/config.yaml above RUN/adapter/),
-    else the defaults, with a warning: the prompt must be the one the adapter was trained with."""
-    from ray_spider.model import check_adapter
+    said on stderr, else the defaults, with a warning: the prompt and the model must be the ones the
+    adapter was trained with."""
+    from ray_spider.model import check_adapter, read_adapter_config
 
+    read_adapter_config(adapter)  # a folder that is not an adapter is named before anything else
     if config is None:
         config = next((path for path in (adapter / "config.yaml", adapter.parent / "config.yaml") if path.is_file()), None)
         if config is None:
             console.print(
                 f"warning: no config.yaml in {adapter} or its parent folder: the default run config is used, whose prompt "
-                "may not be the one this adapter was trained with; give the run's own with --config RUN/config.yaml",
+                "and model may not be the ones this adapter was trained with; give the run's own with --config RUN/config.yaml",
                 markup=False,
             )
-    cfg = _job_config(config, overrides)
+        else:
+            console.print(f"run config: {config} (saved with the adapter; --config gives another)", markup=False)
+    cfg = _job_config(config, overrides, splits)
     check_adapter(adapter, cfg.model)
     return cfg
 
@@ -404,10 +408,15 @@ def export(
     dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
     if dtype not in dtypes:
         fail(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        fail(f"--out {out} exists and is not an empty folder; give a new one")
+    check_output(out, inputs=(adapter,), what="--out", allow_existing_dir=True, empty_dir=True)
     cfg = _adapter_run_config(adapter, config, overrides or [])
-    export_model(cfg.model, adapter, out, merge=merge, dtype=dtypes[dtype])
+    created = not out.exists()
+    try:
+        export_model(cfg.model, adapter, out, merge=merge, dtype=dtypes[dtype])
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        raise
     what = f"merged {dtype} model" if merge else "adapter and tokenizer"
     console.print(f"[bold green]wrote {what}:[/] {escape(str(out))}")
 
@@ -489,7 +498,7 @@ def best(
     """Copy the best trial's adapter (by dev EX) out of storage, check it loads, print its scores."""
     from ray_spider.sweep_report import fetch_best
 
-    check_output(out, inputs=(experiment,), what="--out", allow_existing_dir=True)
+    check_output(out, inputs=(experiment,), what="--out", allow_existing_dir=True, empty_dir=True)
     row = fetch_best(experiment, out, check_load)
     console.print_json(json.dumps(row, default=str))
     console.print(f"[bold green]adapter:[/] {escape(str(out))}")

@@ -74,10 +74,11 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["data", "build", "--out", a_file], "is a file"),
         (["data", "build", "--out", str(not_a_model.parent)], "already holds files"),
         (["predict", "--out", str(not_a_model.parent)], "already holds files"),
+        (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(not_a_model.parent)], "already holds files"),
     ]
 
 
-CASES = 33  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 34  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))

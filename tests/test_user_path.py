@@ -74,13 +74,15 @@ def test_export_merges_the_adapter_into_a_plain_transformers_model(tiny_adapter,
     adapter_only = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "lora"), "--no-merge")
     assert adapter_only.returncode == 0, adapter_only.stderr[-3000:]
     assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == (tiny_adapter / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "lora" / "config.yaml").read_text() == (tiny_adapter / "config.yaml").read_text()  # its prompt goes with it
     assert AutoTokenizer.from_pretrained(tmp_path / "lora").chat_template == tokenizer.chat_template
 
 
 def test_export_bad_input_is_one_error_line(tiny_adapter, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    one_error_line(run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "full")), "--out", "not an empty folder")
+    one_error_line(run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "full")), "--out", "already holds files")
+    one_error_line(run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "full" / "x" / "m")), "--out", "is a file, not a folder")
     one_error_line(run_cli("export", "--adapter", str(tmp_path), "--out", str(tmp_path / "m")), "adapter_config.json")
     one_error_line(run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "m"), "--dtype", "int3"), "--dtype", "bfloat16")
     assert not (tmp_path / "m").exists()  # nothing half-written
@@ -97,6 +99,17 @@ def test_ask_without_sql_in_the_answer_says_so(tiny_adapter):
     assert result.returncode == 1, result.stderr[-3000:]  # a random model writes no SQL: not a user error
     assert "no SQL in the answer" in result.stderr
     assert "warning: no config.yaml" not in result.stderr  # the adapter's own config.yaml was found
+
+
+def test_predict_with_an_adapter_uses_the_run_config_saved_with_it(tiny_adapter, tmp_path):
+    """Without --config, `predict --adapter` reads the adapter's config.yaml (its model, prompt and
+    decoding), as `ask` does; before, it used the defaults (another model and prompt) without a word."""
+    out = tmp_path / "preds"
+    result = run_cli("predict", "--adapter", str(tiny_adapter), "--out", str(out), "data.dev_subset=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"run config: {tiny_adapter / 'config.yaml'}" in " ".join(result.stderr.split())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["generation"]["max_new_tokens"] == SMALL["generation"]["max_new_tokens"]
 
 
 def test_ask_without_a_saved_run_config_warns_that_it_uses_the_defaults(tiny_adapter, tiny_dir, tmp_path):
