@@ -323,6 +323,9 @@ def predict(
         return
     title = f"{questions or split}: {result.summary.n} questions"
     stdout.print(summary_table(result.summary, title=title))
+    if result.summary.gold_errors:
+        console.print(f"warning: {result.summary.gold_errors} gold queries failed to run in SQLite and are left out of the scores "
+                      "(a gold query must run; check the file's \"query\" values)", markup=False)
     console.print(f"SQL-only rate {result.summary.sql_only_rate:.3f}; wrote {out}", markup=False)
 
 
@@ -432,16 +435,29 @@ def compare(
     labels = label or [str(folder) for folder in folders]
     if len(labels) != len(folders):
         fail(f"give one --label per folder: {len(folders)} folder(s), {len(labels)} label(s)")
-    summaries = []
+    summaries, raw = [], []
     for folder in folders:
         path = folder / "summary.json"
+        if folder.is_file() and folder.name == "summary.json":
+            fail(f"{folder}: give the folder that holds it ({folder.parent})")
         if not path.is_file():
             fail(f"{folder}: no summary.json (a `predict --out` folder or a run's dev_eval/)")
-        summary = json.loads(path.read_text())
-        if summary.get("scored") is False:
-            fail(f"{folder}: its answers were not scored (no gold SQL); nothing to compare")
-        summaries.append(read_summary_file(path))
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            if summary.get("scored") is False:
+                fail(f"{folder}: its answers were not scored (no gold SQL); nothing to compare")
+            summaries.append(read_summary_file(path))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON, UTF-8, shape
+            fail(f"{path}: not a summary.json that `predict` or a training run wrote ({type(exc).__name__}: {exc})")
+        raw.append(summary)
     stdout.print(comparison_table(summaries, labels))
+    differences = [
+        f"{what} ({', '.join(str(value) for value in values)})"
+        for what, values in (("question counts", [s.n for s in summaries]), ("prompt versions", [r.get("prompt_version") for r in raw]))
+        if len(set(values)) > 1 and None not in values
+    ]
+    if differences:
+        console.print(f"warning: the folders differ in {' and '.join(differences)}: their scores are not comparable", markup=False)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ray_spider.errors import UserError
 
@@ -124,6 +124,13 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate of the LoRA weights")
     epochs: float = Field(2.0, gt=0, description="passes over the training set (a fraction stops part-way)")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_all(cls, value: int) -> int:
+        if value == 0 or value < -1:  # transformers would read any value below 1 as "all epochs", silently
+            raise ValueError(f"train.max_steps must be at least 1, or -1 for all epochs; got {value}")
+        return value
     per_device_batch_size: PositiveInt | Auto = Field(
         4, description="micro-batch: examples per worker per forward pass; auto: the largest that fits the GPU "
         "(train.gpu_memory_gb, memory.py), gradient accumulation keeps effective_batch_size"

@@ -105,7 +105,10 @@ def read_questions(path: str | os.PathLike, spider: Spider) -> list[Example]:
 
 def _question_entries(path: Path) -> list[tuple[str, object]]:
     """(where, parsed entry) pairs: 'line N' of a .jsonl file, 'entry N' of a .json list."""
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise QuestionsFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if path.suffix == ".jsonl":
         entries = []
         for number, line in enumerate(text.splitlines(), start=1):

@@ -74,11 +74,12 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["data", "build", "--out", a_file], "is a file"),
         (["data", "build", "--out", str(not_a_model.parent)], "already holds files"),
         (["predict", "--out", str(not_a_model.parent)], "already holds files"),
+        (["train", "sweeps/smoke_cpu.yaml", "output_dir=/proc/ray-spider-runs"], "cannot create the run folder"),
         (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(not_a_model.parent)], "already holds files"),
     ]
 
 
-CASES = 34  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 35  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))

@@ -106,3 +106,9 @@ def test_an_unknown_attention_implementation_fails_in_the_config():
     with pytest.raises(ConfigError, match=r"model.attn_implementation='sdpaa'.*valid: eager, .*sdpa"):
         load_run_config(None, ["model.attn_implementation=sdpaa"])
     assert load_run_config(None, ["model.attn_implementation=sdpa"]).model.attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("steps", ["0", "-5"])
+def test_max_steps_below_one_is_refused_not_read_as_all_epochs(steps):
+    with pytest.raises(ConfigError, match="train.max_steps must be at least 1, or -1"):
+        load_run_config(None, [f"train.max_steps={steps}"])

@@ -174,6 +174,30 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     compared = run_cli("compare", str(out), str(out), "--label", "a", "--label", "b")
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert "SQL-only rate" in compared.stdout and "EX" in compared.stdout
+    assert "warning" not in compared.stderr
+
+    other = tmp_path / "other"  # the same scores over another prompt: not comparable, and said so
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({**summary, "prompt_version": "p0000000000"}))
+    mixed = run_cli("compare", str(out), str(other))
+    assert mixed.returncode == 0 and "differ in prompt versions" in " ".join(mixed.stderr.split())
+
+    for name, text in (("cut", '{"n": 3'), ("list", "[1, 2]"), ("partial", '{"n": 3}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+        one_error_line(run_cli("compare", str(out), str(tmp_path / name)), "not a summary.json that `predict` or a training run wrote")
+    one_error_line(run_cli("compare", str(out / "summary.json")), "give the folder that holds it")
+
+
+def test_a_gold_query_that_fails_is_left_out_and_said(tiny_adapter, tmp_path):
+    questions = tmp_path / "mine.jsonl"
+    rows = [{"db_id": "concert_singer", "question": "How many singers?", "query": "SELECT count(*) FROM singer"},
+            {"db_id": "concert_singer", "question": "Broken gold", "query": "SELEC count(* FROM"}]
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = run_cli("predict", "--adapter", str(tiny_adapter), "--questions", str(questions), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: 1 gold queries failed to run" in " ".join(result.stderr.split())
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n"] == 1
 
 
 @pytest.mark.parametrize("content, fragments", [
@@ -182,10 +206,11 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     ('{"db_id": "concert_singer", "question": "q", "query": "SELECT 1"}\n{"db_id": "concert_singer", "question": "r"}\n', ["line 2", "query"]),
     ("not json\n", ["line 1", "not JSON"]),
     ("", ["no questions"]),
+    (b'{"db_id": "concert_singer", "question": "caf\xe9"}\n', ["not UTF-8"]),
 ])
 def test_predict_questions_file_errors_name_the_entry(tiny_dir, tiny_adapter, tmp_path, content, fragments):
     questions = tmp_path / "bad.jsonl"
-    questions.write_text(content)
+    questions.write_bytes(content if isinstance(content, bytes) else content.encode())
     result = run_cli(
         "predict", "--model", tiny_dir, "--adapter", str(tiny_adapter), "--questions", str(questions), "--out", str(tmp_path / "out")
     )
