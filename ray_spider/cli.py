@@ -473,8 +473,12 @@ def sweep(
     from ray_spider.storage import experiment_uri
 
     sweep_cfg = load_sweep_config(sweep_file, overrides or [])
-    _spider(None, DataConfig.model_validate(sweep_cfg.base.get("data", {}))).check(("dev", "train"))  # named before Ray starts
-    check_model_spec(build_run_config(sweep_cfg.base).model.name)
+    base = build_run_config(sweep_cfg.base)
+    searched = {key: dimension.probe_values() for key, dimension in sweep_cfg.search_space.items()}
+    for spider_dir in searched.get("data.spider_dir", [base.data.spider_dir]):  # every folder a trial may get, before Ray starts
+        _spider(spider_dir, base.data).check(("dev", "train"))
+    for model_name in searched.get("model.name", [base.model.name]):
+        check_model_spec(model_name)
     from ray_spider.tune import check_experiment_folder, run_sweep  # imports Ray: after the checks
 
     check_experiment_folder(sweep_cfg, resume, overwrite, delete=False)  # run_sweep deletes with --overwrite

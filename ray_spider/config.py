@@ -459,6 +459,9 @@ class SweepConfig(_Strict):
         require_adapter(build_run_config(self.base, source="base"), "base")  # the base alone must be a valid training run
         if "lora.enabled" in self.search_space:
             raise ValueError("search_space key 'lora.enabled': every trial trains a LoRA adapter; search other keys")
+        for key in ("name", "output_dir"):
+            if key in self.search_space:
+                raise ValueError(f"search_space key {key!r}: the sweep names and stores its trials itself (name, storage); search run settings")
         for key, dimension in self.search_space.items():
             node: Any = RunConfig
             for part in key.split("."):

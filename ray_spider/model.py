@@ -353,13 +353,19 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
     if not weights.is_file():
         return
     check_adapter_rank(adapter, adapter_config, weights)
+    recorded = adapter_config.get("base_model_name_or_path")
+    trained_on = recorded or "another model"
     try:
         base_config = AutoConfig.from_pretrained(resolve_model(model_cfg.name), local_files_only=True)
-    except OSError:
+    except OSError:  # a hub model not on this machine: its shapes cannot be checked, only its name
+        if recorded and recorded != model_cfg.name:
+            raise AdapterError(
+                f"adapter {adapter} was trained on {recorded!r}, not model.name={model_cfg.name!r} (not on this machine, so "
+                f"its layers cannot be checked); give the adapter's base (--model or model.name={recorded})"
+            ) from None
         return
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(base_config)
-    trained_on = adapter_config.get("base_model_name_or_path") or "another model"
     with safe_open(str(weights), framework="pt") as tensors:
         for key in tensors.keys():
             if ".lora_A." not in key and ".lora_B." not in key:

@@ -265,6 +265,11 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # an edited rank
     with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} but its weights have rank {config['r']}"):
         check_adapter(adapter, full(tiny_dir))
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    # A hub model that is not on this machine cannot be checked layer by layer; a name other than the
+    # adapter's base is refused before a download starts.
+    with pytest.raises(AdapterError, match=r"not model.name='org/not-downloaded'.*not on this machine"):
+        check_adapter(adapter, full("org/not-downloaded"))
 
 
 def test_adapter_of_another_base_is_named_without_loading_it(tiny_dir, tmp_path):
