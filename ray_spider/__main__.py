@@ -4,15 +4,17 @@ import sys
 
 
 def main() -> None:
-    """The `ray-spider` entry point. A Ctrl-C while the CLI's modules import (seconds on a busy
-    machine, before any command runs) ends like one inside a command: one `interrupted:` line and
-    exit 130 (cli.INTERRUPTED), not a traceback."""
+    """The `ray-spider` entry point. A Ctrl-C before a command runs (while the CLI's modules import and
+    typer builds the commands: seconds on a busy machine) ends like one inside a command: one
+    `interrupted:` line and exit 130 (cli.INTERRUPTED), not a traceback. Inside a command,
+    cli.GuardedGroup handles it."""
     try:
         from ray_spider.cli import app
+
+        app(prog_name="ray-spider")
     except KeyboardInterrupt:
         print("interrupted: before the command started; nothing was done", file=sys.stderr)
         raise SystemExit(130) from None
-    app(prog_name="ray-spider")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,8 @@ def test_killed_trial_is_retried_and_resumes_from_its_last_checkpoint(tiny_dir, 
         assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
     # One Train run folder per trial, named by the trial: the retry used its trial's folder.
     assert sorted(path.name for path in (experiment / "train_runs").iterdir() if path.is_dir()) == sorted(row["trial_id"] for row in rows)
-    (resumed,) = [int(step) for step in re.findall(r"resuming from the checkpoint of step (\d+)", log.read_text())]
+    worker_logs = "".join(path.read_text() for path in experiment.glob("trial_*/train.log"))  # the retry appends to its trial's
+    (resumed,) = [int(step) for step in re.findall(r"resuming from the checkpoint of step (\d+)", worker_logs)]
     assert resumed >= first[-1] >= 2
     retried = next(row for row in rows if row["retries"])
     assert retried["curve_steps"] == [2, 4, 6, 8, 10]  # no round repeated: the retry went on from step `resumed`
