@@ -125,12 +125,6 @@ class TrainConfig(_Strict):
     epochs: float = Field(2.0, gt=0, description="passes over the training set (a fraction stops part-way)")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
 
-    @field_validator("max_steps")
-    @classmethod
-    def _steps_or_all(cls, value: int) -> int:
-        if value == 0 or value < -1:  # transformers would read any value below 1 as "all epochs", silently
-            raise ValueError(f"train.max_steps must be at least 1, or -1 for all epochs; got {value}")
-        return value
     per_device_batch_size: PositiveInt | Auto = Field(
         4, description="micro-batch: examples per worker per forward pass; auto: the largest that fits the GPU "
         "(train.gpu_memory_gb, memory.py), gradient accumulation keeps effective_batch_size"
@@ -168,6 +162,13 @@ class TrainConfig(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP, one GPU each when use_gpu)")
     use_gpu: bool | None = Field(None, description="None = use a GPU when one is available")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves for each worker")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_all(cls, value: int) -> int:
+        if value == 0 or value < -1:  # transformers would read any value below 1 as "all epochs", silently
+            raise ValueError(f"train.max_steps must be at least 1, or -1 for all epochs; got {value}")
+        return value
 
 
 class GenerationConfig(_Strict):

@@ -389,9 +389,9 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
 
 
 def check_adapter_rank(adapter: Path, adapter_config: dict, weights: Path) -> None:
-    """Raise AdapterError when adapter_config.json's ``r`` (or its ``rank_pattern`` entry) is not the
-    rank of the LoRA weights beside it: peft would build the layers from the config, then fail to load
-    the weights into them (after the base model has loaded)."""
+    """Raise AdapterError when adapter_config.json's ``r`` is not the rank of the LoRA weights beside
+    it: peft would build the layers from the config, then fail to load the weights into them (after
+    the base model has loaded). An adapter with per-module ranks (``rank_pattern``) is left to peft."""
     from safetensors import safe_open
 
     rank, pattern = adapter_config.get("r"), adapter_config.get("rank_pattern") or {}
