@@ -156,6 +156,8 @@ def prompt(
     """Print the chat messages for one question (the inference prompt, or the training example with --sql)."""
     from ray_spider.prompt import Prompter
 
+    if not question.strip():
+        fail("--question is empty")
     cfg = _run_config(config)
     prompter = Prompter(_spider(spider_dir, cfg.data), cfg.prompt)
     messages = prompter.conversation(db_id, question, sql)

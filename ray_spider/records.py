@@ -283,5 +283,7 @@ def comparison_table(summaries: list[PredictionSummary], labels: list[str]):
     table.add_row("EM", *(f"{s.em:.3f}" for s in summaries))
     for level in HARDNESS_LEVELS:
         if any(s.by_hardness[level].n for s in summaries):
-            table.add_row(f"EX {level} (n)", *(f"{s.by_hardness[level].ex:.3f} ({s.by_hardness[level].n})" for s in summaries))
+            table.add_row(f"EX {level} (n)", *(
+                f"{s.by_hardness[level].ex:.3f} ({s.by_hardness[level].n})" if s.by_hardness[level].n else "- (0)" for s in summaries
+            ))  # a rate of no questions is not 0, as in the eval table
     return table

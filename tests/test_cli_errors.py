@@ -75,13 +75,14 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["data", "build", "--out", str(not_a_model.parent)], "already holds files"),
         (["predict", "--out", str(not_a_model.parent)], "already holds files"),
         (["train", "sweeps/smoke_cpu.yaml", "output_dir=/proc/ray-spider-runs"], "cannot create the run folder"),
+        (["prompt", "--db-id", "concert_singer", "--question", " "], "--question is empty"),
         (["sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp}", "search_space.model.name={choice: [/no/such/model]}"], "/no/such/model"),
         (["sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp}", "search_space.name={choice: [a, b]}"], "names and stores its trials itself"),
         (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(not_a_model.parent)], "already holds files"),
     ]
 
 
-CASES = 37  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 38  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))

@@ -181,6 +181,12 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     (other / "summary.json").write_text(json.dumps({**summary, "prompt_version": "p0000000000"}))
     mixed = run_cli("compare", str(out), str(other))
     assert mixed.returncode == 0 and "differ in prompt versions" in " ".join(mixed.stderr.split())
+    level = next(name for name, row in summary["by_hardness"].items() if row["n"])
+    fewer = tmp_path / "fewer"  # a level without questions shows '-', not a rate of 0
+    fewer.mkdir()
+    (fewer / "summary.json").write_text(json.dumps({**summary, "by_hardness": {**summary["by_hardness"], level: {"n": 0, "ex": 0.0, "em": 0.0}}}))
+    shown = run_cli("compare", str(out), str(fewer))
+    assert shown.returncode == 0 and "- (0)" in shown.stdout, shown.stdout
 
     for name, text in (("cut", '{"n": 3'), ("list", "[1, 2]"), ("partial", '{"n": 3}')):
         (tmp_path / name).mkdir()
