@@ -409,6 +409,7 @@ def export(
     import torch
 
     from ray_spider.model import export_model
+    from ray_spider.records import write_config
 
     dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
     if dtype not in dtypes:
@@ -418,6 +419,8 @@ def export(
     created = not out.exists()
     try:
         export_model(cfg.model, adapter, out, merge=merge, dtype=dtypes[dtype])
+        if not merge:
+            write_config(cfg, out)  # the run config used here goes with the adapter: `ask`/`predict` read it there
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)  # nothing half-written
@@ -449,6 +452,9 @@ def compare(
             if summary.get("scored") is False:
                 fail(f"{folder}: its answers were not scored (no gold SQL); nothing to compare")
             summaries.append(read_summary_file(path))
+            for key in ("n", "ex", "em", "sql_only_rate"):
+                if isinstance(summary[key], bool) or not isinstance(summary[key], (int, float)):
+                    raise TypeError(f"{key} is {summary[key]!r}, not a number")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON, UTF-8, shape
             fail(f"{path}: not a summary.json that `predict` or a training run wrote ({type(exc).__name__}: {exc})")
         raw.append(summary)

@@ -123,7 +123,7 @@ class LoraConfig(_Strict):
 class TrainConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate of the LoRA weights")
     epochs: float = Field(2.0, gt=0, description="passes over the training set (a fraction stops part-way)")
-    max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
+    max_steps: int = Field(-1, strict=True, description="stop after N optimizer steps (-1 = run all epochs)")
 
     per_device_batch_size: PositiveInt | Auto = Field(
         4, description="micro-batch: examples per worker per forward pass; auto: the largest that fits the GPU "

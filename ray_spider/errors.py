@@ -10,6 +10,7 @@ and prints one ``error:`` line with exit status 2; anything else is a bug and ke
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -62,4 +63,10 @@ def write_atomically(path: str | Path, text: str) -> None:
 
 
 def _writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Whether a folder can be made in ``folder``: tried, not read from the mode bits, which say yes
+    to root everywhere (e.g. under /proc, where no folder can be made)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ray-spider-probe-", dir=folder))
+    except OSError:
+        return False
+    return True

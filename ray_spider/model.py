@@ -503,8 +503,8 @@ def export_model(model_cfg: ModelConfig, adapter: str | os.PathLike, out: str | 
     transformers folder that ``AutoModelForCausalLM.from_pretrained(out)`` loads without peft. A
     4-bit base is dequantized first (``dequantized_base``): the export holds the weights the adapter
     was trained and scored against, so it answers as the evaluated model did, up to ``dtype`` rounding.
-    ``merge=False``: the adapter files plus the tokenizer (and the adapter's config.yaml, the run
-    config `ask` and `predict` read beside it), for servers that load LoRA adapters.
+    ``merge=False``: the adapter files plus the tokenizer, for servers that load LoRA adapters
+    (`ray-spider export` adds the run config it used).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -516,8 +516,6 @@ def export_model(model_cfg: ModelConfig, adapter: str | os.PathLike, out: str | 
 
         for name in ADAPTER_FILES:
             shutil.copy2(Path(adapter) / name, out / name)
-        if (Path(adapter) / "config.yaml").is_file():  # the run config (prompt) travels with its adapter
-            shutil.copy2(Path(adapter) / "config.yaml", out / "config.yaml")
         tokenizer = load_tokenizer(resolve_model(model_cfg.name))
     tokenizer.save_pretrained(out)
     return out

@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 import yaml
 
 from ray_spider.config import RunConfig
-from ray_spider.errors import OutputPathError
 from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS, Summary
 
 if TYPE_CHECKING:
@@ -53,10 +52,7 @@ class RunFolder:
     @classmethod
     def create(cls, cfg: RunConfig) -> RunFolder:
         path = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-        except OSError as exc:  # e.g. a folder under /proc: check_output passed, the file system says no
-            raise OutputPathError(f"output_dir={cfg.output_dir}: cannot create the run folder {path} ({exc.strerror})") from None
+        path.mkdir(parents=True, exist_ok=False)
         run = cls(path.resolve(), cfg)
         write_config(cfg, run.path)
         return run

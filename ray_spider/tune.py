@@ -25,7 +25,7 @@ from ray.tune import Callback
 
 from ray_spider import tracking
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
-from ray_spider.errors import UserError
+from ray_spider.errors import UserError, check_output
 from ray_spider.progress import LOG_FILE
 from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
@@ -199,6 +199,8 @@ def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = 
     uri = experiment_uri(sweep.storage, sweep.name)
     if filesystem.get_file_info(root).type == pafs.FileType.File:
         raise SweepError(f"storage={sweep.storage} is a file; give a folder (or s3://, gs:// URI) for sweeps")
+    if is_local(filesystem):
+        check_output(root, what="storage", allow_existing_dir=True)  # a folder that cannot be made is named here
     found = filesystem.get_file_info(experiment).type != pafs.FileType.NotFound
     if resume:
         if not found or filesystem.get_file_info(f"{experiment}/{SWEEP_FILE}").type == pafs.FileType.NotFound:

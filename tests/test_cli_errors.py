@@ -74,7 +74,9 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["data", "build", "--out", a_file], "is a file"),
         (["data", "build", "--out", str(not_a_model.parent)], "already holds files"),
         (["predict", "--out", str(not_a_model.parent)], "already holds files"),
-        (["train", "sweeps/smoke_cpu.yaml", "output_dir=/proc/ray-spider-runs"], "cannot create the run folder"),
+        (["train", "sweeps/smoke_cpu.yaml", "output_dir=/proc/ray-spider-runs"], "/proc is not writable"),
+        (["predict", "--out", "/proc/ray-spider/preds"], "/proc is not writable"),
+        (["sweep", "sweeps/sweep_smoke_cpu.yaml", "storage=/proc/ray-spider-sweeps"], "/proc is not writable"),
         (["prompt", "--db-id", "concert_singer", "--question", " "], "--question is empty"),
         (["sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp}", "search_space.model.name={choice: [/no/such/model]}"], "/no/such/model"),
         (["sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp}", "search_space.name={choice: [a, b]}"], "names and stores its trials itself"),
@@ -82,7 +84,7 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-CASES = 38  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 40  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))

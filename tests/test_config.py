@@ -108,7 +108,7 @@ def test_an_unknown_attention_implementation_fails_in_the_config():
     assert load_run_config(None, ["model.attn_implementation=sdpa"]).model.attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("steps", ["0", "-5"])
-def test_max_steps_below_one_is_refused_not_read_as_all_epochs(steps):
-    with pytest.raises(ConfigError, match="train.max_steps must be at least 1, or -1"):
+@pytest.mark.parametrize("steps, message", [("0", "must be at least 1, or -1"), ("-5", "must be at least 1, or -1"), ("true", "valid integer")])
+def test_max_steps_below_one_is_refused_not_read_as_all_epochs(steps, message):
+    with pytest.raises(ConfigError, match=f"train.max_steps.*{message}"):
         load_run_config(None, [f"train.max_steps={steps}"])

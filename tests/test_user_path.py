@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ray_spider.config import ModelConfig, RunConfig, build_run_config
+from ray_spider.config import ModelConfig, RunConfig, build_run_config, load_run_config
 from ray_spider.model import apply_lora, load_model
 from ray_spider.records import write_config
 
@@ -74,7 +74,7 @@ def test_export_merges_the_adapter_into_a_plain_transformers_model(tiny_adapter,
     adapter_only = run_cli("export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "lora"), "--no-merge")
     assert adapter_only.returncode == 0, adapter_only.stderr[-3000:]
     assert (tmp_path / "lora" / "adapter_model.safetensors").read_bytes() == (tiny_adapter / "adapter_model.safetensors").read_bytes()
-    assert (tmp_path / "lora" / "config.yaml").read_text() == (tiny_adapter / "config.yaml").read_text()  # its prompt goes with it
+    assert load_run_config(tmp_path / "lora" / "config.yaml") == load_run_config(tiny_adapter / "config.yaml")  # its prompt goes with it
     assert AutoTokenizer.from_pretrained(tmp_path / "lora").chat_template == tokenizer.chat_template
 
 
@@ -188,7 +188,7 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     shown = run_cli("compare", str(out), str(fewer))
     assert shown.returncode == 0 and "- (0)" in shown.stdout, shown.stdout
 
-    for name, text in (("cut", '{"n": 3'), ("list", "[1, 2]"), ("partial", '{"n": 3}')):
+    for name, text in (("cut", '{"n": 3'), ("list", "[1, 2]"), ("partial", '{"n": 3}'), ("typed", json.dumps({**summary, "ex": "high"}))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(text)
         one_error_line(run_cli("compare", str(out), str(tmp_path / name)), "not a summary.json that `predict` or a training run wrote")
