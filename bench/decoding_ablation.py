@@ -6,11 +6,16 @@ row's generation overrides) and prints EX/EM per hardness, the error types and t
     python bench/decoding_ablation.py --config runs/<run>/config.yaml --adapter runs/<run>/adapter --out runs/ablation
     python bench/decoding_ablation.py ... --rows greedy,constrained --limit 20    # a CPU dry run on 20 questions
 
-Rows (``--rows``, comma-separated; ``--candidates`` sets k):
+Rows (``--rows``, comma-separated; ``--candidates`` sets k, ``--set KEY=VALUE`` adds an override
+to every row, e.g. ``--set generation.temperature=0.8``):
     greedy                 the config's own decoding (engine pruned, CUDA graphs on a GPU)
     constrained            + generation.constrained=true (same engine)
-    guided                 engine hf, k beams, the first that executes (generation.pick=executes)
-    constrained+guided     both: k constrained beams, the first that executes
+    guided                 engine pruned: the greedy answer + k-1 samples, the first that executes
+    voted                  the same k candidates, the answer most of them agree with when run (pick majority)
+    constrained+guided     guided, every candidate constrained
+    constrained+voted      voted, every candidate constrained
+    beam                   engine hf: k beams, the first that executes
+    constrained+beam       k constrained beams, the first that executes
 ``data.dev_subset=null`` scores all of dev-972 (the config's training subset is replaced) unless
 ``--limit N`` asks for the seeded N-question sample. Each row's folder (predictions.jsonl,
 summary.json) stays under ``--out``; the table is also written to ``--out``/ablation.md.
@@ -28,9 +33,16 @@ from pathlib import Path
 ROWS = {
     "greedy": [],
     "constrained": ["generation.constrained=true"],
-    "guided": ["generation.engine=hf", "generation.candidates={k}", "generation.pick=executes"],
-    "constrained+guided": ["generation.constrained=true", "generation.engine=hf", "generation.candidates={k}", "generation.pick=executes"],
+    "guided": ["generation.candidates={k}", "generation.pick=executes"],
+    "voted": ["generation.candidates={k}", "generation.pick=majority"],
+    "constrained+guided": ["generation.constrained=true", "generation.candidates={k}", "generation.pick=executes"],
+    "constrained+voted": ["generation.constrained=true", "generation.candidates={k}", "generation.pick=majority"],
+    "beam": ["generation.engine=hf", "generation.search=beam", "generation.candidates={k}", "generation.pick=executes"],
+    "constrained+beam": [
+        "generation.constrained=true", "generation.engine=hf", "generation.search=beam", "generation.candidates={k}", "generation.pick=executes",
+    ],
 }
+GUIDED = ("guided", "voted", "beam")
 LEVELS = ("easy", "medium", "hard", "extra")
 ERRORS = ("wrong_result", "unknown_table_or_column", "syntax_error", "no_sql", "timeout", "error")
 
@@ -41,6 +53,7 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     overrides.append(f"data.dev_subset={args.limit if args.limit else 'null'}")
     if args.batch_size:
         overrides.append(f"generation.batch_size={args.batch_size}")
+    overrides += args.set
     command = [sys.executable, "-m", "ray_spider", "predict", "--config", str(args.config), "--out", str(out)]
     if args.adapter:
         command += ["--adapter", str(args.adapter)]
@@ -54,7 +67,7 @@ def table(results: dict[str, dict], k: int) -> str:
     head = ["decoding", "n", "EX", "EM"] + [f"EX {level}" for level in LEVELS] + list(ERRORS) + ["generate_s", "score_s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, summary in results.items():
-        label = name.replace("guided", f"guided (k={k})")
+        label = name + (f" (k={k})" if name.endswith(GUIDED) else "")
         hardness = summary["by_hardness"]
         cells = [label, str(summary["n"]), f"{summary['ex']:.3f}", f"{summary['em']:.3f}"]
         cells += [f"{hardness[level]['ex']:.3f} ({hardness[level]['n']})" for level in LEVELS]
@@ -70,7 +83,8 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=None, help="PEFT adapter folder (none: the base model)")
     parser.add_argument("--out", type=Path, required=True, help="folder for each row's predictions and ablation.md")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
-    parser.add_argument("--candidates", type=int, default=4, help="k of the guided rows")
+    parser.add_argument("--candidates", type=int, default=8, help="k of the guided, voted and beam rows")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every row (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="score the seeded sample of N dev questions (dry runs)")
     parser.add_argument("--batch-size", type=int, default=None, help="generation.batch_size override (rows: k per question when guided)")
     args = parser.parse_args()

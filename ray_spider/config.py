@@ -204,24 +204,31 @@ class GenerationConfig(_Strict):
         "question's database (its tables and columns) are allowed (ray_spider/constrained.py); both engines",
     )
     candidates: int = Field(
-        1, ge=1, le=16,
-        description="execution-guided selection when > 1: this many candidates per question (needs engine hf), each run "
-        "read-only on the database in rank order; the answer is the first that passes `pick` (else the first)",
+        1, ge=1, le=32,
+        description="execution-guided selection when > 1: this many candidates per question, each run read-only on "
+        "the database; `pick` chooses the answer among them (ray_spider/selection.py)",
     )
-    search: Literal["beam", "sample"] = Field(
-        "beam", description="how candidates are made: beam = beam search of `candidates` beams, ranked by score; sample = that many samples"
+    search: Literal["sample", "beam"] = Field(
+        "sample",
+        description="how candidates are made: sample (engine pruned) = the greedy answer, then candidates-1 samples at "
+        "`temperature`, all decoded in the same batches; beam (engine hf) = beam search of `candidates` beams, by score",
     )
-    temperature: float = Field(0.7, gt=0, description="search sample only: the sampling temperature")
-    pick: Literal["executes", "returns_rows"] = Field(
-        "executes", description="the candidate taken: the first that executes without error, or the first that also returns rows"
+    temperature: float = Field(1.0, gt=0, description="search sample only: the sampling temperature of the samples")
+    seed: int = Field(0, description="search sample only: the samples' seed (the same seed, batch size and GPU draw the same samples)")
+    pick: Literal["executes", "returns_rows", "majority"] = Field(
+        "executes",
+        description="the candidate taken: executes = the first (best-ranked) whose SQL runs without error; returns_rows = "
+        "the first that also returns rows; majority = the first of those whose result (rows as a bag) most candidates "
+        "share (self-consistency); when none runs, the first candidate",
     )
 
     @model_validator(mode="after")
-    def _candidates_need_hf(self) -> "GenerationConfig":
-        if self.candidates > 1 and self.engine != "hf":
+    def _search_needs_its_engine(self) -> "GenerationConfig":
+        needs = {"sample": "pruned", "beam": "hf"}[self.search]
+        if self.candidates > 1 and self.engine != needs:
             raise ValueError(
-                f"generation.candidates={self.candidates} needs generation.engine=hf (the pruned engine decodes one greedy "
-                "answer per question); set generation.engine=hf or generation.candidates=1"
+                f"generation.candidates={self.candidates} with generation.search={self.search} needs generation.engine={needs} "
+                "(engine pruned samples, engine hf runs beam search); set generation.engine or generation.search to match"
             )
         return self
 

@@ -22,8 +22,10 @@ copied KV cache, reading only the rest of each prompt (``prefix_cache.py``).
 
 ``generation.constrained`` masks each step's logits to the tokens the question's database grammar
 allows (``constrained.py``), in both engines and inside the CUDA graph. ``generation.candidates``
-> 1 (engine ``hf``) returns k beams or samples per prompt (``generate_candidates``), from which
-``predict.generate_raw`` picks by execution (``selection.py``).
+= k > 1 returns k answers per prompt (``generate_candidates``), from which ``predict.generate_raw``
+picks by execution (``selection.py``): engine ``pruned`` decodes each prompt in k rows of the same
+batch, the first greedy and the others sampled (``next_tokens``: Gumbel-max, inside the CUDA graph
+too); engine ``hf`` runs beam search.
 """
 
 from __future__ import annotations
@@ -123,6 +125,23 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros((rows - len(tensor), *tensor.shape[1:]))])
 
 
+def next_tokens(logits: torch.Tensor, inverse_temperature: torch.Tensor | None) -> torch.Tensor:
+    """The next token of each row, (rows,), from last-position ``logits`` (rows, vocab).
+
+    ``inverse_temperature`` (rows,): 0 for a greedy row (the argmax), 1/T for a sampled one, which
+    draws from softmax(logits / T) by the Gumbel-max trick: argmax(logits / T - log E), E ~ Exp(1)
+    per token (the way vLLM samples). Masked logits (-inf) are never drawn. It draws from torch's
+    default generator on the logits' device, so it runs inside a CUDA graph (each replay draws anew).
+    None: every row greedy.
+    """
+    greedy = logits.argmax(-1)
+    if inverse_temperature is None:
+        return greedy
+    noise = torch.empty_like(logits, dtype=torch.float32).exponential_().log_()
+    sampled = (logits.float() * inverse_temperature[:, None] - noise).argmax(-1)
+    return torch.where(inverse_temperature > 0, sampled, greedy)
+
+
 class StaticDecoder:
     """The open answers of a batch, decoded step by step over a static KV cache of ``rows`` rows.
 
@@ -138,7 +157,7 @@ class StaticDecoder:
 
     def __init__(
         self, model, cache: DynamicCache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, rows: int, steps: int,
-        bitmask_words: int = 0,
+        bitmask_words: int = 0, inverse_temperature: torch.Tensor | None = None,
     ):
         open_rows, width = mask.shape
         length = -(-(width + steps) // 8) * 8  # room for every step; a multiple of 8 suits the attention kernels
@@ -152,6 +171,7 @@ class StaticDecoder:
         self.tokens = _pad_rows(tokens.view(open_rows, 1), rows)
         self.positions = _pad_rows(positions, rows)
         self.next_column = torch.tensor([width], device=mask.device)
+        self.inverse_temperature = None if inverse_temperature is None else _pad_rows(inverse_temperature, rows)
         # a constrained step reads the allowed tokens from here (filled between replays: the graph keeps its address)
         self.bitmask = torch.full((rows, bitmask_words), -1, dtype=torch.int32, device=mask.device) if bitmask_words else None
 
@@ -164,7 +184,7 @@ class StaticDecoder:
         logits = output.logits[:, -1]
         if self.bitmask is not None:
             logits = mask_logits(logits, self.bitmask)
-        self.tokens.copy_(logits.argmax(-1, keepdim=True))
+        self.tokens.copy_(next_tokens(logits, self.inverse_temperature)[:, None])
         self.positions.add_(1)
         self.mask.index_fill_(1, self.next_column, True)
         self.next_column.add_(1)
@@ -198,6 +218,7 @@ class StaticDecoder:
 def greedy_pruned(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
     static_rows: int = 0, cache: DynamicCache | None = None, constraint: BatchConstraint | None = None,
+    inverse_temperature: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Greedy new tokens of a left-padded batch, shape (rows, max_new_tokens), pad after each stop token.
 
@@ -214,6 +235,8 @@ def greedy_pruned(
     it allows and the chosen tokens advance it. The mask is filled on the CPU between steps (the
     step syncs for the finished count anyway) and copied into the static decoder's buffer, so
     constrained rows stay in the CUDA graph.
+
+    ``inverse_temperature`` (rows,): rows where it is above 0 sample instead (``next_tokens``).
     """
     rows, device = input_ids.shape[0], input_ids.device
     answers = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -227,7 +250,9 @@ def greedy_pruned(
     for step in range(max_new_tokens):
         if decoder is None and step > 0 and len(active) <= static_rows:
             words = constraint.grammars.words if constraint is not None else 0
-            decoder = StaticDecoder(model, cache, tokens, mask, positions, static_rows, max_new_tokens - step, words)
+            decoder = StaticDecoder(
+                model, cache, tokens, mask, positions, static_rows, max_new_tokens - step, words, inverse_temperature,
+            )
             decoding = decoder.steps(cuda_graph=device.type == "cuda")
             del cache  # copied into the decoder's static cache: free it
         if decoder is None:
@@ -235,17 +260,17 @@ def greedy_pruned(
             logits = output.logits[:, -1]
             if constraint is not None:
                 logits = mask_logits(logits, constraint.bitmask(active.tolist()).to(device))
-            next_tokens = logits.argmax(-1)
+            chosen = next_tokens(logits, inverse_temperature)
         else:
             if constraint is not None:
                 decoder.bitmask[: len(active)].copy_(constraint.bitmask(active.tolist()))
             next(decoding)
-            next_tokens = decoder.tokens[: len(active), 0]
-        next_tokens = next_tokens.masked_fill(finished, pad_id)
-        answers[active, step] = next_tokens
+            chosen = decoder.tokens[: len(active), 0]
+        chosen = chosen.masked_fill(finished, pad_id)
+        answers[active, step] = chosen
         if constraint is not None:
-            constraint.advance(active.tolist(), next_tokens.tolist())
-        finished |= torch.isin(next_tokens, stops)
+            constraint.advance(active.tolist(), chosen.tolist())
+        finished |= torch.isin(chosen, stops)
         done = int(finished.sum())  # one sync per step, as in generate
         if done == len(active):
             break
@@ -254,10 +279,12 @@ def greedy_pruned(
         if done >= PRUNE_WHEN_FINISHED * len(active):
             keep = (~finished).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            active, finished, next_tokens, mask, positions = active[keep], finished[keep], next_tokens[keep], mask[keep], positions[keep]
+            active, finished, chosen, mask, positions = active[keep], finished[keep], chosen[keep], mask[keep], positions[keep]
+            if inverse_temperature is not None:
+                inverse_temperature = inverse_temperature[keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
         positions = positions[:, -1:] + 1
-        tokens = next_tokens[:, None]
+        tokens = chosen[:, None]
     return answers
 
 
@@ -308,6 +335,16 @@ def in_batches_that_fit(items: list, batch_size: int, run: Callable[[list], list
     return results
 
 
+def _sampled_rows(prompts: int, k: int, temperature: float, device: torch.device) -> torch.Tensor | None:
+    """``greedy_pruned``'s inverse_temperature for ``prompts`` prompts of k rows each: 0 (greedy) for
+    each prompt's first row, 1/temperature for the others; None when k is 1."""
+    if k == 1:
+        return None
+    per_prompt = torch.full((k,), 1 / temperature, device=device)
+    per_prompt[0] = 0
+    return per_prompt.repeat(prompts)
+
+
 # no_grad, not inference_mode: during training, inference tensors cached by a layer would break backward.
 @torch.no_grad()
 def generate_candidates(
@@ -315,7 +352,9 @@ def generate_candidates(
     attention: tuple[SDPBackend, ...] = DECODING_ATTENTION, schemas: list[dict] | None = None,
 ) -> list[list[str]]:
     """``cfg.candidates`` answers to each chat prompt (system + user messages), best-ranked first,
-    in the order of ``prompts``: greedy (one), beams (by score) or samples (in draw order).
+    in the order of ``prompts``: greedy (one), beams (by score), or (search sample) the greedy
+    answer followed by samples in row order, drawn under ``cfg.seed`` (torch's global random state
+    is restored afterwards, so a dev round inside training leaves training's draws alone).
 
     ``schemas``: the tables.json entry of each prompt's database, needed when
     ``cfg.constrained`` (ValueError without them). Works on a plain or a PeftModel, also one in
@@ -338,6 +377,9 @@ def generate_candidates(
     released_before = grammars.released_rows if grammars is not None else 0
     questions_per_batch = max(1, cfg.batch_size // cfg.candidates)  # batch_size counts rows: k per question
     device = _device(model)
+    k = cfg.candidates
+    # engine pruned makes candidates as rows: each prompt k times, the first greedy, the rest sampled
+    rows_per_prompt = k if cfg.engine == "pruned" else 1
     answers: list[list[str] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
@@ -350,19 +392,22 @@ def generate_candidates(
         TimeRemainingColumn(),
     )
     try:
-        with sdpa_kernel(list(attention)), Progress(*columns, disable=not progress, transient=True) as bar:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), sdpa_kernel(list(attention)), \
+                Progress(*columns, disable=not progress, transient=True) as bar:
+            torch.manual_seed(cfg.seed)
             task = bar.add_task("generating", total=len(prompts))
 
             def answer_batch(batch: list[int]) -> list[list[str]]:
-                batch_schemas = [schemas[index] for index in batch] if grammars else None
+                rows = [index for index in batch for _ in range(rows_per_prompt)]
+                batch_schemas = [schemas[index] for index in rows] if grammars else None
                 cache = None
                 if shared_prefixes:
-                    shared = SharedPrefixBatch.of([encoded[index] for index in batch], generation_config.pad_token_id, device)
+                    shared = SharedPrefixBatch.of([encoded[index] for index in rows], generation_config.pad_token_id, device)
                     inputs = {"input_ids": shared.rest_ids, "attention_mask": shared.attention_mask}
                     cache = prefill_shared_prefixes(model, shared)
                 else:
                     inputs = tokenizer.pad(
-                        {"input_ids": [encoded[index] for index in batch]}, padding_side="left", return_tensors="pt"
+                        {"input_ids": [encoded[index] for index in rows]}, padding_side="left", return_tensors="pt"
                     ).to(device)
                 width = inputs["input_ids"].shape[1]
                 if cfg.engine == "hf":
@@ -377,13 +422,13 @@ def generate_candidates(
                         generation_config.eos_token_id, generation_config.pad_token_id,
                         static_rows=cfg.cuda_graph_rows if device.type == "cuda" else 0, cache=cache,
                         constraint=grammars.constraint(batch_schemas) if grammars else None,
+                        inverse_temperature=_sampled_rows(len(batch), k, cfg.temperature, device),
                     )
                 # no space clean-up: it rewrites the SQL (" ," -> ",", " 's" -> "'s", inside string literals too)
                 decoded = tokenizer.batch_decode(
                     new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
                 )
                 bar.advance(task, len(batch))
-                k = cfg.candidates
                 return [[answer.strip() for answer in decoded[row * k : (row + 1) * k]] for row in range(len(batch))]
 
             for index, candidates in zip(order, in_batches_that_fit(order, questions_per_batch, answer_batch)):

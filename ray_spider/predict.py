@@ -21,7 +21,7 @@ from ray_spider.evaluation.extract import extract_sql, one_line
 from ray_spider.evaluation.score import GoldQuery, Report, Summary, score
 from ray_spider.inference import generate_candidates
 from ray_spider.prompt import Prompter
-from ray_spider.selection import pick_candidate
+from ray_spider.selection import pick_answers
 from ray_spider.spider import Example, Spider
 
 
@@ -67,17 +67,14 @@ def generate_raw(
 ) -> list[str]:
     """One raw answer per example, decoded as ``cfg`` says: greedy, schema-constrained (each
     question's database from ``prompter.spider``), or the execution-guided pick of
-    ``cfg.candidates`` candidates (``selection.pick_candidate``, each query cut at ``query_timeout_s``)."""
+    ``cfg.candidates`` candidates (``selection.pick_answers``, each query cut at ``query_timeout_s``)."""
     spider = prompter.spider
     prompts = [prompter.conversation(e.db_id, e.question) for e in examples]
     schemas = [spider.tables[e.db_id] for e in examples]
     candidates = generate_candidates(model, tokenizer, prompts, cfg, progress=progress, schemas=schemas)
     if cfg.candidates == 1:
         return [answers[0] for answers in candidates]
-    return [
-        pick_candidate(answers, spider.db_path(e.db_id), cfg.pick, query_timeout_s)[0]
-        for e, answers in zip(examples, candidates)
-    ]
+    return pick_answers(candidates, [spider.db_path(e.db_id) for e in examples], cfg.pick, query_timeout_s)
 
 
 def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:

@@ -1,46 +1,100 @@
-"""Execution-guided selection: of a question's candidate answers (best-ranked first), take the first
-whose SQL runs on the question's database.
+"""Execution-guided selection: of a question's candidate answers (best-ranked first), take the one
+the rule ``generation.pick`` prefers by running their SQL on the question's database.
 
     answer, position = pick_candidate(["SELECT nme FROM singer", "SELECT name FROM singer"], db_path)
     # -> ("SELECT name FROM singer", 1): the first candidate names a column the table lacks
 
 Each candidate's SQL is extracted as for scoring (``evaluation.extract.extract_sql``) and run by
-``evaluation.execution.run_query``: the evaluator's read-only connection, deadline and row cap. Rules
-(``generation.pick``): ``executes`` takes the first candidate whose query runs without error;
-``returns_rows`` the first that also returns at least one row (Spider's gold queries rarely return
-nothing). When no candidate passes, the best-ranked one is kept: the answer never gets worse than
-the search's own first choice by having no executable alternative.
+``evaluation.execution.run_query``: the evaluator's read-only connection, deadline and row cap.
+Rules (``PICK_RULES``):
+
+- ``executes``: the first candidate whose query runs without error (execution-guided decoding,
+  Wang et al. 2018);
+- ``returns_rows``: the first that also returns at least one row (Spider's gold queries rarely
+  return nothing);
+- ``majority``: every candidate is run; those that run vote with their result, compared as a bag
+  of rows (order and duplicates as returned, column order kept); the answer is the first
+  candidate of the result most candidates share (self-consistency, Wang et al. 2023, as used for
+  text-to-SQL by e.g. DAIL-SQL). A tie goes to the result whose first candidate ranks higher.
+
+When no candidate runs, the best-ranked one is kept: the answer never gets worse than the search's
+own first choice for lack of an executable alternative. Identical SQL texts are run once.
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ray_spider.evaluation.execution import run_query
+from ray_spider.evaluation.execution import QueryOutcome, interrupts_recorded, run_query
 from ray_spider.evaluation.extract import extract_sql
 
-PICK_RULES = ("executes", "returns_rows")
+PICK_RULES = ("executes", "returns_rows", "majority")
+MAX_THREADS = 8  # sqlite releases the GIL while it runs a query: threads run candidates side by side
 
 
-def passes(db_path: Path, raw_answer: str, rule: str, timeout_s: float) -> bool:
-    """Whether one raw answer passes ``rule`` on the database; never raises for bad SQL."""
-    if rule not in PICK_RULES:
-        raise ValueError(f"unknown pick rule {rule!r}; valid: {', '.join(PICK_RULES)}")
+def _outcome(db_path: Path, raw_answer: str, timeout_s: float, seen: dict[str, QueryOutcome | None]) -> QueryOutcome | None:
+    """The outcome of the answer's SQL (None when it holds none), each distinct SQL run once per ``seen``."""
     sql = extract_sql(raw_answer).sql
-    if not sql:
-        return False
-    outcome = run_query(db_path, sql, timeout_s=timeout_s)
-    return outcome.status == "ok" and (rule == "executes" or bool(outcome.rows))
+    if sql not in seen:
+        seen[sql] = run_query(db_path, sql, timeout_s=timeout_s) if sql else None
+    return seen[sql]
+
+
+def _passes(outcome: QueryOutcome | None, rule: str) -> bool:
+    return outcome is not None and outcome.status == "ok" and (rule != "returns_rows" or bool(outcome.rows))
+
+
+def _result_key(rows: list[tuple]) -> frozenset:
+    """A result as a bag of rows: equal for the same rows in any order."""
+    return frozenset(Counter(rows).items())
 
 
 def pick_candidate(candidates: list[str], db_path: Path, rule: str = "executes", timeout_s: float = 10.0) -> tuple[str, int]:
-    """(answer, its position in ``candidates``): the first candidate that passes ``rule``, else the first.
+    """(answer, its position in ``candidates``) by ``rule`` (module docstring), else the first candidate.
 
     ``candidates``: raw model answers, best-ranked first (at least one). ``timeout_s``: per query.
+    Never raises for bad SQL; ValueError for an unknown rule or no candidates.
     """
+    if rule not in PICK_RULES:
+        raise ValueError(f"unknown pick rule {rule!r}; valid: {', '.join(PICK_RULES)}")
     if not candidates:
         raise ValueError("pick_candidate needs at least one candidate")
+    seen: dict[str, QueryOutcome | None] = {}
+    if rule != "majority":
+        for position, candidate in enumerate(candidates):
+            if _passes(_outcome(db_path, candidate, timeout_s, seen), rule):
+                return candidate, position
+        return candidates[0], 0
+    first_of_result: dict[frozenset, int] = {}
+    votes: Counter = Counter()
     for position, candidate in enumerate(candidates):
-        if passes(db_path, candidate, rule, timeout_s):
-            return candidate, position
-    return candidates[0], 0
+        outcome = _outcome(db_path, candidate, timeout_s, seen)
+        if _passes(outcome, rule):
+            key = _result_key(outcome.rows)
+            first_of_result.setdefault(key, position)
+            votes[key] += 1
+    if not votes:
+        return candidates[0], 0
+    winner = max(votes, key=lambda key: (votes[key], -first_of_result[key]))
+    return candidates[first_of_result[winner]], first_of_result[winner]
+
+
+def pick_answers(
+    candidates: list[list[str]], db_paths: list[Path], rule: str = "executes", timeout_s: float = 10.0, threads: int | None = None,
+) -> list[str]:
+    """``pick_candidate`` of each question (``candidates[i]`` on ``db_paths[i]``), answers in order.
+
+    Questions run on ``threads`` threads (default: the cores, at most MAX_THREADS). Ctrl-C stops the
+    running queries and raises KeyboardInterrupt (``interrupts_recorded``).
+    """
+    threads = threads or min(os.cpu_count() or 1, MAX_THREADS)
+    with interrupts_recorded(), ThreadPoolExecutor(threads) as pool:
+        picks = pool.map(lambda job: pick_candidate(job[0], job[1], rule, timeout_s)[0], zip(candidates, db_paths))
+        try:
+            return list(picks)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise

@@ -164,13 +164,17 @@ def test_execution_guided_pick_takes_the_first_candidate_that_runs(spider):
     assert pick_candidate(["SELECT nme FROM singer", "no sql here"], db_path) == ("SELECT nme FROM singer", 0)  # none runs: the first
 
 
-def test_candidates_need_the_hf_engine():
-    with pytest.raises(ConfigError, match="generation.candidates=4 needs generation.engine=hf"):
-        build_run_config({"generation": {"candidates": 4}})
-    assert build_run_config({"generation": {"candidates": 4, "engine": "hf", "constrained": True}}).generation.candidates == 4
+def test_candidate_search_needs_its_engine():
+    with pytest.raises(ConfigError, match="generation.search=beam needs generation.engine=hf"):
+        build_run_config({"generation": {"candidates": 4, "search": "beam"}})
+    with pytest.raises(ConfigError, match="generation.search=sample needs generation.engine=pruned"):
+        build_run_config({"generation": {"candidates": 4, "engine": "hf"}})
+    assert build_run_config({"generation": {"candidates": 4, "engine": "hf", "search": "beam", "constrained": True}}).generation.candidates == 4
+    assert build_run_config({"generation": {"candidates": 4}}).generation.search == "sample"
 
 
-def test_generate_raw_answers_each_question_once_with_candidates(spider, tiny_dir, questions):
+@pytest.mark.parametrize("engine", ["pruned", "hf"])
+def test_generate_raw_answers_each_question_once_with_candidates(spider, tiny_dir, questions, engine):
     """Execution-guided decoding through the one entry point that `predict` and training's dev rounds use."""
     from transformers import AutoModelForCausalLM
 
@@ -179,9 +183,29 @@ def test_generate_raw_answers_each_question_once_with_candidates(spider, tiny_di
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tokenizer = load_tokenizer(tiny_dir)
-    cfg = GenerationConfig(max_new_tokens=8, engine="hf", candidates=2, constrained=True)
+    search = {"pruned": "sample", "hf": "beam"}[engine]
+    cfg = GenerationConfig(max_new_tokens=8, engine=engine, search=search, candidates=2, constrained=True, pick="majority")
     raw = generate_raw(model, tokenizer, Prompter(spider, PromptConfig()), questions[:2], cfg, progress=False)
     assert len(raw) == 2 and all(re.match(r"select\b", answer, re.IGNORECASE) for answer in raw)
+
+
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_sampled_constrained_candidates_name_only_schema_identifiers(spider, tiny_dir, questions, prefix_cache):
+    """Samples at a high temperature wander far from greedy; the grammar still holds every one."""
+    from transformers import AutoModelForCausalLM
+
+    from ray_spider.inference import generate_candidates
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tokenizer = load_tokenizer(tiny_dir)
+    prompts, schemas = _prompts(spider, questions)
+    cfg = GenerationConfig(max_new_tokens=16, candidates=4, temperature=3.0, constrained=True, prefix_cache=prefix_cache)
+    candidates = generate_candidates(model, tokenizer, prompts, cfg, progress=False, schemas=schemas)
+    assert len({answer for answers in candidates for answer in answers}) > len(prompts)  # the samples differ
+    for answers, schema in zip(candidates, schemas):
+        for answer in answers:
+            assert re.match(r"select\b", answer, re.IGNORECASE), answer
+            assert _unknown_words(answer, schema, ended=False) == [], answer
 
 
 @pytest.mark.gpu
