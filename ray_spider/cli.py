@@ -464,8 +464,20 @@ def compare(
         for what, values in (("question counts", [s.n for s in summaries]), ("prompt versions", [r.get("prompt_version") for r in raw]))
         if len(set(values)) > 1 and None not in values
     ]
+    question_sets = [_questions_of(folder) for folder in folders]
+    if len({s.n for s in summaries}) == 1 and None not in question_sets and len(set(question_sets)) > 1:
+        differences.append(f"questions ({len(frozenset.intersection(*question_sets))} of {summaries[0].n} in common)")
     if differences:
         console.print(f"warning: the folders differ in {' and '.join(differences)}: their scores are not comparable", markup=False)
+
+
+def _questions_of(folder: Path) -> frozenset | None:
+    """The (db_id, question) pairs of a prediction folder's predictions.jsonl; None when it has none or it cannot be read."""
+    try:
+        lines = (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        return frozenset((record["db_id"], record["question"]) for record in map(json.loads, filter(None, lines)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @app.command()

@@ -181,6 +181,13 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     (other / "summary.json").write_text(json.dumps({**summary, "prompt_version": "p0000000000"}))
     mixed = run_cli("compare", str(out), str(other))
     assert mixed.returncode == 0 and "differ in prompt versions" in " ".join(mixed.stderr.split())
+    shuffled = tmp_path / "shuffled"  # as many questions, but other ones: said too
+    shuffled.mkdir()
+    (shuffled / "summary.json").write_text(json.dumps(summary))
+    records = (out / "predictions.jsonl").read_text().splitlines()
+    (shuffled / "predictions.jsonl").write_text("\n".join(records[:-1] + [records[-1].replace('"question": "', '"question": "Not ')]) + "\n")
+    differing = run_cli("compare", str(out), str(shuffled))
+    assert differing.returncode == 0 and "differ in questions (2 of 3 in common)" in " ".join(differing.stderr.split()), differing.stderr
     level = next(name for name, row in summary["by_hardness"].items() if row["n"])
     fewer = tmp_path / "fewer"  # a level without questions shows '-', not a rate of 0
     fewer.mkdir()
