@@ -5,20 +5,23 @@ quantization, LoRA, seed), in one run.
     SPIDER_DIR=../shared/spider python bench/bench_train.py                     # CPU default, a few minutes
     SPIDER_DIR=../shared/spider python bench/bench_train.py --device cuda \
         --steps 20 --batch-size 16 --accumulation 4 --max-length 2048           # H200: the qlora_r16 shape
+    SPIDER_DIR=../shared/spider python bench/bench_train.py --steps 2 --batch-size 8 --accumulation 4 \
+        --ray-batch-size 32 --ray-accumulation 1 --ray-set train.padding_free=true   # Ray side: padding-free 32 x 1
 
 Both sides train one epoch over the first N = steps x batch x accumulation Spider train examples,
 each rendered by ray_spider's Prompter. Throughput is non-pad tokens / train seconds:
 
-- tokens: the sum of the attention-mask ones of the trained sequences, i.e. the token count of
-  every row the trainer kept after truncation to max_length (each row is trained exactly once).
-  Cross-checked against TRL's own cumulative ``num_tokens`` in its last log line.
+- tokens: the token count of every row the trainer kept after truncation to max_length (each
+  row is trained exactly once; pad tokens never count, padded or with ``--ray-set
+  train.padding_free=true``). Cross-checked against TRL's own cumulative ``num_tokens`` in its last
+  log line (the attention-mask ones of padded batches, the joined row's length of padding-free ones).
 - train seconds: the HF trainer's own ``train_runtime`` on both sides: from the first batch to
   the last optimizer step, without model loading, Ray start-up or the dev evaluation. The Ray run
   sets ``train.eval_every_steps`` above the step count, so its only dev round is the final one,
   which ``DevEvalCallback.on_train_end`` runs after ``train_runtime`` is taken. ``train_runtime``
   and the tokens come from the run's ``manifest.json`` (``train_seconds`` = train_runtime less
   in-loop dev rounds; ``train_tokens``); the worker's final log line (TRL prints every log dict
-  with ``disable_tqdm``; Ray forwards worker stdout to the driver) gives the same train_runtime.
+  with ``disable_tqdm``, into the run folder's train.log) gives the same train_runtime.
 
 Threads: a Ray worker gets OMP_NUM_THREADS = its CPUs, so ``train.cpus_per_worker`` is set to
 ``--threads`` and the plain script calls ``torch.set_num_threads(--threads)``: same cores on both.
@@ -45,6 +48,7 @@ import torch
 
 from ray_spider.config import RunConfig, load_run_config
 from ray_spider.model import resolve_model
+from ray_spider.progress import LOG_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = "sweeps/smoke_cpu.yaml"
@@ -94,7 +98,9 @@ def run_ray(args) -> dict:
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - started
-        log = result.stdout + result.stderr
+        # The trainer's log lines are the workers' output: in the run folder's train.log, not on the terminal.
+        worker_logs = [path.read_text() for path in Path(output_dir).glob(f"bench-train-*/{LOG_FILE}")]
+        log = result.stdout + result.stderr + "".join(worker_logs)
         runtimes = TRAIN_RUNTIME.findall(log)
         if result.returncode or not runtimes:
             sys.stderr.write(log[-6000:])

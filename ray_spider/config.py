@@ -132,6 +132,15 @@ class TrainConfig(_Strict):
     effective_batch_size: int = Field(64, ge=1, description="per_device_batch_size x workers x gradient accumulation")
     max_length: int = Field(2048, ge=64, description="longer examples are truncated and counted, never dropped")
     group_by_length: bool = Field(True, description="batches of similar length (shuffled): less padding, same loss")
+    padding_free: bool = Field(
+        False, description="TRL's padding-free micro-batches: the rows of a micro-batch are joined into one sequence "
+        "without pad tokens, position ids restarting per row, and attention kept within each row (transformers "
+        "builds that mask from the position ids). Same loss and gradients as padded batches (tests/test_padding_free.py); "
+        "activations are paid for real tokens only, so `auto` plans the micro-batch by the tokens of its longest rows "
+        "(memory.py). Under sdpa (the default attention) every layer attends over the whole joined sequence, masked: "
+        "slower than padded rows on a GPU at large micro-batches; model.attn_implementation=flex_attention keeps "
+        "attention within rows (docs/benchmarks.md)"
+    )
     lr_scheduler: LrScheduler = Field("cosine", description="transformers' lr_scheduler_type: cosine, linear, constant, ...")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of all optimizer steps spent warming the learning rate up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")

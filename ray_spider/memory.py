@@ -10,18 +10,22 @@ One owner for every memory rule. A run config may leave four settings to the mem
 The budget is ``train.gpu_memory_gb``, else ``$RAY_SPIDER_GPU_MEMORY_GB``, else the GPU's total memory.
 A budget below the GPU's memory is enforced (``torch.cuda.set_per_process_memory_fraction``), so a
 24 GB or 48 GB card can be emulated on a larger one. ``plan_memory`` is a pure function of
-(budget, model shape, sequence length, LoRA rank) and is unit-tested on CPU.
+(budget, model shape, sequence length, LoRA rank; padding-free: the rows' lengths) and is unit-tested on CPU.
 
 The per-token activation costs are estimates for LLaMA-family decoder layers in bf16 with LoRA on
 all seven projections, calibrated on Llama-3.1-8B's shape on an H200 (2026-11-30): micro-batch 8 at
 max_length 2048 without checkpointing peaked at 131 GB, i.e. ~7.6 MB per token over 32 layers; with
 non-reentrant checkpointing a micro-batch of 4 trained in ~12 GB. They are upper bounds for the
 length-grouped batches the trainer makes: every row is costed at the longest sequence it can have.
+With ``train.padding_free`` a micro-batch holds no pad tokens: n rows are costed at the tokens of the
+n longest training rows (length grouping can put exactly those together), plus, under sdpa, the
+dense mask of the joined row (ModelShape.joined_mask_bytes).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ray_spider.config import ConfigError
@@ -108,6 +112,14 @@ class ModelShape:
             return self.layers * 2 * 2 * self.hidden + layer
         return self.layers * layer
 
+    def joined_mask_bytes(self, tokens: int, checkpointing: bool) -> float:
+        """Bytes of sdpa (or eager) over one padding-free row of ``tokens`` tokens: transformers' boolean
+        tokens x tokens block-diagonal mask (masking_utils.sdpa_mask), the bf16 copy torch's attention
+        makes of it, which each layer keeps for backward (one layer at a time with checkpointing), and
+        one more copy in flight. On an H200 (bench/padding_free_attention.py: 4 layers of Llama-3.1-8B's
+        shape, 32 rows, 18,980 tokens) sdpa peaked 3.82 GB above flex_attention's block mask; this gives 3.96."""
+        return tokens * tokens * (3 + 2 * (1 if checkpointing else self.layers))
+
     def generation_bytes_per_token(self) -> float:
         """KV cache of all layers plus one layer's prefill activations (bf16), per token of a prompt+answer."""
         return self.layers * 2 * self.kv_width * 2 + 2 * (2 * self.intermediate + 4 * self.hidden)
@@ -148,12 +160,17 @@ def plan_memory(
     checkpointing: bool | None = None,
     merge: bool | None = None,
     generation_batch: int | None = None,
+    row_tokens: Sequence[int] | None = None,
+    dense_joined_mask: bool = True,
 ) -> MemoryPlan:
     """Settings for one training worker with ``budget_gb`` of GPU memory; a fixed (not None)
     ``micro_batch``/``checkpointing``/``merge``/``generation_batch`` is kept, the others are chosen.
 
     ``seq_len``: the longest training sequence in tokens (max_length, or the longest example when
     shorter). ``rows_per_device``: effective batch / workers; the micro-batch divides it.
+    ``row_tokens``: padding-free rows (train.padding_free), the tokens of every training row; a
+    micro-batch of n rows then costs the n longest rows' tokens instead of n x seq_len, and, with
+    ``dense_joined_mask`` (sdpa, eager), the dense mask of their joined row. None: padded rows.
     Rules: the merged bf16 copy only where it takes at most MERGED_COPY_SHARE of the budget and,
     resident beside training after the first dev round, changes neither the micro-batch nor checkpointing;
     checkpointing only where a micro-batch of MIN_ROWS_WITHOUT_CHECKPOINTING does not fit without it;
@@ -165,15 +182,30 @@ def plan_memory(
     copy_gb = 2 * shape.params() / GB  # the merged bf16 copy of the dev rounds
     base_usable = budget_gb * (1 - HEADROOM_SHARE) - FIXED_RESERVE_GB - weights - lora_gb
 
-    def per_row(with_checkpointing: bool) -> float:
-        return shape.activation_bytes_per_token(with_checkpointing) * seq_len / GB
+    # tokens of a micro-batch of n rows: padded, n x seq_len; padding-free, its n longest rows
+    longest_first = sorted(row_tokens or (), reverse=True)
+
+    def micro_batch_gb(rows: int, with_checkpointing: bool) -> float:
+        if row_tokens is None:
+            return shape.activation_bytes_per_token(with_checkpointing) * seq_len * rows / GB
+        tokens = sum(longest_first[:rows])
+        mask = shape.joined_mask_bytes(tokens, with_checkpointing) if dense_joined_mask else 0.0
+        return (shape.activation_bytes_per_token(with_checkpointing) * tokens + mask) / GB
+
+    def rows_that_fit(usable: float, with_checkpointing: bool) -> int:
+        """The most rows whose activations fit ``usable`` GB (padding-free: counted up to the larger of
+        MAX_MICRO_BATCH and rows_per_device, more are never taken)."""
+        if row_tokens is None:
+            return int(max(usable, 0) // micro_batch_gb(1, with_checkpointing))
+        limit = max(MAX_MICRO_BATCH, rows_per_device)
+        return next((rows - 1 for rows in range(1, limit + 1) if micro_batch_gb(rows, with_checkpointing) > usable), limit)
 
     def choose(usable: float) -> tuple[bool, int]:
         """(checkpointing, rows that fit) for ``usable`` GB of activations."""
         use_checkpointing = checkpointing
         if use_checkpointing is None:
-            use_checkpointing = usable // per_row(False) < min(MIN_ROWS_WITHOUT_CHECKPOINTING, rows_per_device)
-        return use_checkpointing, int(max(usable, 0) // per_row(use_checkpointing))
+            use_checkpointing = rows_that_fit(usable, False) < min(MIN_ROWS_WITHOUT_CHECKPOINTING, rows_per_device)
+        return use_checkpointing, rows_that_fit(usable, use_checkpointing)
 
     def rows(usable: float) -> int:
         use_checkpointing, fit = choose(usable)
@@ -188,14 +220,14 @@ def plan_memory(
     checkpointing, fit = choose(base_usable - merged_gb)
     if micro_batch is None:
         if fit < 1:
-            need = weights + lora_gb + merged_gb + FIXED_RESERVE_GB + per_row(True)
+            need = weights + lora_gb + merged_gb + FIXED_RESERVE_GB + micro_batch_gb(1, True)
             raise DoesNotFit(
                 f"one row of {seq_len} tokens does not fit in {budget_gb:g} GB even with gradient checkpointing "
                 f"(needs ~{need / (1 - HEADROOM_SHARE):.1f} GB): lower train.max_length, use a larger GPU"
                 + (" or set generation.merge_adapter=false" if merge else "")
             )
         micro_batch = largest_divisor_at_most(rows_per_device, min(fit, MAX_MICRO_BATCH))
-    train_gb = weights + lora_gb + merged_gb + FIXED_RESERVE_GB + micro_batch * per_row(checkpointing)
+    train_gb = weights + lora_gb + merged_gb + FIXED_RESERVE_GB + micro_batch_gb(micro_batch, checkpointing)
     # Dev rounds: the trained model (and merged copy) stay; activations are freed; prompts are at
     # most seq_len long and answers max_new_tokens.
     dev_free = budget_gb * (1 - HEADROOM_SHARE) - FIXED_RESERVE_GB - weights - lora_gb - merged_gb
@@ -258,13 +290,25 @@ def model_shape(model_name: str) -> ModelShape:
     return ModelShape.from_hf_config(AutoConfig.from_pretrained(resolve_model(model_name)))
 
 
-def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None = None, gpu_share: float = 1.0):
+def keeps_dense_mask(attn_implementation: str | None) -> bool:
+    """Whether attention over a padding-free row needs a dense tokens x tokens mask: sdpa (transformers'
+    default, None) and eager do; flex_attention (a sparse block mask) and flash attention (varlen kernels
+    given the rows' boundaries) do not."""
+    name = attn_implementation or "sdpa"
+    return not ("flex" in name or "flash" in name)
+
+
+def resolve_memory_settings(
+    cfg, device, seq_len: int, shape: ModelShape | None = None, gpu_share: float = 1.0, row_lengths: Sequence[int] | None = None,
+):
     """(cfg with every ``auto`` memory setting replaced by its value, the MemoryPlan) for a worker on ``device``;
     the plan is None for a model whose config lacks LLaMA's size names when no setting is ``auto``.
 
     ``cfg`` is a RunConfig; ``seq_len`` the longest training sequence (tokens); ``gpu_share`` the
     worker's share of its GPU (a sweep's fractional ``gpus_per_worker``): without an explicit budget
     the plan takes that share of the GPU's memory (not enforced: trials sharing a GPU never were).
+    ``row_lengths``: the tokens of every training row; train.padding_free plans by them (without
+    them, every row at seq_len).
     An explicit budget is enforced first (limit_gpu_memory). A CPU worker without train.gpu_memory_gb
     plans for the host's RAM.
     """
@@ -274,6 +318,7 @@ def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None 
     limit_gpu_memory(budget, device)
     if budget is not None and not explicit:
         budget *= min(1.0, gpu_share)
+    rows_per_device = train.effective_batch_size // train.num_workers
     if shape is None:
         try:
             shape = model_shape(cfg.model.name)
@@ -288,7 +333,7 @@ def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None 
         budget if budget is not None else host_memory_gb(),
         shape,
         seq_len,
-        train.effective_batch_size // train.num_workers,
+        rows_per_device,
         lora_rank=cfg.lora.r,
         lora_targets=tuple(cfg.lora.target_modules),
         quantized=cfg.model.quantization != "none",
@@ -297,6 +342,8 @@ def resolve_memory_settings(cfg, device, seq_len: int, shape: ModelShape | None 
         checkpointing=None if train.gradient_checkpointing == "auto" else train.gradient_checkpointing,
         merge=None if generation.merge_adapter == "auto" else generation.merge_adapter,
         generation_batch=None if generation.batch_size == "auto" else generation.batch_size,
+        row_tokens=(row_lengths or [seq_len] * rows_per_device) if train.padding_free else None,
+        dense_joined_mask=keeps_dense_mask(cfg.model.attn_implementation),
     )
     resolved = cfg.model_copy(update={
         "train": train.model_copy(update={"per_device_batch_size": plan.micro_batch, "gradient_checkpointing": plan.gradient_checkpointing}),

@@ -32,9 +32,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from ray_spider import tracking
-from ray_spider.config import RunConfig
+from ray_spider.config import ConfigError, RunConfig
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
-from ray_spider.memory import resolve_memory_settings
+from ray_spider.memory import keeps_dense_mask, resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.progress import LOG_FILE, PROGRESS_FILE, ProgressFile, output_to, show_progress
@@ -72,9 +72,19 @@ def sft_config(cfg: RunConfig, output_dir: str, device: torch.device, report_to:
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         warmup_steps=train.warmup_ratio,  # a float below 1 is a fraction of all steps
         weight_decay=train.weight_decay,
-        max_length=train.max_length,
+        # Rows come cut to train.max_length (truncate_rows): TRL refuses padding_free without packing
+        # while max_length is set (it would not cut the joined rows), so it gets None either way.
+        max_length=None,
         completion_only_loss=True,  # loss on the assistant SQL and its end-of-turn token only
         packing=False,
+        # No pad tokens: TRL's collator joins a micro-batch into one row with position_ids restarting per
+        # example and no attention_mask (trl/trainer/sft_trainer.py, DataCollatorForLanguageModeling).
+        # TRL's help names FlashAttention only, but with sdpa or eager transformers finds the joined rows
+        # in position_ids when attention_mask is None and there is no KV cache (masking_utils:
+        # _preprocess_mask_arguments -> find_packed_sequence_indices) and masks attention block-diagonally
+        # (packed_sequence_mask_function): the same loss as padded rows (tests/test_padding_free.py).
+        # sdpa then attends over the whole joined row, masked (warn_dense_padding_free).
+        padding_free=train.padding_free,
         gradient_checkpointing=train.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=use_bf16(device),
@@ -256,20 +266,57 @@ def tokenize_dataset(train_set, tokenizer):
     return train_set.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer}, remove_columns=train_set.column_names)
 
 
-def longest_sequence(tokenized, max_length: int) -> int:
-    """Tokens of the longest row the trainer will see (rows are truncated to max_length)."""
-    return min(max_length, max((len(ids) for ids in tokenized["input_ids"]), default=1))
+def row_lengths(tokenized, max_length: int) -> list[int]:
+    """Tokens of each row the trainer will see (rows are truncated to max_length, truncate_rows)."""
+    return [min(max_length, len(ids)) for ids in tokenized["input_ids"]]
+
+
+def _cut_row(row: dict, max_length: int) -> dict:
+    return {"input_ids": row["input_ids"][:max_length], "completion_mask": row["completion_mask"][:max_length]}
+
+
+def _learns_something(row: dict) -> bool:
+    return any(row["completion_mask"])
+
+
+def truncate_rows(tokenized, max_length: int):
+    """Rows (tokenize_dataset) cut to their first ``max_length`` tokens; a row with no completion
+    token left (its prompt alone fills max_length: nothing to learn) is dropped. TRL's own rule
+    (SFTTrainer._prepare_dataset, truncation_mode keep_start), taken over here because TRL applies it
+    only while SFTConfig.max_length is set, which padding_free forbids (sft_config). Raises
+    ConfigError naming train.max_length when no row is left."""
+    kept = tokenized.map(_cut_row, fn_kwargs={"max_length": max_length}).filter(_learns_something)
+    if len(tokenized) and not len(kept):
+        raise ConfigError(
+            f"train.max_length={max_length} leaves nothing to learn: the prompt of every one of the {len(tokenized)} "
+            "training rows fills it; raise train.max_length"
+        )
+    return kept
 
 
 def build_trainer(cfg: RunConfig, model, tokenizer, tokenized, output_dir: str, device, callbacks=(), report_to: list[str] = (), run_name: str | None = None) -> SFTTrainer:
-    """TRL's SFTTrainer on pre-tokenized rows (tokenize_dataset): the loss covers the completion (SQL + end of turn) only."""
+    """TRL's SFTTrainer on pre-tokenized rows (tokenize_dataset), cut to train.max_length (truncate_rows):
+    the loss covers the completion (SQL + end of turn) only."""
     return SFTTrainer(
         model=model,
         args=sft_config(cfg, output_dir, device, report_to, run_name),
-        train_dataset=tokenized,
+        train_dataset=truncate_rows(tokenized, cfg.train.max_length),
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+
+
+def warn_dense_padding_free(cfg: RunConfig, model, device: torch.device) -> None:
+    """Logs a warning where train.padding_free meets an attention that builds a dense mask (sdpa,
+    eager) on a GPU: every layer then attends over the whole joined micro-batch, masked. On an H200,
+    4 layers of Llama-3.1-8B's shape over 32 rows of 300-900 tokens took 7-8x as long as padded rows
+    under sdpa, and ~0.6x under flex_attention (bench/padding_free_attention.py, docs/benchmarks.md)."""
+    name = model.config._attn_implementation
+    if cfg.train.padding_free and torch.device(device).type == "cuda" and keeps_dense_mask(name):
+        log.warning(
+            "train.padding_free with %s attention attends over the whole joined micro-batch (masked): slower than "
+            "padded rows at large micro-batches; model.attn_implementation=flex_attention keeps attention within rows", name,
+        )
 
 
 def use_deterministic_kernels() -> None:
@@ -281,8 +328,9 @@ def use_deterministic_kernels() -> None:
 
 
 def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
-    """What the trainer kept of the data. TRL truncates long rows and drops rows whose prompt alone
-    fills max_length (nothing left to learn); neither may pass unnoticed."""
+    """What the trainer kept of the data. Long rows are truncated and rows whose prompt alone fills
+    max_length are dropped (truncate_rows: nothing left to learn); neither may pass unnoticed.
+    ``train_tokens`` counts the kept rows' tokens, padded or padding-free alike."""
     kept = trainer.train_dataset
     return {
         "train_examples": examples,
@@ -321,9 +369,11 @@ def _train_loop(config: dict) -> dict:
     train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
     tokenized = tokenize_dataset(train_set, tokenizer)
     # Before the model loads: the budget is enforced from here, and `auto` settings get their values.
-    cfg, plan = resolve_memory_settings(cfg, device, longest_sequence(tokenized, cfg.train.max_length), gpu_share=worker_gpu_share())
+    lengths = row_lengths(tokenized, cfg.train.max_length)
+    cfg, plan = resolve_memory_settings(cfg, device, max(lengths, default=1), gpu_share=worker_gpu_share(), row_lengths=lengths)
     log.info("memory plan: %s", plan)
     base = load_model(cfg.model, device=device)
+    warn_dense_padding_free(cfg, base, device)
     liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)
     model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
     dev = scored_dev_examples(spider, cfg.data)

@@ -75,6 +75,58 @@ def test_a_budget_too_small_is_one_clear_error():
         plan_memory(8, LLAMA_31_8B, 2048, 64)
 
 
+# Spider-like row lengths: a few long schemas, most rows short (the padded plan costs every row at 2048)
+SPIDER_LIKE_ROWS = [2048] * 2 + [600] * 62 + [400] * 936
+
+
+def test_padding_free_plans_by_the_tokens_of_the_longest_rows():
+    padded = plan_memory(48, LLAMA_31_8B, 2048, 64)
+    free = plan_memory(48, LLAMA_31_8B, 2048, 64, row_tokens=SPIDER_LIKE_ROWS, dense_joined_mask=False)
+    assert (padded.micro_batch, free.micro_batch) == (16, 64)
+    assert padded.gradient_checkpointing and free.gradient_checkpointing and not padded.merge_adapter and not free.merge_adapter
+    tokens = 2 * 2048 + 62 * 600  # the 64 longest rows: length grouping can put exactly these together
+    per_token_gb = LLAMA_31_8B.activation_bytes_per_token(True) / 1e9
+    # the same weights, adapter and reserve: the estimates differ by the activations of 16 x 2048 against those tokens
+    assert free.estimate_train_gb - padded.estimate_train_gb == pytest.approx((tokens - 16 * 2048) * per_token_gb, abs=0.02)
+    assert free.estimate_train_gb <= 48
+
+
+def test_padding_free_rows_all_at_the_longest_plan_as_padded_rows():
+    for budget in (24, 48, 80, 141):
+        padded = plan_memory(budget, LLAMA_31_8B, 2048, 64)
+        assert plan_memory(budget, LLAMA_31_8B, 2048, 64, row_tokens=[2048] * 64, dense_joined_mask=False) == padded
+
+
+def test_padding_free_under_sdpa_plans_for_the_dense_mask_of_the_joined_row():
+    flex = plan_memory(141, LLAMA_31_8B, 2048, 64, row_tokens=SPIDER_LIKE_ROWS, dense_joined_mask=False)
+    sdpa = plan_memory(141, LLAMA_31_8B, 2048, 64, row_tokens=SPIDER_LIKE_ROWS, dense_joined_mask=True)
+    assert not sdpa.gradient_checkpointing and sdpa.micro_batch <= flex.micro_batch
+    tokens = sum(sorted(SPIDER_LIKE_ROWS, reverse=True)[: sdpa.micro_batch])
+    mask_gb = LLAMA_31_8B.joined_mask_bytes(tokens, checkpointing=False) / 1e9
+    assert mask_gb == pytest.approx(tokens**2 * 67 / 1e9)  # bool mask, a bf16 copy kept by each of 32 layers, one in flight
+    assert sdpa.estimate_train_gb <= 141
+
+
+def test_padding_free_still_needs_one_longest_row_to_fit():
+    with pytest.raises(DoesNotFit, match=r"one row of 2048 tokens does not fit in 8 GB"):
+        plan_memory(8, LLAMA_31_8B, 2048, 64, row_tokens=SPIDER_LIKE_ROWS)
+
+
+def test_padding_free_setting_reaches_the_plan(tiny_dir, monkeypatch):
+    from ray_spider.memory import keeps_dense_mask
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    overrides = [f"model.name={tiny_dir}", "train.gpu_memory_gb=48", "model.attn_implementation=flex_attention"]
+    plans = {}
+    for padding_free in (False, True):
+        cfg = load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", [*overrides, f"train.padding_free={padding_free}"])
+        resolved, plans[padding_free] = resolve_memory_settings(cfg, torch.device("cpu"), 2048, shape=LLAMA_31_8B, row_lengths=SPIDER_LIKE_ROWS)
+        assert resolved.train.per_device_batch_size == plans[padding_free].micro_batch
+    assert (plans[False].micro_batch, plans[True].micro_batch) == (16, 64)
+    assert keeps_dense_mask(None) and keeps_dense_mask("sdpa") and keeps_dense_mask("eager")  # None: transformers' sdpa
+    assert not keeps_dense_mask("flex_attention") and not keeps_dense_mask("flash_attention_2")
+
+
 def test_budget_comes_from_the_setting_then_the_environment(monkeypatch):
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     assert budget_gb(None, "cpu") is None

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ray_spider.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ray_spider.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ray_spider.data import build_sft_dataset, train_examples
 from ray_spider.model import apply_lora, load_model, load_tokenizer
 from ray_spider.prompt import Prompter, render_generation_prompt
@@ -69,11 +69,14 @@ def test_loss_covers_only_the_sql_and_its_end_token(template, tiny_dir, spider, 
 
 
 def test_long_examples_are_counted_not_silently_dropped(tiny_dir, spider, tmp_path):
-    trainer, _, dataset = trainer_for(tiny_dir, spider, tmp_path, max_length=64)
-    stats = data_stats(trainer, len(dataset), 64)
+    # The first 6 rows have prompts of 218-229 tokens and 236-254 tokens in all (SmolLM2's tokenizer).
+    trainer, _, dataset = trainer_for(tiny_dir, spider, tmp_path, max_length=221)
+    stats = data_stats(trainer, len(dataset), 221)
     assert stats["train_examples"] == len(dataset) == 6
-    assert stats["train_examples_dropped_prompt_too_long"] + stats["train_examples_used"] == 6
-    assert stats["train_examples_dropped_prompt_too_long"] == 6  # every Spider prompt is longer than 64 tokens
+    assert stats["train_examples_dropped_prompt_too_long"] == 3 and stats["train_examples_used"] == 3
+    assert stats["train_examples_truncated"] == 3 and all(len(ids) == 221 for ids in trainer.train_dataset["input_ids"])
+    with pytest.raises(ConfigError, match=r"train.max_length=64 leaves nothing to learn.* 6 training rows"):
+        trainer_for(tiny_dir, spider, tmp_path, max_length=64)  # every Spider prompt is longer than 64 tokens
 
 
 def run_cli(*args, timeout=900):
