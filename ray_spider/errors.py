@@ -70,3 +70,23 @@ def _writable(folder: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """From now on SIGTERM (`ray job stop`, `docker stop`, a scheduler's preemption) ends a command as
+    Ctrl-C does: the command's own interrupt handling runs (a training removes its unfinished run
+    folder, a sweep saves its state for --resume, scoring stops its queries) and the exit status is
+    130. The signal is passed on as SIGINT to whatever handler holds SIGINT then (scoring installs
+    its own); where SIGINT is ignored or at the OS default, KeyboardInterrupt is raised directly, so
+    SIGTERM never goes unanswered. Main thread only (Python's rule); ``ray.init`` sets its own
+    SIGTERM handler (sys.exit), so ``train.start_ray`` calls this again after it."""
+    import signal
+    import threading
+
+    def forward(signum, frame):
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, forward)

@@ -33,6 +33,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ray_spider import tracking
 from ray_spider.config import ConfigError, RunConfig
+from ray_spider.errors import stop_on_sigterm_as_on_ctrl_c
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.memory import keeps_dense_mask, resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
@@ -459,6 +460,7 @@ def start_ray(log_to_driver: bool = True) -> None:
         runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
         log_to_driver=log_to_driver, logging_level=logging.INFO if log_to_driver else logging.WARNING,
     )
+    stop_on_sigterm_as_on_ctrl_c()  # ray.init answers SIGTERM with sys.exit: no clean-up of the run
     if existing:
         source = "$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the cluster `ray start` left on this host"
         print(f"joined the Ray cluster at {existing} ({source}; RAY_ADDRESS=local starts a private one)", file=sys.stderr)

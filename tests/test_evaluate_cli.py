@@ -164,11 +164,13 @@ def test_per_example_never_overwrites_an_input(spider_dir, tmp_path, target):
     assert {path: path.read_bytes() for path in (gold, pred)} == before
 
 
-@pytest.mark.parametrize("workers, delay_s", [("1", 4), ("2", 4), ("1", 0.2)])
-def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers, delay_s):
+@pytest.mark.parametrize(
+    "workers, delay_s, signum", [("1", 4, signal.SIGINT), ("2", 4, signal.SIGINT), ("1", 0.2, signal.SIGINT), ("2", 4, signal.SIGTERM)],
+)
+def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers, delay_s, signum):
     """Predictions that run until their 120 s timeout; SIGINT after 4 s (scoring) or 0.2 s (the CLI
     still importing: once a traceback) must end the command within seconds, exit 130, and leave no
-    per-example file."""
+    per-example file. SIGTERM (`ray job stop`, `docker stop`) ends it the same way."""
     endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
     gold, pred = write_pair(tmp_path, gold="SELECT count(*) FROM singer\tconcert_singer\n" * 40, pred=(endless + "\n") * 40)
     out = tmp_path / "rows.jsonl"
@@ -179,7 +181,7 @@ def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, w
     )
     try:
         time.sleep(delay_s)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         started = time.monotonic()
         stdout, stderr = process.communicate(timeout=60)
     finally:

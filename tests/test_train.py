@@ -202,7 +202,9 @@ def test_tiny_model_losses_are_pinned_and_same_seed_adapters_are_byte_identical(
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_train_and_removes_the_unfinished_run_folder(tiny_dir, spider_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_train_and_removes_the_unfinished_run_folder(tiny_dir, spider_dir, tmp_path, signum):
+    """Ctrl-C, or SIGTERM (`ray job stop`, `docker stop`: ray.init's own handler would exit without clean-up)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ray_spider", "train", "sweeps/smoke_cpu.yaml", f"output_dir={tmp_path}", f"model.name={tiny_dir}",
          "train.max_steps=1000", "data.dev_subset=2", "generation.max_new_tokens=4", "model.quantization=none"],
@@ -211,7 +213,7 @@ def test_ctrl_c_stops_train_and_removes_the_unfinished_run_folder(tiny_dir, spid
     deadline = time.time() + 600
     while not list(tmp_path.glob("*/progress.json")) and time.time() < deadline and process.poll() is None:
         time.sleep(1)  # rank 0 is stepping
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 130, stderr[-3000:]
     assert "interrupted: training stopped; removed the unfinished run folder" in " ".join(stderr.split())

@@ -220,6 +220,7 @@ def _map_chunks(chunks, workers: int, init_args: tuple):
 
 def _init_worker(*init_args) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a worker never half-scores
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends it, whatever handler the parent had
     _init_process(*init_args)
 
 
