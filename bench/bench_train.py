@@ -243,6 +243,11 @@ def main() -> None:
         "cached on disk, so neither timed side pays for compiling them (else the side that runs first does)",
     )
     parser.add_argument(
+        "--ray-warmup-steps", type=int, default=0,
+        help="first an untimed Ray-side run of N optimizer steps: what the product compiles on first use "
+        "(flex_attention's kernels) lands in torch's on-disk caches, so the timed run does not pay for it",
+    )
+    parser.add_argument(
         "--ray-set", action="append", default=[], metavar="KEY=VALUE",
         help="a run-config override for the Ray side only, e.g. train.gpu_memory_gb=48 (repeatable)",
     )
@@ -259,6 +264,9 @@ def main() -> None:
     if args.warmup_steps:
         warmup = run_plain_process(args, ("--steps", str(args.warmup_steps), "--warmup-steps", "0", "--plain-liger"))
         print(f"  warm-up (untimed): plain, {args.warmup_steps} steps, {warmup['wall_s']:.1f} s", flush=True)
+    if args.ray_warmup_steps:
+        warmup = run_ray(argparse.Namespace(**{**vars(args), "steps": args.ray_warmup_steps}))
+        print(f"  warm-up (untimed): ray-spider train, {args.ray_warmup_steps} steps, {warmup['wall_s']:.1f} s", flush=True)
     ray_runs, plain_runs = [], []
     sides = [("ray", run_ray, ray_runs), ("plain", run_plain_process, plain_runs)]
     for repeat in range(args.repeats):

@@ -10,6 +10,9 @@
 #            micro-batch/checkpointing/merged copy, peak train/dev GB against the budget            ~2.5
 #   bench    bench_train at 8B on GPU0, alone: the product under a 48 GB budget vs plain TRL (micro-batch
 #            4 x 8, 30 steps = 960 examples, max_length 2048, nf4 both)                               ~5
+#   benchpf  bench again, the product padding-free (train.padding_free, flex_attention, 32 rows x 1,
+#            deterministic kernels off: flex's backward is unchecked there), after an untimed 2-step
+#            product run that compiles flex's kernels into torch's disk caches                        ~7
 #   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
 #   ddp      bench's Ray side again with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU      ~2
 #   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials at once, 6 steps, 20 dev
@@ -88,6 +91,15 @@ bench_args() {  # the 8B bench shape: plain TRL at micro-batch 4 x 8 accumulatio
 part_bench() {  # 8B: product vs plain TRL on one GPU, alone
   CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/bench_train.py $(bench_args) > "$OUT/bench/bench_8b.txt" 2>&1
   bench_result 8b bench
+}
+
+part_benchpf() {  # 8B: the same bench, the product padding-free with flex_attention, 32 rows x 1 per optimizer step
+  local attention=flex_attention rows=32
+  [[ $DRY == 1 ]] && attention=sdpa rows=2  # FlexAttention has no backward on CPU
+  CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/bench_train.py $(bench_args | sed "s/--ray-batch-size auto/--ray-batch-size $rows --ray-accumulation 1/") \
+    --ray-set train.padding_free=true --ray-set model.attn_implementation=$attention --ray-set train.deterministic=false \
+    --ray-warmup-steps 2 > "$OUT/benchpf/bench_pf.txt" 2>&1
+  bench_result pf benchpf
 }
 
 part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1

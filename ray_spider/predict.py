@@ -63,21 +63,30 @@ class PredictionResult:
 
 def generate_raw(
     model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True,
-    query_timeout_s: float = 10.0,
+    query_timeout_s: float = 10.0, candidates_out: list[list[str]] | None = None,
 ) -> list[str]:
     """One raw answer per example, decoded as ``cfg`` says: greedy, schema-constrained (each
     question's database from ``prompter.spider``), or the execution-guided pick of
-    ``cfg.candidates`` candidates (``selection.pick_answers``, each query cut at ``query_timeout_s``)."""
+    ``cfg.candidates`` candidates (``selection.pick_answers``, each query cut at ``query_timeout_s``).
+    ``candidates_out``: when given and ``cfg.candidates`` > 1, each example's candidates (raw, best-ranked
+    first) are appended to it, for the record."""
     spider = prompter.spider
     prompts = [prompter.conversation(e.db_id, e.question) for e in examples]
     schemas = [spider.tables[e.db_id] for e in examples]
     candidates = generate_candidates(model, tokenizer, prompts, cfg, progress=progress, schemas=schemas)
     if cfg.candidates == 1:
         return [answers[0] for answers in candidates]
+    if candidates_out is not None:
+        candidates_out.extend(candidates)
     return pick_answers(candidates, [spider.db_path(e.db_id) for e in examples], cfg.pick, query_timeout_s)
 
 
-def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True) -> PredictionResult:
+def score_outputs(
+    spider: Spider, examples: list[Example], raw_outputs: list[str], cfg: EvalConfig, progress: bool = True,
+    candidates: list[list[str]] | None = None,
+) -> PredictionResult:
+    """Scores and per-question records of ``raw_outputs``; ``candidates`` (generate_raw's, when k > 1)
+    go into each record as ``candidates``, so other picks can be studied without generating again."""
     extractions = [extract_sql(raw) for raw in raw_outputs]
     sqls = [one_line(x.sql) if x.sql else "" for x in extractions]
     report: Report = score(
@@ -108,6 +117,7 @@ def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str
                 "em": scored.em if scored else None,
                 "error_type": scored.error_type if scored else None,
                 "pred_error": scored.pred_error if scored else None,
+                **({"candidates": candidates[position]} if candidates else {}),
             }
         )
     sql_only_rate = sum(x.pure for x in extractions) / len(extractions) if extractions else 0.0
@@ -117,9 +127,10 @@ def score_outputs(spider: Spider, examples: list[Example], raw_outputs: list[str
 
 def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Example], gen_cfg: GenerationConfig, eval_cfg: EvalConfig, progress: bool = True) -> PredictionResult:
     started = time.perf_counter()
-    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress, eval_cfg.query_timeout_s)
+    candidates: list[list[str]] = []
+    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress, eval_cfg.query_timeout_s, candidates)
     generated = time.perf_counter()
-    result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress)
+    result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress, candidates)
     timings = {"generate_s": round(generated - started, 2), "score_s": round(time.perf_counter() - generated, 2)}
     return replace(result, summary=replace(result.summary, **timings))
 

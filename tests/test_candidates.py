@@ -101,3 +101,19 @@ def test_sampled_rows_in_cuda_graphs_keep_greedy_first_and_draw_anew_each_replay
     assert [answers[0] for answers in candidates] == greedy
     assert len({answer for answers in candidates for answer in answers[1:]}) > len(prompts)
     assert generate_candidates(model, tokenizer, prompts, cfg, progress=False) == candidates
+
+
+def test_predictions_record_every_candidate_and_the_pick_is_one_of_them(spider, tiny_model):
+    from ray_spider.config import EvalConfig
+    from ray_spider.predict import predict_and_score
+    from ray_spider.prompt import Prompter
+
+    model, tokenizer = tiny_model
+    prompter = Prompter(spider, PromptConfig())
+    examples = spider.examples("dev")[:3]
+    cfg = GenerationConfig(max_new_tokens=8, candidates=3, temperature=2.0, constrained=True, pick="majority")
+    records = predict_and_score(model, tokenizer, prompter, examples, cfg, EvalConfig(workers=1), progress=False).records
+    assert [len(record["candidates"]) for record in records] == [3, 3, 3]
+    assert all(record["raw_output"] in record["candidates"] for record in records)
+    greedy = predict_and_score(model, tokenizer, prompter, examples, GenerationConfig(max_new_tokens=8), EvalConfig(workers=1), progress=False)
+    assert "candidates" not in greedy.records[0]
