@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -544,16 +545,41 @@ def best(
     console.print(f"[bold green]adapter:[/] {escape(str(out))}")
 
 
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+_ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
+def dashboard_address() -> str:
+    """The job server to use without --address: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS when it is a
+    URL (not `local` or `auto`, which name clusters to start or find, not a dashboard), else DEFAULT_DASHBOARD."""
+    given = [os.environ.get(name, "") for name in _ADDRESS_VARIABLES]
+    return next((value for value in given if "://" in value), DEFAULT_DASHBOARD)
+
+
+def job_client(address: str):
+    """Ray's JobSubmissionClient for the job server at ``address``. Ray lets $RAY_API_SERVER_ADDRESS and
+    $RAY_ADDRESS replace the address it is given (ray.dashboard.utils.get_address_for_submission_client),
+    so `submit --address` would be ignored wherever RAY_ADDRESS is set; here the given address wins."""
+    from ray.job_submission import JobSubmissionClient
+
+    saved = {name: os.environ.pop(name) for name in _ADDRESS_VARIABLES if name in os.environ}
+    try:
+        return JobSubmissionClient(address)
+    finally:
+        os.environ.update(saved)
+
+
 @app.command()
 def submit(
     sweep_file: Annotated[Path, typer.Argument(help="sweep YAML under the current folder (the folder the job uploads)")],
     overrides: Overrides = None,
-    address: Annotated[str, typer.Option(help="Ray dashboard address (after `ray dashboard cluster.yaml`)")] = "http://127.0.0.1:8265",
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray dashboard address (after `ray dashboard cluster.yaml`); default: $RAY_API_SERVER_ADDRESS, else "
+        f"$RAY_ADDRESS when it is a URL, else {DEFAULT_DASHBOARD}",
+    )] = None,
     resume: Annotated[bool, typer.Option(help="resume the sweep instead of starting it")] = False,
 ) -> None:
     """Submit a sweep as a Ray Job to a running cluster (`ray up cluster.yaml`); its results go to the sweep's storage."""
-    from ray.job_submission import JobSubmissionClient
-
     from ray_spider.config import load_sweep_config
     from ray_spider.storage import check_cluster_storage, experiment_uri
 
@@ -567,7 +593,8 @@ def submit(
     job_args = ["sweep", *(["--resume"] if resume else []), str(sweep_file.resolve().relative_to(Path.cwd().resolve())), *(overrides or [])]
     # No env_vars here: the sweep's own ray.init sets WORKER_ENV, and Ray refuses to merge a job's
     # runtime env with a driver's that names the same keys.
-    job_id = JobSubmissionClient(address).submit_job(
+    address = address or dashboard_address()
+    job_id = job_client(address).submit_job(
         entrypoint="python -m ray_spider " + shlex.join(job_args),
         runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", "*.gguf"]},
     )

@@ -116,9 +116,11 @@ def ray_head(s3_env, spider_dir, tmp_path_factory) -> str:
 
 
 def wait_for_job(address: str, job_id: str, timeout: float) -> str:
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    client = JobSubmissionClient(address)
+    from ray_spider.cli import job_client
+
+    client = job_client(address)  # JobSubmissionClient would take conftest's RAY_ADDRESS=local over address
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = client.get_job_status(job_id)
@@ -156,7 +158,8 @@ def submitted_experiment(ray_head, s3_env, tiny_dir) -> str:
     experiment = f"s3://{BUCKET}/sweeps/sweep-smoke-cpu"
     submitted = cli(
         "submit", SWEEP_FILE, f"storage=s3://{BUCKET}/sweeps", f"base.model.name={tiny_dir}", *ONE_TINY_TRIAL,
-        "--address", ray_head, env=s3_env, timeout=120,
+        # --address wins over a RAY_ADDRESS elsewhere (Ray's own client would take the variable)
+        "--address", ray_head, env={**s3_env, "RAY_ADDRESS": "http://127.0.0.1:9"}, timeout=120,
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert f"experiment: {experiment}" in submitted.stderr  # the full URI, s3:// included
@@ -207,3 +210,15 @@ def test_trials_and_best_read_a_copied_experiment(submitted_experiment, s3_env, 
     assert "1 trials" in shown.stdout and f"plot: s3://{copy}/trials.png" in shown.stderr
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
+
+
+def test_submit_address_defaults_to_a_dashboard_url_from_the_environment(monkeypatch):
+    from ray_spider.cli import DEFAULT_DASHBOARD, dashboard_address
+
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # names a cluster to start, not a dashboard
+    assert dashboard_address() == DEFAULT_DASHBOARD
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    assert dashboard_address() == "http://head:8265"
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://api:8265")
+    assert dashboard_address() == "http://api:8265"
