@@ -50,8 +50,8 @@ ERRORS = ("wrong_result", "unknown_table_or_column", "syntax_error", "no_sql", "
 def run_row(name: str, args: argparse.Namespace) -> dict:
     out = args.out / name.replace("+", "_")
     overrides = [item.format(k=args.candidates) for item in ROWS[name]]
-    overrides.append(f"data.dev_subset={args.limit if args.limit else 'null'}")
-    if args.batch_size:
+    overrides.append(f"data.dev_subset={args.limit if args.limit is not None else 'null'}")
+    if args.batch_size is not None:
         overrides.append(f"generation.batch_size={args.batch_size}")
     overrides += args.set
     command = [sys.executable, "-m", "ray_spider", "predict", "--config", str(args.config), "--out", str(out)]
@@ -59,7 +59,9 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         command += ["--adapter", str(args.adapter)]
     command += overrides
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).parents[1]))})
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).parents[1]))})
+    if done.returncode:
+        raise SystemExit(f"error: row {name} failed (exit {done.returncode}; its error is above); rows before it are in {args.out}")
     return json.loads((out / "summary.json").read_text())
 
 
@@ -77,21 +79,28 @@ def table(results: dict[str, dict], k: int) -> str:
     return "\n".join(lines)
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="the adapter's run config (runs/<run>/config.yaml)")
     parser.add_argument("--adapter", type=Path, default=None, help="PEFT adapter folder (none: the base model)")
     parser.add_argument("--out", type=Path, required=True, help="folder for each row's predictions and ablation.md")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
-    parser.add_argument("--candidates", type=int, default=8, help="k of the guided, voted and beam rows")
+    parser.add_argument("--candidates", type=positive, default=8, help="k of the guided, voted and beam rows")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every row (repeatable)")
-    parser.add_argument("--limit", type=int, default=None, help="score the seeded sample of N dev questions (dry runs)")
-    parser.add_argument("--batch-size", type=int, default=None, help="generation.batch_size override (rows: k per question when guided)")
+    parser.add_argument("--limit", type=positive, default=None, help="score the seeded sample of N dev questions (dry runs)")
+    parser.add_argument("--batch-size", type=positive, default=None, help="generation.batch_size override (rows: k per question when guided)")
     args = parser.parse_args()
     names = [name.strip() for name in args.rows.split(",") if name.strip()]
     unknown = [name for name in names if name not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
+    if unknown or not names:
+        parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}" if unknown else f"--rows names no row; valid: {', '.join(ROWS)}")
     results = {name: run_row(name, args) for name in names}
     text = table(results, args.candidates)
     print(text)

@@ -87,7 +87,7 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks fo
 
 
 SpiderDir = Annotated[Optional[str], typer.Option("--spider-dir", help="Spider 1.0 folder (default: $SPIDER_DIR)")]
-ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose prompt/data sections to use")]
+ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run YAML whose settings to use (prompt and data; predict: also model, generation and eval)")]
 
 
 def configure_logging() -> None:
@@ -302,7 +302,7 @@ def predict(
     config: ConfigPath = None,
     overrides: Overrides = None,
 ) -> None:
-    """Batched greedy generation on a split (or a questions file), SQL extraction, and scoring."""
+    """Batched generation on a split (or a questions file) as the config's generation section says, SQL extraction, and scoring."""
     if split not in ("dev", "train"):
         fail(f"--split must be dev or train, got {split!r}")
     overrides = [*(overrides or []), *([f"model.name={model}"] if model else [])]

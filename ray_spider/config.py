@@ -181,9 +181,10 @@ class TrainConfig(_Strict):
 
 
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens (greedy decoding)")
+    max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens")
     batch_size: PositiveInt | Auto = Field(
-        32, description="questions generated together (padded to the longest prompt); auto: as many as fit the GPU (memory.py); halved when it runs out of GPU memory"
+        32, description="rows generated together (padded to the longest prompt): questions, or questions x candidates; auto: as "
+        "many as fit the GPU (memory.py); halved when it runs out of GPU memory"
     )
     engine: Literal["pruned", "hf"] = Field(
         "pruned",
@@ -222,8 +223,10 @@ class GenerationConfig(_Strict):
         description="how candidates are made: sample (engine pruned) = the greedy answer, then candidates-1 samples at "
         "`temperature`, all decoded in the same batches; beam (engine hf) = beam search of `candidates` beams, by score",
     )
-    temperature: float = Field(1.0, gt=0, description="search sample only: the sampling temperature of the samples")
-    seed: int = Field(0, description="search sample only: the samples' seed (the same seed, batch size and GPU draw the same samples)")
+    temperature: float = Field(1.0, ge=0.01, le=100, description="search sample only: the sampling temperature of the samples, 0.01 to 100")
+    seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="search sample only: the samples' seed, 0 to 2^63-1 (the same seed, batch size and GPU draw the same samples)"
+    )
     pick: Literal["executes", "returns_rows", "majority"] = Field(
         "executes",
         description="the candidate taken: executes = the first (best-ranked) whose SQL runs without error; returns_rows = "
@@ -338,11 +341,12 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
 
 
 def _caused_by(loc: tuple, message: str, override: tuple) -> bool:
-    """Whether an error at ``loc`` comes from the override of key path ``override``: the same key, a key
-    inside it or around it; an error of the whole config (empty loc) when its message names the key."""
-    if not loc:
-        return any(".".join(override[start:]) in message for start in range(len(override) - 1))
-    return loc[: len(override)] == override or override[: len(loc)] == loc
+    """Whether an error at ``loc`` comes from the override of key path ``override``: the same key or a
+    key inside it; an error of a section around it (a rule across its keys, or the whole config: empty
+    loc) only when the message names the key, e.g. generation.candidates, not any generation.* override."""
+    if loc[: len(override)] == override:
+        return True
+    return override[: len(loc)] == loc and any(".".join(override[start:]) in message for start in range(len(override) - 1))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -142,10 +142,14 @@ class Answers:
     records: list[dict]  # one per question: db_id, question, raw_output, sql, sql_only
     sql_only_rate: float
     prompt_version: str | None = None
+    generation: dict | None = None  # the run config's generation section, as in PredictionSummary
 
     @property
     def summary(self) -> dict:
-        return {"n": len(self.records), "scored": False, "sql_only_rate": self.sql_only_rate, "prompt_version": self.prompt_version}
+        return {
+            "n": len(self.records), "scored": False, "sql_only_rate": self.sql_only_rate,
+            "prompt_version": self.prompt_version, "generation": self.generation,
+        }
 
     def write(self, out_dir: Path) -> None:
         """predictions.jsonl, pred.sql (one line per question) and summary.json; no gold.sql."""
@@ -190,13 +194,13 @@ def run_prediction(
     else:
         examples, _ = spider.executable(spider.examples(split))
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
+    generation = cfg.generation.model_dump(mode="json")  # how the answers were decoded
     if any(example.query is None for example in examples):
         answers = unscored_answers(examples, generate_raw(model, tokenizer, prompter, examples, cfg.generation, progress))
-        answers.prompt_version = prompter.version
+        answers.prompt_version, answers.generation = prompter.version, generation
         answers.write(out_dir)
         return answers
     result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
-    generation = cfg.generation.model_dump(mode="json")  # how the answers were decoded
     result = replace(result, summary=replace(result.summary, prompt_version=prompter.version, generation=generation))
     result.write(out_dir)
     return result

@@ -515,6 +515,11 @@ def run_training(cfg: RunConfig, command: str) -> Path:
     """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
     from ray_spider.records import RunFolder, best_round, metrics_by_step
 
+    if not cfg.train.use_gpu and "flex" in (cfg.model.attn_implementation or ""):
+        raise ConfigError(
+            f"model.attn_implementation={cfg.model.attn_implementation} with train.use_gpu=false: FlexAttention has no backward "
+            "on CPU; train on a GPU, or leave model.attn_implementation unset (sdpa)"
+        )
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
     run = RunFolder.create(cfg)

@@ -112,3 +112,20 @@ def test_an_unknown_attention_implementation_fails_in_the_config():
 def test_max_steps_below_one_is_refused_not_read_as_all_epochs(steps, message):
     with pytest.raises(ConfigError, match=f"train.max_steps.*{message}"):
         load_run_config(None, [f"train.max_steps={steps}"])
+
+
+def test_a_rule_across_a_section_blames_only_the_override_it_names():
+    with pytest.raises(ConfigError) as error:
+        load_run_config(None, ["generation.max_new_tokens=32", "generation.search=beam", "generation.candidates=4"])
+    message = str(error.value)
+    assert "generation.search=beam needs generation.engine=hf" in message
+    assert "from the override 'generation.search=beam'" in message and "max_new_tokens" not in message
+    with pytest.raises(ConfigError) as error:
+        load_run_config(None, ["generation.max_new_tokens=32", "generation.engine=hf", "generation.candidates=4"])
+    assert "max_new_tokens" not in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["generation.seed=99999999999999999999999", "generation.seed=-1", "generation.temperature=1e-40", "generation.temperature=inf"])
+def test_sampling_values_torch_cannot_take_are_refused_up_front(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+        load_run_config(None, ["generation.candidates=4", override])

@@ -218,3 +218,13 @@ def test_ctrl_c_stops_train_and_removes_the_unfinished_run_folder(tiny_dir, spid
     assert process.returncode == 130, stderr[-3000:]
     assert "interrupted: training stopped; removed the unfinished run folder" in " ".join(stderr.split())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flex_attention_training_on_cpu_is_refused_before_anything_is_made(tmp_path):
+    from ray_spider.config import ConfigError, build_run_config
+    from ray_spider.train import run_training
+
+    cfg = build_run_config({"model": {"attn_implementation": "flex_attention"}, "train": {"use_gpu": False}, "output_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="FlexAttention has no backward on CPU"):
+        run_training(cfg, "ray-spider train")
+    assert list(tmp_path.iterdir()) == []
