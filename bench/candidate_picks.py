@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from ray_spider.evaluation.extract import extract_sql, one_line
+from ray_spider.evaluation.inputs import database_file
 from ray_spider.evaluation.score import GoldQuery, score
 from ray_spider.selection import PICK_RULES, pick_answers
 
@@ -43,7 +44,7 @@ def main() -> None:
     rules = args.rules.split(",")
     if set(rules) - set(PICK_RULES):
         parser.error(f"--rules {args.rules}: valid: {', '.join(PICK_RULES)}")
-    db_paths = [args.spider_dir / "database" / r["db_id"] / f"{r['db_id']}.sqlite" for r in records]
+    db_paths = [database_file(args.spider_dir / "database", r["db_id"]) for r in records]
     golds = [GoldQuery(r["gold"], r["db_id"]) for r in records]
     print(f"{args.predictions}: {len(records)} questions, {recorded} candidates each")
     print("| rule | k | EX | EM | unknown_table_or_column |\n| --- | ---: | ---: | ---: | ---: |")
