@@ -565,6 +565,11 @@ def job_client(address: str):
     saved = {name: os.environ.pop(name) for name in _ADDRESS_VARIABLES if name in os.environ}
     try:
         return JobSubmissionClient(address)
+    except ConnectionError as exc:
+        raise UserError(
+            f"no Ray job server answers at {address} ({exc}): start the cluster and `ray dashboard cluster.yaml`, "
+            "or pass the dashboard's address with --address"
+        ) from None
     finally:
         os.environ.update(saved)
 

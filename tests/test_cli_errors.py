@@ -66,6 +66,7 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["sweep", SWEEP, "base.train.max_stepz=2"], "did you mean max_steps"),
         (["sweep", SWEEP, f"storage={tmp}", "--resume"], "no sweep to resume"),
         (["sweep", SWEEP, f"storage={a_file}"], "is a file"),
+        (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "http://127.0.0.1:9"], "no Ray job server answers at http://127.0.0.1:9"),
         (["trials", str(tmp / "nowhere")], "sweep folder not found"),
         (["trials", str(REPO / "docs")], "is not a sweep folder"),
         (["trials", a_file], "is a file, not a sweep folder"),
@@ -84,7 +85,7 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-CASES = 40  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 41  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))
