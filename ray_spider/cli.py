@@ -27,7 +27,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from ray_spider.config import ConfigError, DataConfig, load_run_config, require_adapter
-from ray_spider.errors import UserError, check_output, write_atomically
+from ray_spider.errors import UserError, check_output, forget_handled_interrupt, write_atomically
 from ray_spider.evaluation.inputs import EvalInputError
 from ray_spider.spider import Spider
 
@@ -69,6 +69,7 @@ class GuardedGroup(TyperGroup):
                 traceback.print_exc()
             left = str(exc.args[0]) if exc.args else Interruption.left  # the raiser knows best what it left
             console.print(f"[bold yellow]interrupted:[/] {escape(left)}", soft_wrap=True)
+            forget_handled_interrupt()
             raise typer.Exit(INTERRUPTED) from None
 
 

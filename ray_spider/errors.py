@@ -90,3 +90,15 @@ def stop_on_sigterm_as_on_ctrl_c() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, forward)
+
+
+def forget_handled_interrupt() -> None:
+    """Call after a KeyboardInterrupt has been handled, before exiting with status 130.
+
+    CPython remembers a KeyboardInterrupt that escaped an ``eval``/``exec`` of a string (typer
+    evaluates annotations that way, dataclasses build their methods that way) in a process-wide
+    flag. At exit, under ``python -m`` and console scripts, it then kills the process with SIGINT
+    (status -2) even though the interrupt was handled and ``SystemExit(130)`` raised. Any later
+    string evaluation clears the flag (``run_eval_code_obj`` in CPython's Python/pythonrun.c,
+    3.8 to 3.13)."""
+    eval("None")

@@ -164,13 +164,25 @@ def test_per_example_never_overwrites_an_input(spider_dir, tmp_path, target):
     assert {path: path.read_bytes() for path in (gold, pred)} == before
 
 
+def wait_until_importing(process: subprocess.Popen, library: str = "pydantic_core", timeout_s: float = 60) -> None:
+    """Until ``process`` has loaded ``library``'s shared object: it is then inside ``main()``,
+    importing the CLI (ray_spider.config needs pydantic), whatever the machine's load."""
+    deadline = time.monotonic() + timeout_s
+    while library not in Path(f"/proc/{process.pid}/maps").read_text():
+        assert process.poll() is None and time.monotonic() < deadline, f"the command never loaded {library}"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize(
-    "workers, delay_s, signum", [("1", 4, signal.SIGINT), ("2", 4, signal.SIGINT), ("1", 0.2, signal.SIGINT), ("2", 4, signal.SIGTERM)],
+    "workers, when, signum",
+    [("1", "scoring", signal.SIGINT), ("2", "scoring", signal.SIGINT), ("1", "importing", signal.SIGINT),
+     ("1", "importing", signal.SIGTERM), ("2", "scoring", signal.SIGTERM)],
 )
-def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers, delay_s, signum):
-    """Predictions that run until their 120 s timeout; SIGINT after 4 s (scoring) or 0.2 s (the CLI
-    still importing: once a traceback) must end the command within seconds, exit 130, and leave no
-    per-example file. SIGTERM (`ray job stop`, `docker stop`) ends it the same way."""
+def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, workers, when, signum):
+    """Predictions that run until their 120 s timeout; SIGINT while scoring (after 4 s) or while the
+    CLI is still importing must end the command within seconds, exit 130 (not a traceback, nor
+    -2: death by the signal), and leave no per-example file. SIGTERM (`ray job stop`,
+    `docker stop`) ends it the same way."""
     endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
     gold, pred = write_pair(tmp_path, gold="SELECT count(*) FROM singer\tconcert_singer\n" * 40, pred=(endless + "\n") * 40)
     out = tmp_path / "rows.jsonl"
@@ -180,7 +192,10 @@ def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, w
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
-        time.sleep(delay_s)
+        if when == "importing":
+            wait_until_importing(process)
+        else:
+            time.sleep(4)
         process.send_signal(signum)
         started = time.monotonic()
         stdout, stderr = process.communicate(timeout=60)
@@ -191,6 +206,23 @@ def test_ctrl_c_stops_scoring_at_once_and_writes_nothing(spider_dir, tmp_path, w
     assert time.monotonic() - started < 15
     assert "interrupted:" in stderr and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_an_interrupt_handled_inside_a_string_eval_still_exits_130(tmp_path):
+    """CPython kills a `python -m` process by SIGINT at exit (status -2) once a KeyboardInterrupt has
+    left an eval of a string (typer evaluates annotations so), even when it was handled and the
+    process exits 130; errors.forget_handled_interrupt clears that."""
+    (tmp_path / "interrupted_in_eval.py").write_text(
+        "from ray_spider.errors import forget_handled_interrupt\n"
+        "try:\n"
+        "    eval('(_ for _ in ()).throw(KeyboardInterrupt)')\n"
+        "except KeyboardInterrupt:\n"
+        "    forget_handled_interrupt()\n"
+        "raise SystemExit(130)\n"
+    )
+    paths = os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])
+    result = subprocess.run([sys.executable, "-m", "interrupted_in_eval"], env={**os.environ, "PYTHONPATH": paths}, capture_output=True, text=True)
+    assert result.returncode == 130, result.stderr
 
 
 def test_failing_gold_query_is_a_data_error_left_out_of_the_scores(spider_dir, tmp_path):
