@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from ray_spider.config import RunConfig
+from ray_spider.config import GenerationConfig, RunConfig
 from ray_spider.evaluation.score import ERROR_TYPES, HARDNESS_LEVELS, Summary
 
 if TYPE_CHECKING:
@@ -116,8 +116,40 @@ def manifest(cfg: RunConfig, prompt_version: str, **extra) -> dict:
         "host": platform.node(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": package_versions(),
+        "decoding": decoding_settings(cfg.generation),
         **extra,
     }
+
+
+# the generation settings that change which answers are scored (batch size, engine and caches change
+# only speed and float rounding)
+DECODING_KEYS = ("max_new_tokens", "constrained", "candidates", "search", "temperature", "seed", "pick")
+
+
+def decoding_settings(generation: GenerationConfig) -> dict:
+    """The settings of ``generation`` that decide the scored answers; the sampling ones only when
+    candidates are sampled, so a greedy run records just greedy."""
+    settings = {key: getattr(generation, key) for key in DECODING_KEYS}
+    if generation.candidates == 1:
+        settings = {key: settings[key] for key in ("max_new_tokens", "constrained", "candidates")}
+    elif generation.search == "beam":
+        del settings["temperature"], settings["seed"]
+    return settings
+
+
+def decoding_line(generation: GenerationConfig) -> str:
+    """The decoding in words, e.g. "16 candidates (greedy + 15 samples at temperature 1.0, seed 0), picked by majority"."""
+    if generation.candidates == 1:
+        how = "greedy"
+    elif generation.search == "beam":
+        how = f"{generation.candidates} beams, picked by {generation.pick}"
+    else:
+        how = (
+            f"{generation.candidates} candidates (greedy + {generation.candidates - 1} samples at temperature "
+            f"{generation.temperature:g}, seed {generation.seed}), picked by {generation.pick}"
+        )
+    constrained = ", schema-constrained" if generation.constrained else ""
+    return f"Decoding: {how}{constrained}, at most {generation.max_new_tokens} new tokens."
 
 
 def write_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -223,8 +255,10 @@ def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: PredictionS
         f"# Run {run_dir.name}",
         f"Command: `{command}`",
         f"Model `{cfg.model.name}` ({cfg.model.quantization}), LoRA {'r=' + str(cfg.lora.r) + ' alpha=' + str(cfg.lora.alpha) if cfg.lora.enabled else 'off'}, "
-        f"lr {cfg.train.learning_rate}, epochs {cfg.train.epochs}, effective batch {cfg.train.effective_batch_size}, "
+        f"lr {cfg.train.learning_rate}, epochs {cfg.train.epochs}, effective batch {cfg.train.effective_batch_size}"
+        f"{' (padding-free rows)' if cfg.train.padding_free else ''}, "
         f"prompt {info['prompt_version']}, seed {cfg.train.seed}.",
+        decoding_line(cfg.generation),
     ]
     if "best_step" in info:
         parts.append(f"Best checkpoint by dev EX: step {info['best_step']} of {info['last_step']} (kept in `adapter/`). Wall time {info['wall_s']:.0f} s.")

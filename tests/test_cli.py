@@ -92,5 +92,6 @@ def test_baseline_writes_a_run_folder_without_adapter(tiny_dir, tmp_path):
     summary = json.loads((run_dir / "dev_eval" / "summary.json").read_text())
     assert manifest["prompt_version"] == summary["prompt_version"] and summary["n"] == 3
     report = (run_dir / "report.md").read_text()
-    assert "LoRA off" in report and "## Dev (3 questions scored" in report
+    assert "LoRA off" in report and "## Dev (3 questions scored" in report and "Decoding: greedy" in report
+    assert manifest["decoding"]["candidates"] == 1
     assert not (run_dir / "adapter").exists()

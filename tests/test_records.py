@@ -1,4 +1,7 @@
-from ray_spider.records import best_round
+import json
+
+from ray_spider.config import GenerationConfig, RunConfig
+from ray_spider.records import best_round, finish_run
 
 
 def test_best_round_is_highest_dev_ex_not_last():
@@ -40,3 +43,27 @@ def test_best_round_among_tied_rounds_is_one_whose_checkpoint_was_kept():
     rounds = [{"step": 1, "dev_ex": 0.0}, {"step": 2, "dev_ex": 0.0}, {"step": 3, "dev_ex": 0.0}]
     assert best_round(rounds, kept=lambda row: row["step"] > 1)["step"] == 2
     assert best_round(rounds, kept=lambda row: False)["step"] == 1  # none kept: the rule alone
+
+
+def test_manifest_and_report_record_the_decoding_that_made_the_scored_answers(tmp_path):
+    """The issue's rule: dev EX and predict's decoding settings are recorded in config.yaml and in
+    manifest.json / report.md; sampling settings only where candidates are sampled."""
+    greedy = RunConfig()
+    finish_run(tmp_path, greedy, "v1", None, "ray-spider train")
+    assert json.loads((tmp_path / "manifest.json").read_text())["decoding"] == {"max_new_tokens": 256, "constrained": False, "candidates": 1}
+    assert "Decoding: greedy, at most 256 new tokens." in (tmp_path / "report.md").read_text()
+
+    voted = RunConfig(generation=GenerationConfig(candidates=16, pick="majority", constrained=True, temperature=0.7, seed=3))
+    finish_run(tmp_path, voted, "v1", None, "ray-spider train")
+    assert json.loads((tmp_path / "manifest.json").read_text())["decoding"] == {
+        "max_new_tokens": 256, "constrained": True, "candidates": 16, "search": "sample", "temperature": 0.7, "seed": 3, "pick": "majority",
+    }
+    assert (
+        "Decoding: 16 candidates (greedy + 15 samples at temperature 0.7, seed 3), picked by majority, schema-constrained"
+        in (tmp_path / "report.md").read_text()
+    )
+
+    beams = RunConfig(generation=GenerationConfig(candidates=4, search="beam", engine="hf", pick="executes"))
+    finish_run(tmp_path, beams, "v1", None, "ray-spider train")
+    assert "temperature" not in json.loads((tmp_path / "manifest.json").read_text())["decoding"]
+    assert "Decoding: 4 beams, picked by executes" in (tmp_path / "report.md").read_text()
