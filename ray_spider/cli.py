@@ -93,7 +93,8 @@ ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="run 
 
 def configure_logging() -> None:
     """ray_spider's log records (info and up) to stderr, once per process: the CLI here, and each
-    Ray Train worker at the top of ``train_loop``. Other libraries' loggers are left as they are."""
+    Ray Train worker at the top of ``train_loop``. Other libraries' loggers are left as they are,
+    but for one warning a user cannot act on (below)."""
     logger = logging.getLogger("ray_spider")
     if logger.handlers:
         return
@@ -102,6 +103,9 @@ def configure_logging() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # a root handler (Ray sets some up) would print each record twice
+    # bitsandbytes 0.50 warns at import, on CPUs with AVX512-BF16, that it could not fetch an optional
+    # CPU kernel from the Hugging Face hub (the `kernels` package); its built-in kernel runs instead.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def fail(message: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,8 +45,30 @@ class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
+def _number_types(annotation) -> set[type]:
+    """The plain types an annotation accepts, e.g. {int, str} for ``PositiveInt | Auto``, {int} for ``int | None``."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(value) for value in typing.get_args(annotation)}
+    if origin is Annotated:
+        return _number_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*map(_number_types, typing.get_args(annotation)))
+    return {annotation} if isinstance(annotation, type) else set()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_for_a_number(cls, value, info):
+        """pydantic's lax mode reads true as 1 and false as 0: `generation.candidates=true` or
+        `train.learning_rate=yes` (YAML's yes) would run with 1. A number field refuses a yes/no instead."""
+        accepted = _number_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and bool not in accepted and accepted & {int, float}:
+            raise ValueError(f"takes a number, got the yes/no value {str(value).lower()} (YAML reads yes/no, on/off and true/false so)")
+        return value
 
 
 class PromptConfig(_Strict):
@@ -123,7 +146,7 @@ class LoraConfig(_Strict):
 class TrainConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate of the LoRA weights")
     epochs: float = Field(2.0, gt=0, description="passes over the training set (a fraction stops part-way)")
-    max_steps: int = Field(-1, strict=True, description="stop after N optimizer steps (-1 = run all epochs)")
+    max_steps: int = Field(-1, description="stop after N optimizer steps (-1 = run all epochs)")
 
     per_device_batch_size: PositiveInt | Auto = Field(
         4, description="micro-batch: examples per worker per forward pass; auto: the largest that fits the GPU "
@@ -402,7 +425,7 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
             f"{path} is a sweep file (it has search_space:), not a run config: `ray-spider sweep {path}` runs it; "
             "a run config looks like sweeps/smoke_cpu.yaml"
         )
-    return build_run_config(data, overrides, source=str(path or "<defaults>"))
+    return build_run_config(data, overrides, source=str(path) if path else "the defaults")
 
 
 class SearchDimension(_Strict):

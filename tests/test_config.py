@@ -108,7 +108,7 @@ def test_an_unknown_attention_implementation_fails_in_the_config():
     assert load_run_config(None, ["model.attn_implementation=sdpa"]).model.attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("steps, message", [("0", "must be at least 1, or -1"), ("-5", "must be at least 1, or -1"), ("true", "valid integer")])
+@pytest.mark.parametrize("steps, message", [("0", "must be at least 1, or -1"), ("-5", "must be at least 1, or -1"), ("true", "takes a number")])
 def test_max_steps_below_one_is_refused_not_read_as_all_epochs(steps, message):
     with pytest.raises(ConfigError, match=f"train.max_steps.*{message}"):
         load_run_config(None, [f"train.max_steps={steps}"])
@@ -129,3 +129,29 @@ def test_a_rule_across_a_section_blames_only_the_override_it_names():
 def test_sampling_values_torch_cannot_take_are_refused_up_front(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_run_config(None, ["generation.candidates=4", override])
+
+
+@pytest.mark.parametrize(
+    "override", ["generation.candidates=true", "train.learning_rate=yes", "generation.temperature=off", "generation.batch_size=true",
+                 "data.dev_subset=false"],
+)
+def test_a_yes_no_value_for_a_number_is_refused_not_read_as_1(override):
+    """pydantic's lax mode would run `generation.candidates=true` as 1 candidate and
+    `train.learning_rate=yes` at 1.0."""
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}: takes a number, got the yes/no value") as error:
+        load_run_config(None, [override])
+    assert "invalid override of the defaults" in str(error.value)
+
+
+def test_yes_no_keys_take_yaml_yes_no_and_number_keys_take_numbers():
+    cfg = load_run_config(None, ["train.padding_free=yes", "generation.constrained=on", "generation.candidates=4", "train.learning_rate=1e-4"])
+    assert (cfg.train.padding_free, cfg.generation.constrained, cfg.generation.candidates, cfg.train.learning_rate) == (True, True, 4, 1e-4)
+
+
+def test_every_shipped_config_still_loads():
+    from pathlib import Path
+
+    from ray_spider.config import load_sweep_config
+
+    for path in sorted(Path(__file__).parents[1].joinpath("sweeps").glob("*.yaml")):
+        (load_sweep_config if path.name.startswith("sweep_") else load_run_config)(path)
