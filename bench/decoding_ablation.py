@@ -7,7 +7,7 @@ row's generation overrides) and prints EX/EM per hardness, the error types and t
     python bench/decoding_ablation.py ... --rows greedy,constrained --limit 20    # a CPU dry run on 20 questions
 
 Rows (``--rows``, comma-separated; ``--candidates`` sets k, ``--set KEY=VALUE`` adds an override
-to every row, e.g. ``--set generation.temperature=0.8``):
+to every row, e.g. ``--set generation.temperature=0.8``, which rows of one candidate leave out):
     greedy                 the config's own decoding (engine pruned, CUDA graphs on a GPU)
     constrained            + generation.constrained=true (same engine)
     guided                 engine pruned: the greedy answer + k-1 samples, the first that executes
@@ -30,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ray_spider.config import CANDIDATE_KEYS
+
 ROWS = {
     "greedy": [],
     "constrained": ["generation.constrained=true"],
@@ -47,13 +49,19 @@ LEVELS = ("easy", "medium", "hard", "extra")
 ERRORS = ("wrong_result", "unknown_table_or_column", "syntax_error", "no_sql", "timeout", "error")
 
 
+def is_candidate_setting(override: str) -> bool:
+    """Whether ``override`` sets how candidates are made or picked, which predict refuses for one candidate."""
+    return any(override.startswith(f"generation.{key}=") for key in CANDIDATE_KEYS)
+
+
 def run_row(name: str, args: argparse.Namespace) -> dict:
     out = args.out / name.replace("+", "_")
     overrides = [item.format(k=args.candidates) for item in ROWS[name]]
     overrides.append(f"data.dev_subset={args.limit if args.limit is not None else 'null'}")
     if args.batch_size is not None:
         overrides.append(f"generation.batch_size={args.batch_size}")
-    overrides += args.set
+    with_candidates = any(item.startswith("generation.candidates=") for item in overrides)
+    overrides += [item for item in args.set if with_candidates or not is_candidate_setting(item)]
     command = [sys.executable, "-m", "ray_spider", "predict", "--config", str(args.config), "--out", str(out)]
     if args.adapter:
         command += ["--adapter", str(args.adapter)]

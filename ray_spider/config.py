@@ -425,7 +425,27 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
             f"{path} is a sweep file (it has search_space:), not a run config: `ray-spider sweep {path}` runs it; "
             "a run config looks like sweeps/smoke_cpu.yaml"
         )
-    return build_run_config(data, overrides, source=str(path) if path else "the defaults")
+    cfg = build_run_config(data, overrides, source=str(path) if path else "the defaults")
+    _refuse_overrides_without_effect(cfg, overrides)
+    return cfg
+
+
+# what only matters when each question gets several candidates
+CANDIDATE_KEYS = ("search", "temperature", "seed", "pick")
+
+
+def _refuse_overrides_without_effect(cfg: RunConfig, overrides: list[str]) -> None:
+    """An override of how candidates are made or picked, on a run with one candidate per question
+    (greedy), would change nothing: most likely generation.candidates was forgotten."""
+    if cfg.generation.candidates > 1:
+        return
+    for text in overrides:
+        path, _ = parse_override(text)
+        if path[:1] == ["generation"] and path[1:] and path[1] in CANDIDATE_KEYS:
+            raise ConfigError(
+                f"the override {text!r} does nothing with generation.candidates=1 (one greedy answer per question); "
+                f"add generation.candidates=K (K > 1, e.g. 16) to make and pick among K candidates"
+            )
 
 
 class SearchDimension(_Strict):

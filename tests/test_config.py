@@ -155,3 +155,11 @@ def test_every_shipped_config_still_loads():
 
     for path in sorted(Path(__file__).parents[1].joinpath("sweeps").glob("*.yaml")):
         (load_sweep_config if path.name.startswith("sweep_") else load_run_config)(path)
+
+
+@pytest.mark.parametrize("override", ["generation.pick=majority", "generation.temperature=0.7", "generation.seed=3", "generation.search=beam"])
+def test_a_candidate_setting_without_candidates_is_refused_not_ignored(override):
+    """`predict generation.pick=majority` alone would score greedy answers while the user thinks they vote."""
+    with pytest.raises(ConfigError, match=rf"'{override}' does nothing with generation.candidates=1.*generation.candidates=K"):
+        load_run_config(None, [override])
+    assert load_run_config(None, [override, "generation.candidates=4", "generation.engine=" + ("hf" if "beam" in override else "pruned")])
