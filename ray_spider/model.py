@@ -169,15 +169,24 @@ def _write_hf_folder(gguf: Path, out: Path) -> None:
 
 def check_model_spec(spec: str) -> None:
     """Raise ConfigError for a model spec that cannot load, without loading or converting anything:
-    a .gguf that is not a file, a folder without config.json, a path that does not exist. A hub id
-    passes (only a download can tell)."""
+    a .gguf that is not a file, a folder without config.json, a path that does not exist, a hub id
+    whose config.json cannot be had (a typo, a gated model without a token, no connection and not
+    in the local cache; with HF_HUB_OFFLINE=1 only the cache is read). Without this a sweep would
+    start Ray and fail every trial on it."""
     if spec == OFFLINE_MODEL:
         return
     if spec.endswith(".gguf"):
         if not Path(spec).expanduser().is_file():
             raise ConfigError(f"model.name={spec!r}: GGUF file not found")
         return
-    resolve_model(spec)
+    if resolve_model(spec) == spec:  # a hub id
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(spec)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"model.name={spec!r} is no local model, and as a Hugging Face hub id it cannot be loaded: {reason}") from None
 
 
 def resolve_model(spec: str) -> str:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +94,40 @@ def test_resolve_model_rejects_bad_paths(tmp_path):
     with pytest.raises(ConfigError, match="not a model folder"):
         resolve_model(str(tmp_path / "missing"))
     assert resolve_model("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def sweep_with_model(name: str, hub_cache: Path) -> subprocess.CompletedProcess:
+    """`ray-spider sweep` of the smoke sweep with ``model.name=name``, the hub read from ``hub_cache`` only."""
+    return subprocess.run(
+        [sys.executable, "-m", "ray_spider", "sweep", "sweeps/sweep_smoke_cpu.yaml", f"base.model.name={name}", f"storage={hub_cache.parent / 'sweeps'}"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}, capture_output=True, text=True,
+        cwd=Path(__file__).parents[1], timeout=300,
+    )
+
+
+def test_a_hub_id_that_cannot_load_is_named_before_a_sweep_starts_ray(tmp_path):
+    result = sweep_with_model("no-such-org/no-such-model", tmp_path / "hub")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: model.name='no-such-org/no-such-model' is no local model, and as a Hugging Face hub id it cannot")
+    assert "Ray" not in result.stderr and not (tmp_path / "sweeps").exists()
+
+
+def test_a_hub_id_in_the_local_cache_passes_the_check(tiny_dir, tmp_path):
+    """What HF_HUB_OFFLINE=1 reads: models--org--name/refs/main names a snapshot holding config.json."""
+    from ray_spider.model import check_model_spec
+
+    repo = tmp_path / "hub" / "models--some-org--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    shutil.copy(Path(tiny_dir) / "config.json", repo / "snapshots" / ("0" * 40) / "config.json")
+    checked = subprocess.run(
+        [sys.executable, "-c", "from ray_spider.model import check_model_spec; check_model_spec('some-org/tiny-llama')"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}, capture_output=True, text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    with pytest.raises(ConfigError, match="no config.json"):
+        check_model_spec(str(tmp_path))
 
 
 def test_nf4_quantizes_and_trains_on_cpu(tiny_dir):
