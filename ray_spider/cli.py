@@ -475,6 +475,12 @@ def compare(
         differences.append(f"questions ({len(frozenset.intersection(*question_sets))} of {summaries[0].n} in common)")
     if differences:
         console.print(f"warning: the folders differ in {' and '.join(differences)}: their scores are not comparable", markup=False)
+    unchecked = [str(folder) for folder, questions in zip(folders, question_sets) if questions is None]
+    if len({s.n for s in summaries}) == 1 and len(folders) > 1 and unchecked:
+        console.print(
+            f"note: whether the folders scored the same questions is unchecked: no readable predictions.jsonl in {', '.join(unchecked)}",
+            markup=False,
+        )
 
 
 def _questions_of(folder: Path) -> frozenset | None:

@@ -182,6 +182,9 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     (other / "summary.json").write_text(json.dumps({**summary, "prompt_version": "p0000000000"}))
     mixed = run_cli("compare", str(out), str(other))
     assert mixed.returncode == 0 and "differ in prompt versions" in " ".join(mixed.stderr.split())
+    # `other` has no predictions.jsonl: whether both scored the same questions cannot be checked, and it says so
+    assert f"unchecked: no readable predictions.jsonl in {other}" in " ".join(mixed.stderr.split()), mixed.stderr
+    assert "unchecked" not in compared.stderr
     shuffled = tmp_path / "shuffled"  # as many questions, but other ones: said too
     shuffled.mkdir()
     (shuffled / "summary.json").write_text(json.dumps(summary))
