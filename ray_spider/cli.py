@@ -43,6 +43,12 @@ class Interruption:
     left = "nothing was written"
 
 
+class GlobalOptions:
+    """The options given before the command, set by the callback (``main``) before the command runs."""
+
+    debug = False
+
+
 def leaving(message: str) -> None:
     """Say what a Ctrl-C from here on would leave behind (e.g. a partial run folder)."""
     Interruption.left = message
@@ -61,11 +67,9 @@ class GuardedGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except (UserError, EvalInputError) as exc:
-            if ctx.params.get("debug"):
-                traceback.print_exc()  # the same error line and exit status follow
-            fail(str(exc))
+            fail(str(exc))  # with --debug after its traceback
         except KeyboardInterrupt as exc:
-            if ctx.params.get("debug"):
+            if GlobalOptions.debug:
                 traceback.print_exc()
             left = str(exc.args[0]) if exc.args else Interruption.left  # the raiser knows best what it left
             console.print(f"[bold yellow]interrupted:[/] {escape(left)}", soft_wrap=True)
@@ -84,6 +88,7 @@ app.add_typer(data_app, name="data")
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for user errors and Ctrl-C too")] = False) -> None:
     """Fine-tune LLaMA-family chat models into text-to-SQL models on Spider."""
+    GlobalOptions.debug = debug
     configure_logging()
 
 
@@ -109,7 +114,10 @@ def configure_logging() -> None:
 
 
 def fail(message: str) -> None:
-    """One ``error:`` line (user text escaped: it is never read as rich markup), exit status 2."""
+    """One ``error:`` line (user text escaped: it is never read as rich markup), exit status 2. With
+    ``--debug`` first the traceback of the exception being handled, or else the stack that led here."""
+    if GlobalOptions.debug:
+        traceback.print_exc() if sys.exc_info()[0] is not None else traceback.print_stack(sys._getframe(1))
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 

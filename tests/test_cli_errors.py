@@ -124,3 +124,11 @@ def test_config_reference_lists_every_key_with_default_and_description():
     sections = [field.annotation for field in RunConfig.model_fields.values() if hasattr(field.annotation, "model_fields")]
     top_level = len(RunConfig.model_fields) - len(sections)  # name, output_dir
     assert len(rows) == sum(len(section.model_fields) for section in sections) + top_level
+
+
+def test_debug_shows_where_a_command_found_a_mistake_itself(tmp_path):
+    """A command's own check (no exception: `compare` of a folder without summary.json) shows its stack under --debug."""
+    plain = cli("compare", str(tmp_path))
+    debug = cli("--debug", "compare", str(tmp_path))
+    assert plain.returncode == debug.returncode == 2
+    assert "File " not in plain.stderr and 'in compare' in debug.stderr and "no summary.json" in debug.stderr.splitlines()[-1]
