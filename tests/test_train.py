@@ -155,7 +155,7 @@ def test_merged_copy_of_a_4bit_model_keeps_its_nf4_weights(tiny_dir):
     from ray_spider.config import LoraConfig
     from ray_spider.model import MergedCopy
 
-    model_cfg, lora_cfg = ModelConfig(name=tiny_dir, quantization="nf4"), LoraConfig(r=8, alpha=16)
+    model_cfg, lora_cfg = ModelConfig(name=tiny_dir, quantization="nf4"), LoraConfig(r=8, alpha=16, dropout=0.0)
     trained = apply_lora(load_model(model_cfg, device="cpu"), lora_cfg)
     with torch.no_grad():
         for name, param in trained.named_parameters():
@@ -165,7 +165,9 @@ def test_merged_copy_of_a_4bit_model_keeps_its_nf4_weights(tiny_dir):
     original = load_model(ModelConfig(name=tiny_dir, quantization="none"), device="cpu")
     ids = torch.tensor([[1, 5, 9, 42, 7, 300]])
     with torch.no_grad():
-        slow, fast, unquantized = (m(input_ids=ids).logits for m in (trained.eval(), merged, original))
+        # The 4-bit model runs in train mode (no dropout): in eval mode on a CPU with AVX512-BF16,
+        # bitsandbytes repacks the weights and computes in bf16, 0.02-0.08 off the fp32 function.
+        slow, fast, unquantized = (m(input_ids=ids).logits for m in (trained.train(), merged, original))
     assert torch.allclose(fast, slow, atol=1e-3)  # same function as 4-bit + LoRA
     assert not torch.allclose(unquantized, slow, atol=1e-3)  # which the original weights are not
 
