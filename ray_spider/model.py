@@ -362,6 +362,7 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
     if not weights.is_file():
         return
     check_adapter_rank(adapter, adapter_config, weights)
+    check_adapter_targets(adapter, weights)
     recorded = adapter_config.get("base_model_name_or_path")
     trained_on = recorded or "another model"
     try:
@@ -413,6 +414,30 @@ def check_adapter_rank(adapter: Path, adapter_config: dict, weights: Path) -> No
                     f"adapter {adapter}: adapter_config.json says r={rank} but its weights have rank {got} "
                     f"({key}); the config and the weights do not belong together"
                 )
+
+
+def check_adapter_targets(adapter: Path, weights: Path) -> None:
+    """Raise AdapterError when the adapter's weights train a layer that adapter_config.json's
+    ``target_modules`` (or ``exclude_modules``) leave out: peft builds LoRA layers only where the
+    config says and skips the other weights without a word (peft 0.21), so part of the adapter would
+    not apply. The match is peft's own (``check_target_module_exists``)."""
+    from peft import PeftConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from safetensors import safe_open
+
+    try:
+        config = PeftConfig.from_pretrained(str(adapter))
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(f"{adapter / 'adapter_config.json'}: not a PEFT adapter config ({exc})") from None
+    with safe_open(str(weights), framework="pt") as tensors:
+        trained = sorted({key.removeprefix("base_model.model.").split(".lora_")[0] for key in tensors.keys() if ".lora_" in key})
+    left_out = [module for module in trained if not check_target_module_exists(config, module)]
+    if left_out:
+        more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""
+        raise AdapterError(
+            f"adapter {adapter}: its weights train {left_out[0]}{more}, which adapter_config.json's target_modules="
+            f"{config.target_modules!r} leave out; the config and the weights do not belong together"
+        )
 
 
 def save_adapter(model, folder: str | os.PathLike, model_spec: str) -> None:

@@ -303,6 +303,10 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # an edited rank
     with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} but its weights have rank {config['r']}"):
         check_adapter(adapter, full(tiny_dir))
+    edited = {**config, "target_modules": [m for m in config["target_modules"] if m != "q_proj"]}  # q_proj's weights would be skipped
+    (adapter / "adapter_config.json").write_text(json.dumps(edited))
+    with pytest.raises(AdapterError, match=r"its weights train model\.layers\.0\.self_attn\.q_proj and 1 more, which .*target_modules=.* leave out"):
+        check_adapter(adapter, full(tiny_dir))
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     # A hub model that is not on this machine cannot be checked layer by layer; a name other than the
     # adapter's base is refused before a download starts.
