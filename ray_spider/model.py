@@ -399,19 +399,26 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
 
 
 def check_adapter_rank(adapter: Path, adapter_config: dict, weights: Path) -> None:
-    """Raise AdapterError when adapter_config.json's ``r`` is not the rank of the LoRA weights beside
-    it: peft would build the layers from the config, then fail to load the weights into them (after
-    the base model has loaded). An adapter with per-module ranks (``rank_pattern``) is left to peft."""
+    """Raise AdapterError when adapter_config.json's rank of a layer (``r``, or its ``rank_pattern``
+    entry, matched as peft matches it: ``get_pattern_key``) is not the rank of that layer's LoRA
+    weights beside it: peft would build the layers from the config, then fail to load the weights
+    into them (after the base model has loaded)."""
+    from peft.utils.other import get_pattern_key
     from safetensors import safe_open
 
     rank, pattern = adapter_config.get("r"), adapter_config.get("rank_pattern") or {}
-    if rank is None or pattern:  # per-module ranks: peft's own load checks them
+    if rank is None:
         return
     with safe_open(str(weights), framework="pt") as tensors:
         for key in tensors.keys():
-            if ".lora_A." in key and (got := tensors.get_slice(key).get_shape()[0]) != rank:
+            if ".lora_A." not in key:
+                continue
+            module = key.removeprefix("base_model.model.").split(".lora_")[0]
+            said = pattern.get(get_pattern_key(pattern.keys(), module), rank)
+            if (got := tensors.get_slice(key).get_shape()[0]) != said:
+                where = "its rank_pattern" if said != rank else "adapter_config.json"
                 raise AdapterError(
-                    f"adapter {adapter}: adapter_config.json says r={rank} but its weights have rank {got} "
+                    f"adapter {adapter}: {where} says r={said} for {module} but its weights have rank {got} "
                     f"({key}); the config and the weights do not belong together"
                 )
 

@@ -301,7 +301,10 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     check_adapter(adapter, full(tiny_dir))  # its own base: fine
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # an edited rank
-    with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} but its weights have rank {config['r']}"):
+    with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} for model.layers.0.\S+ but its weights have rank {config['r']}"):
+        check_adapter(adapter, full(tiny_dir))
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": {"v_proj": 16}}))  # an edited layer rank
+    with pytest.raises(AdapterError, match=rf"its rank_pattern says r=16 for model.layers.0.self_attn.v_proj but its weights have rank {config['r']}"):
         check_adapter(adapter, full(tiny_dir))
     edited = {**config, "target_modules": [m for m in config["target_modules"] if m != "q_proj"]}  # q_proj's weights would be skipped
     (adapter / "adapter_config.json").write_text(json.dumps(edited))
@@ -312,6 +315,17 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     # adapter's base is refused before a download starts.
     with pytest.raises(AdapterError, match=r"not model.name='org/not-downloaded'.*not on this machine"):
         check_adapter(adapter, full("org/not-downloaded"))
+
+
+def test_an_adapter_with_per_layer_ranks_passes_the_check(tiny_dir, tmp_path):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from ray_spider.model import check_adapter
+
+    peft_config = PeftLoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2})
+    get_peft_model(load_model(full(tiny_dir), "cpu"), peft_config).save_pretrained(tmp_path / "adapter")
+    check_adapter(tmp_path / "adapter", full(tiny_dir))
 
 
 def test_adapter_of_another_base_is_named_without_loading_it(tiny_dir, tmp_path):
