@@ -1,13 +1,15 @@
 """Shared prefix KV (cascade attention): one copy of each prefix's keys and values per batch, merged
-with each row's own suffix by log-sum-exp, equals softmax attention over the concatenated keys.
+with each row's own suffix by log-sum-exp, equals softmax attention over the concatenated keys; the config rule names both keys it needs.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention
 
+from ray_spider.config import ConfigError, load_run_config
 from ray_spider.shared_prefix_kv import SharedPrefixKV, attend, merge
 
 HEADS, KV_HEADS, DIM = 4, 2, 8  # grouped-query attention: 2 query heads per KV head
@@ -68,3 +70,10 @@ def test_cascade_attention_equals_attention_over_each_rows_prefix_and_suffix():
     assert prefix.chunk_group is None  # a row per group: the prefixes are read in place
     out, _ = prefix.attention(module, query[[4, 0, 3]], keys[[4, 0, 3]], values[[4, 0, 3]], suffix_mask[[4, 0, 3], None], scaling=DIM**-0.5)
     torch.testing.assert_close(out, expected[[4, 0, 3]].transpose(1, 2))
+
+
+@pytest.mark.parametrize("override", ["generation.prefix_cache=false", "generation.engine=hf"])
+def test_shared_prefix_kv_needs_the_prefix_cache_in_the_pruned_engine(override):
+    with pytest.raises(ConfigError, match=r"generation.share_prefix_kv=true needs generation.prefix_cache=true and generation.engine=pruned"):
+        load_run_config(None, ["generation.share_prefix_kv=true", override])
+    assert load_run_config(None, ["generation.share_prefix_kv=true"]).generation.share_prefix_kv
