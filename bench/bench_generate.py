@@ -25,6 +25,8 @@ Sides (``--sides``, comma-separated, timed in this order, then in reverse for --
   ...+prefix     pruned:N with generation.prefix_cache on (the prompt tokens a batch's questions of one
   ...+noprefix   database share are read once per batch, ``prefix_cache.py``) or off (every row reads
                  its whole prompt); without the suffix, the default (on)
+  ...+shared     pruned:N with prefix caching and generation.share_prefix_kv on (one KV copy of each
+                 shared prefix, cascade attention, ``shared_prefix_kv.py``)
 Every side gets the same model object, the same rendered prompts (``prompt.render_generation_prompt``)
 and the same stop tokens (``inference.greedy_config``). One short warm-up call per side runs first,
 untimed. Greedy decoding is not bit-identical across batch shapes (padding and matmul shapes change
@@ -108,8 +110,8 @@ def main() -> None:
     device = "cuda:0" if args.device == "cuda" else "cpu"
     model, tokenizer = load_for_inference(ModelConfig(name=args.model, quantization=args.quantization), args.adapter, merge=args.merge, device=device)
     gen_cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    for engine, prefix_cache in (("hf", False), ("pruned", False), ("pruned", True)):  # warm-up
-        warm_up = {"max_new_tokens": 4, "engine": engine, "prefix_cache": prefix_cache}
+    for engine, prefix_cache, shared in (("hf", False, False), ("pruned", False, False), ("pruned", True, False), ("pruned", True, True)):  # warm-up
+        warm_up = {"max_new_tokens": 4, "engine": engine, "prefix_cache": prefix_cache, "share_prefix_kv": shared}
         generate(model, tokenizer, prompts[:2], gen_cfg.model_copy(update=warm_up), progress=False)
 
     sides = {}
@@ -117,15 +119,15 @@ def main() -> None:
         if spec == "unbatched":
             sides[spec] = lambda: unbatched(model, tokenizer, prompts, args.max_new_tokens)
             continue
-        side = re.fullmatch(r"(hf|pruned):(\d+)(\+cudnn)?(?:\+graph(\d+))?(?:\+(prefix|noprefix))?", spec)
+        side = re.fullmatch(r"(hf|pruned):(\d+)(\+cudnn)?(?:\+graph(\d+))?(?:\+(prefix|noprefix|shared))?", spec)
         if side is None:
             parser.error(
-                f"--sides: {spec!r} is not unbatched, hf:N or pruned:N (each may end in +cudnn, then +graphR, then +prefix or +noprefix)"
+                f"--sides: {spec!r} is not unbatched, hf:N or pruned:N (each may end in +cudnn, then +graphR, then +prefix, +noprefix or +shared)"
             )
         engine, batch, plus_cudnn, graph_rows, prefix = side.groups()
         attention = (SDPBackend.CUDNN_ATTENTION, *DECODING_ATTENTION) if plus_cudnn else DECODING_ATTENTION
         update = {"engine": engine, "batch_size": int(batch)} | ({"cuda_graph_rows": int(graph_rows)} if graph_rows else {})
-        update |= {"prefix_cache": prefix == "prefix"} if prefix else {}
+        update |= {"prefix_cache": prefix != "noprefix", "share_prefix_kv": prefix == "shared"} if prefix else {}
         sides[spec] = lambda side_cfg=gen_cfg.model_copy(update=update), attention=attention: generate(
             model, tokenizer, prompts, side_cfg, progress=False, attention=attention
         )

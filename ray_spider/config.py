@@ -231,6 +231,13 @@ class GenerationConfig(_Strict):
         "share batches (ray_spider/prefix_cache.py). Same answers up to float rounding; false = every row reads its "
         "whole prompt",
     )
+    share_prefix_kv: bool = Field(
+        False,
+        description="with prefix_cache: keep ONE copy of each shared prefix's KV cache per batch instead of a copy per "
+        "row; each row attends to its group's prefix and to its own rest, merged by log-sum-exp (cascade attention, "
+        "ray_spider/shared_prefix_kv.py). Pays with many candidates, long schemas and big batches; GPU speed not "
+        "measured yet (docs/benchmarks.md). Same answers up to float rounding; needs prefix_cache=true, engine=pruned",
+    )
     constrained: bool = Field(
         False,
         description="schema-constrained decoding: only tokens that keep the answer a valid prefix of a SELECT over the "
@@ -264,6 +271,16 @@ class GenerationConfig(_Strict):
             raise ValueError(
                 f"generation.candidates={self.candidates} with generation.search={self.search} needs generation.engine={needs} "
                 "(engine pruned samples, engine hf runs beam search); set generation.engine or generation.search to match"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_kv_needs_the_prefix_cache(self) -> "GenerationConfig":
+        if self.share_prefix_kv and not (self.prefix_cache and self.engine == "pruned"):
+            raise ValueError(
+                f"generation.share_prefix_kv=true needs generation.prefix_cache=true and generation.engine=pruned (it decodes "
+                f"against the prefixes that prefix caching reads once, in the pruned engine); got "
+                f"generation.prefix_cache={str(self.prefix_cache).lower()}, generation.engine={self.engine}"
             )
         return self
 

@@ -18,7 +18,9 @@ static KV cache and one CUDA graph replay per step instead of ~1,300 kernel laun
 With ``generation.prefix_cache`` (engine pruned), prompts that share their first tokens (the
 questions of one database: system prompt and schema) are batched together instead, each shared
 prefix is read once per batch (``prefill_shared_prefixes``) and ``greedy_pruned`` starts from its
-copied KV cache, reading only the rest of each prompt (``prefix_cache.py``).
+copied KV cache, reading only the rest of each prompt (``prefix_cache.py``). With
+``generation.share_prefix_kv`` too, the prefix's KV cache is not copied: every row attends to its
+group's one copy (cascade attention, ``shared_prefix_kv.py``).
 
 ``generation.constrained`` masks each step's logits to the tokens the question's database grammar
 allows (``constrained.py``), in both engines and inside the CUDA graph. ``generation.candidates``
@@ -30,6 +32,7 @@ too); engine ``hf`` runs beam search.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import logging
@@ -48,6 +51,7 @@ from ray_spider.errors import UserError
 from ray_spider.model import end_of_turn_token
 from ray_spider.prefix_cache import SharedPrefixBatch, batch_order
 from ray_spider.prompt import render_generation_prompt
+from ray_spider.shared_prefix_kv import SharedPrefixKV, shared_prefix_attention
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +222,7 @@ class StaticDecoder:
 def greedy_pruned(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
     static_rows: int = 0, cache: DynamicCache | None = None, constraint: BatchConstraint | None = None,
-    inverse_temperature: torch.Tensor | None = None,
+    inverse_temperature: torch.Tensor | None = None, prefix: SharedPrefixKV | None = None,
 ) -> torch.Tensor:
     """Greedy new tokens of a left-padded batch, shape (rows, max_new_tokens), pad after each stop token.
 
@@ -237,6 +241,11 @@ def greedy_pruned(
     constrained rows stay in the CUDA graph.
 
     ``inverse_temperature`` (rows,): rows where it is above 0 sample instead (``next_tokens``).
+
+    ``prefix`` (``shared_prefix_kv.py``): the first ``prefix.width`` columns of ``attention_mask``
+    are each row's group prefix, held once per group in ``prefix`` and not in ``cache`` (None: an
+    empty cache then); they count for the positions only, and every layer attends to them through
+    ``shared_prefix_attention``.
     """
     rows, device = input_ids.shape[0], input_ids.device
     answers = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -244,60 +253,79 @@ def greedy_pruned(
     active = torch.arange(rows, device=device)  # the answers row of each batch row
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     positions = _positions(attention_mask)[:, -input_ids.shape[1] :]
+    if prefix is not None:
+        attention_mask = attention_mask[:, prefix.width :]  # the model sees the per-row (suffix) cache's columns
     cache = DynamicCache(config=model.config) if cache is None else cache
     cache_kwarg = _cache_argument(model)
     tokens, mask, decoder = input_ids, attention_mask, None
-    for step in range(max_new_tokens):
-        if decoder is None and step > 0 and len(active) <= static_rows:
-            words = constraint.grammars.words if constraint is not None else 0
-            decoder = StaticDecoder(
-                model, cache, tokens, mask, positions, static_rows, max_new_tokens - step, words, inverse_temperature,
-            )
-            decoding = decoder.steps(cuda_graph=device.type == "cuda")
-            del cache  # copied into the decoder's static cache: free it
-        if decoder is None:
-            output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
-            logits = output.logits[:, -1]
+    attention = shared_prefix_attention(model, prefix) if prefix is not None else contextlib.nullcontext()
+    with attention:
+        for step in range(max_new_tokens):
+            if decoder is None and step > 0 and len(active) <= static_rows:
+                words = constraint.grammars.words if constraint is not None else 0
+                if prefix is not None:
+                    prefix.pad_to(static_rows)
+                decoder = StaticDecoder(
+                    model, cache, tokens, mask, positions, static_rows, max_new_tokens - step, words, inverse_temperature,
+                )
+                decoding = decoder.steps(cuda_graph=device.type == "cuda")
+                del cache  # copied into the decoder's static cache: free it
+            if decoder is None:
+                output = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
+                logits = output.logits[:, -1]
+                if constraint is not None:
+                    logits = mask_logits(logits, constraint.bitmask(active.tolist()).to(device))
+                chosen = next_tokens(logits, inverse_temperature)
+            else:
+                if constraint is not None:
+                    decoder.bitmask[: len(active)].copy_(constraint.bitmask(active.tolist()))
+                next(decoding)
+                chosen = decoder.tokens[: len(active), 0]
+            chosen = chosen.masked_fill(finished, pad_id)
+            answers[active, step] = chosen
             if constraint is not None:
-                logits = mask_logits(logits, constraint.bitmask(active.tolist()).to(device))
-            chosen = next_tokens(logits, inverse_temperature)
-        else:
-            if constraint is not None:
-                decoder.bitmask[: len(active)].copy_(constraint.bitmask(active.tolist()))
-            next(decoding)
-            chosen = decoder.tokens[: len(active), 0]
-        chosen = chosen.masked_fill(finished, pad_id)
-        answers[active, step] = chosen
-        if constraint is not None:
-            constraint.advance(active.tolist(), chosen.tolist())
-        finished |= torch.isin(chosen, stops)
-        done = int(finished.sum())  # one sync per step, as in generate
-        if done == len(active):
-            break
-        if decoder is not None:
-            continue  # the static cache keeps its rows to the end
-        if done >= PRUNE_WHEN_FINISHED * len(active):
-            keep = (~finished).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            active, finished, chosen, mask, positions = active[keep], finished[keep], chosen[keep], mask[keep], positions[keep]
-            if inverse_temperature is not None:
-                inverse_temperature = inverse_temperature[keep]
-        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        tokens = chosen[:, None]
+                constraint.advance(active.tolist(), chosen.tolist())
+            finished |= torch.isin(chosen, stops)
+            done = int(finished.sum())  # one sync per step, as in generate
+            if done == len(active):
+                break
+            if decoder is not None:
+                continue  # the static cache keeps its rows to the end
+            if done >= PRUNE_WHEN_FINISHED * len(active):
+                keep = (~finished).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                if prefix is not None:
+                    prefix.keep(keep)
+                active, finished, chosen, mask, positions = active[keep], finished[keep], chosen[keep], mask[keep], positions[keep]
+                if inverse_temperature is not None:
+                    inverse_temperature = inverse_temperature[keep]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            tokens = chosen[:, None]
     return answers
 
 
-def prefill_shared_prefixes(model, batch: SharedPrefixBatch) -> DynamicCache:
-    """The KV cache of each row's shared prefix, (rows, heads, P, head dim) per layer: every distinct
-    prefix of the batch computed once, in one left-padded forward, then copied to its rows."""
+def _prefill_prefixes(model, batch: SharedPrefixBatch) -> DynamicCache:
+    """The KV cache of every distinct prefix of the batch, (G, heads, P, head dim) per layer, in one left-padded forward."""
     cache = DynamicCache(config=model.config)
     model(
         input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, position_ids=_positions(batch.prefix_mask),
         use_cache=True, logits_to_keep=1, **{_cache_argument(model): cache},
     )
+    return cache
+
+
+def prefill_shared_prefixes(model, batch: SharedPrefixBatch) -> DynamicCache:
+    """The KV cache of each row's shared prefix, (rows, heads, P, head dim) per layer: every distinct
+    prefix of the batch computed once, then copied to its rows."""
+    cache = _prefill_prefixes(model, batch)
     cache.batch_select_indices(batch.group_of_row)  # repeated indices: each prefix copied to its rows
     return cache
+
+
+def prefill_shared_prefix_kv(model, batch: SharedPrefixBatch) -> SharedPrefixKV:
+    """Every distinct prefix of the batch computed once and kept once (``greedy_pruned``'s ``prefix``)."""
+    return SharedPrefixKV.of(_prefill_prefixes(model, batch), batch.prefix_mask, batch.group_of_row)
 
 
 class GenerationMemoryError(UserError):
@@ -400,11 +428,14 @@ def generate_candidates(
             def answer_batch(batch: list[int]) -> list[list[str]]:
                 rows = [index for index in batch for _ in range(rows_per_prompt)]
                 batch_schemas = [schemas[index] for index in rows] if grammars else None
-                cache = None
+                cache = prefix = None
                 if shared_prefixes:
                     shared = SharedPrefixBatch.of([encoded[index] for index in rows], generation_config.pad_token_id, device)
                     inputs = {"input_ids": shared.rest_ids, "attention_mask": shared.attention_mask}
-                    cache = prefill_shared_prefixes(model, shared)
+                    if cfg.share_prefix_kv:
+                        prefix = prefill_shared_prefix_kv(model, shared)
+                    else:
+                        cache = prefill_shared_prefixes(model, shared)
                 else:
                     inputs = tokenizer.pad(
                         {"input_ids": [encoded[index] for index in rows]}, padding_side="left", return_tensors="pt"
@@ -422,7 +453,7 @@ def generate_candidates(
                         generation_config.eos_token_id, generation_config.pad_token_id,
                         static_rows=cfg.cuda_graph_rows if device.type == "cuda" else 0, cache=cache,
                         constraint=grammars.constraint(batch_schemas) if grammars else None,
-                        inverse_temperature=_sampled_rows(len(batch), k, cfg.temperature, device),
+                        inverse_temperature=_sampled_rows(len(batch), k, cfg.temperature, device), prefix=prefix,
                     )
                 # no space clean-up: it rewrites the SQL (" ," -> ",", " 's" -> "'s", inside string literals too)
                 decoded = tokenizer.batch_decode(
