@@ -183,7 +183,7 @@ def prompt(
 def data_build(
     out: Annotated[Path, typer.Option(help="output folder (dataset/, preview.jsonl, summary.json)")] = Path("data/sft"),
     tokenizer: Annotated[Optional[str], typer.Option(help="model spec whose tokenizer measures lengths (omit to skip)")] = None,
-    max_length: Annotated[int, typer.Option(help="report examples longer than this many tokens")] = 2048,
+    max_length: Annotated[int, typer.Option(min=1, help="report examples longer than this many tokens")] = 2048,
     spider_dir: SpiderDir = None,
     config: ConfigPath = None,
 ) -> None:
@@ -193,6 +193,10 @@ def data_build(
 
     cfg = _run_config(config)
     check_output(out, what="--out", allow_existing_dir=True, empty_dir=True)
+    if tokenizer:
+        from ray_spider.model import check_model_spec, load_tokenizer, resolve_model
+
+        check_model_spec(tokenizer, what="--tokenizer")
     spider = _spider(spider_dir, cfg.data)
     prompter = Prompter(spider, cfg.prompt)
     examples = train_examples(spider, cfg.data)
@@ -207,9 +211,11 @@ def data_build(
         "dev_skipped_missing_db": len(skipped),
     }
     if tokenizer:
-        from ray_spider.model import load_tokenizer, resolve_model
-
-        summary["token_lengths"] = token_length_stats(dataset, load_tokenizer(resolve_model(tokenizer)), max_length)
+        try:
+            measure = load_tokenizer(resolve_model(tokenizer, what="--tokenizer"))
+        except (OSError, ValueError) as exc:
+            fail(f"--tokenizer {tokenizer}: no tokenizer loads from it ({str(exc).strip().splitlines()[0]})")
+        summary["token_lengths"] = token_length_stats(dataset, measure, max_length)
     write_sft_dataset(dataset, out, summary)
     console.print_json(json.dumps(summary))
     console.print(f"wrote {len(dataset)} examples to {out / 'dataset'} (preview: {out / 'preview.jsonl'})", markup=False)
@@ -568,11 +574,35 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 _ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
-def dashboard_address() -> str:
-    """The job server to use without --address: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS when it is a
-    URL (not `local` or `auto`, which name clusters to start or find, not a dashboard), else DEFAULT_DASHBOARD."""
-    given = [os.environ.get(name, "") for name in _ADDRESS_VARIABLES]
-    return next((value for value in given if "://" in value), DEFAULT_DASHBOARD)
+def dashboard_address(given: str | None = None) -> str:
+    """The job server's URL: ``given`` (--address), else $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS when
+    it is a URL (not `local` or `auto`, which name clusters to start or find, not a dashboard), else
+    DEFAULT_DASHBOARD. UserError naming where it came from when it is not http(s)://HOST[:PORT] (Ray
+    reads `host:port` as a cluster's GCS address and waits for it, and fails on others with a traceback)."""
+    ray_address = os.environ.get("RAY_ADDRESS", "")
+    choices = [
+        ("--address", given),
+        ("$RAY_API_SERVER_ADDRESS", os.environ.get("RAY_API_SERVER_ADDRESS")),
+        ("$RAY_ADDRESS", ray_address if "://" in ray_address else None),
+    ]
+    source, address = next(((source, value) for source, value in choices if value), ("the default", DEFAULT_DASHBOARD))
+    if not _is_dashboard_url(address):
+        raise UserError(
+            f"{source} {address!r} is not a dashboard URL: give http://HOST:PORT, e.g. {DEFAULT_DASHBOARD} "
+            "(where `ray dashboard cluster.yaml` forwards the head's dashboard)"
+        )
+    return address
+
+
+def _is_dashboard_url(address: str) -> bool:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(address)
+    try:
+        _ = url.port  # a port that is no number or out of range raises
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname)
 
 
 def job_client(address: str):
@@ -617,7 +647,7 @@ def submit(
     job_args = ["sweep", *(["--resume"] if resume else []), str(sweep_file.resolve().relative_to(Path.cwd().resolve())), *(overrides or [])]
     # No env_vars here: the sweep's own ray.init sets WORKER_ENV, and Ray refuses to merge a job's
     # runtime env with a driver's that names the same keys.
-    address = address or dashboard_address()
+    address = dashboard_address(address)
     job_id = job_client(address).submit_job(
         entrypoint="python -m ray_spider " + shlex.join(job_args),
         runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", "*.gguf"]},

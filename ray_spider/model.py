@@ -167,30 +167,31 @@ def _write_hf_folder(gguf: Path, out: Path) -> None:
     (out / "ray_spider_source.json").write_text(json.dumps(source, indent=2) + "\n")
 
 
-def check_model_spec(spec: str) -> None:
+def check_model_spec(spec: str, what: str = "model.name") -> None:
     """Raise ConfigError for a model spec that cannot load, without loading or converting anything:
     a .gguf that is not a file, a folder without config.json, a path that does not exist, a hub id
     whose config.json cannot be had (a typo, a gated model without a token, no connection and not
     in the local cache; with HF_HUB_OFFLINE=1 only the cache is read). Without this a sweep would
-    start Ray and fail every trial on it."""
+    start Ray and fail every trial on it. ``what`` names the setting in the message."""
     if spec == OFFLINE_MODEL:
         return
     if spec.endswith(".gguf"):
         if not Path(spec).expanduser().is_file():
-            raise ConfigError(f"model.name={spec!r}: GGUF file not found")
+            raise ConfigError(f"{what}={spec!r}: GGUF file not found")
         return
-    if resolve_model(spec) == spec:  # a hub id
+    if resolve_model(spec, what) == spec:  # a hub id
         from transformers import AutoConfig
 
         try:
             AutoConfig.from_pretrained(spec)
         except (OSError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"model.name={spec!r} is no local model, and as a Hugging Face hub id it cannot be loaded: {reason}") from None
+            raise ConfigError(f"{what}={spec!r} is no local model, and as a Hugging Face hub id it cannot be loaded: {reason}") from None
 
 
-def resolve_model(spec: str) -> str:
-    """A model spec as something ``from_pretrained`` loads: a local HF folder or a hub id."""
+def resolve_model(spec: str, what: str = "model.name") -> str:
+    """A model spec as something ``from_pretrained`` loads: a local HF folder or a hub id; ConfigError
+    naming ``what`` (the setting it came from) for a path that is no model."""
     if spec == OFFLINE_MODEL:
         return str(convert_gguf(fetch_offline_model()))
     path = Path(spec).expanduser()
@@ -198,11 +199,11 @@ def resolve_model(spec: str) -> str:
         return str(convert_gguf(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model.name={spec!r}: the folder has no config.json (not a Hugging Face model folder)")
+            raise ConfigError(f"{what}={spec!r}: the folder has no config.json (not a Hugging Face model folder)")
         return str(path)
     if spec.startswith(("/", ".", "~")) or path.exists():
         raise ConfigError(
-            f"model.name={spec!r} is not a model folder or .gguf file; "
+            f"{what}={spec!r} is not a model folder or .gguf file; "
             f"use a hub id, a local HF folder, a .gguf file or {OFFLINE_MODEL!r}"
         )
     return spec  # a hub id: transformers downloads it (or says why not)
@@ -349,11 +350,11 @@ def read_adapter_config(adapter: str | os.PathLike) -> dict:
 
 
 def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
-    """Raise AdapterError before any weights load when the adapter is incomplete or was trained on
-    another base: each LoRA matrix's outer dimension must equal the in/out features of its layer in
-    ``model_cfg.name``, which is built from its config.json alone (on the meta device, no weights).
-    A hub base is checked only when its config is in the local cache; loading then names a misfit."""
-    from safetensors import safe_open
+    """Raise AdapterError before any weights load when the adapter is incomplete, damaged, at odds
+    with its own adapter_config.json, or was trained on another base: each LoRA matrix's outer
+    dimension must equal the in/out features of its layer in ``model_cfg.name``, which is built from
+    its config.json alone (on the meta device, no weights). A hub base is checked only when its
+    config is in the local cache; loading then names a misfit. Only the weights file's header is read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     adapter = Path(adapter)
@@ -361,8 +362,9 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         return
-    check_adapter_rank(adapter, adapter_config, weights)
-    check_adapter_targets(adapter, weights)
+    shapes = lora_weight_shapes(weights)
+    check_adapter_rank(adapter, adapter_config, shapes)
+    check_adapter_targets(adapter, shapes)
     recorded = adapter_config.get("base_model_name_or_path")
     trained_on = recorded or "another model"
     try:
@@ -376,68 +378,89 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
         return
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(base_config)
-    with safe_open(str(weights), framework="pt") as tensors:
-        for key in tensors.keys():
-            if ".lora_A." not in key and ".lora_B." not in key:
-                continue
-            module_name = key.removeprefix("base_model.model.").split(".lora_")[0]
-            shape = tensors.get_slice(key).get_shape()
-            try:
-                layer = base.get_submodule(module_name)
-            except AttributeError:
-                raise AdapterError(
-                    f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: that model has no layer {module_name}"
-                ) from None
-            expected = getattr(layer, "in_features", None) if ".lora_A." in key else getattr(layer, "out_features", None)
-            got = shape[1] if ".lora_A." in key else shape[0]
-            if expected is not None and got != expected:
-                raise AdapterError(
-                    f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: "
-                    f"its LoRA on {module_name} has {got} {'input' if '.lora_A.' in key else 'output'} features, that layer of the model "
-                    f"has {expected}; give the adapter's base model (--model or model.name)"
-                )
+    for key, shape in shapes.items():
+        module_name = _lora_module(key)
+        try:
+            layer = base.get_submodule(module_name)
+        except AttributeError:
+            raise AdapterError(
+                f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: that model has no layer {module_name}"
+            ) from None
+        expected = getattr(layer, "in_features", None) if ".lora_A." in key else getattr(layer, "out_features", None)
+        got = shape[1] if ".lora_A." in key else shape[0]
+        if expected is not None and got != expected:
+            raise AdapterError(
+                f"adapter {adapter} was trained on {trained_on!r}, not model.name={model_cfg.name!r}: "
+                f"its LoRA on {module_name} has {got} {'input' if '.lora_A.' in key else 'output'} features, that layer of the model "
+                f"has {expected}; give the adapter's base model (--model or model.name)"
+            )
+    if recorded and not _same_model(recorded, model_cfg.name):  # e.g. an Instruct model's adapter on the base model
+        log.warning(
+            "adapter %s was trained on %r and is loaded on model.name=%r: their layers fit, but answers may not be "
+            "what the adapter scored on its own base", adapter, recorded, model_cfg.name,
+        )
 
 
-def check_adapter_rank(adapter: Path, adapter_config: dict, weights: Path) -> None:
+def _same_model(spec: str, other: str) -> bool:
+    """Whether two model specs name the same model: equal, or paths to the same folder or file."""
+    paths = [Path(name).expanduser() for name in (spec, other)]
+    return spec == other or all(path.exists() for path in paths) and paths[0].resolve() == paths[1].resolve()
+
+
+def lora_weight_shapes(weights: Path) -> dict[str, list[int]]:
+    """The shape of each LoRA matrix (``...lora_A.weight`` (r, in), ``...lora_B.weight`` (out, r)) in
+    an adapter's safetensors file, from its header alone; AdapterError when the file cannot be read
+    (cut short, or not safetensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as tensors:
+            return {key: tensors.get_slice(key).get_shape() for key in tensors.keys() if ".lora_A." in key or ".lora_B." in key}
+    except (SafetensorError, OSError) as exc:
+        raise AdapterError(f"{weights} cannot be read ({exc}): the adapter is damaged or was not written to the end") from None
+
+
+def _lora_module(key: str) -> str:
+    """The layer a LoRA weight belongs to: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj."""
+    return key.removeprefix("base_model.model.").split(".lora_")[0]
+
+
+def check_adapter_rank(adapter: Path, adapter_config: dict, shapes: dict[str, list[int]]) -> None:
     """Raise AdapterError when adapter_config.json's rank of a layer (``r``, or its ``rank_pattern``
     entry, matched as peft matches it: ``get_pattern_key``) is not the rank of that layer's LoRA
-    weights beside it: peft would build the layers from the config, then fail to load the weights
-    into them (after the base model has loaded)."""
+    weights (``shapes``, from ``lora_weight_shapes``): peft would build the layers from the config,
+    then fail to load the weights into them (after the base model has loaded)."""
     from peft.utils.other import get_pattern_key
-    from safetensors import safe_open
 
     rank, pattern = adapter_config.get("r"), adapter_config.get("rank_pattern") or {}
     if rank is None:
         return
-    with safe_open(str(weights), framework="pt") as tensors:
-        for key in tensors.keys():
-            if ".lora_A." not in key:
-                continue
-            module = key.removeprefix("base_model.model.").split(".lora_")[0]
-            said = pattern.get(get_pattern_key(pattern.keys(), module), rank)
-            if (got := tensors.get_slice(key).get_shape()[0]) != said:
-                where = "its rank_pattern" if said != rank else "adapter_config.json"
-                raise AdapterError(
-                    f"adapter {adapter}: {where} says r={said} for {module} but its weights have rank {got} "
-                    f"({key}); the config and the weights do not belong together"
-                )
+    for key, shape in shapes.items():
+        if ".lora_A." not in key:
+            continue
+        module = _lora_module(key)
+        said = pattern.get(get_pattern_key(pattern.keys(), module), rank)
+        if shape[0] != said:
+            where = "its rank_pattern" if said != rank else "adapter_config.json"
+            raise AdapterError(
+                f"adapter {adapter}: {where} says r={said} for {module} but its weights have rank {shape[0]} "
+                f"({key}); the config and the weights do not belong together"
+            )
 
 
-def check_adapter_targets(adapter: Path, weights: Path) -> None:
-    """Raise AdapterError when the adapter's weights train a layer that adapter_config.json's
+def check_adapter_targets(adapter: Path, shapes: dict[str, list[int]]) -> None:
+    """Raise AdapterError when the adapter's weights (``shapes``) train a layer that adapter_config.json's
     ``target_modules`` (or ``exclude_modules``) leave out: peft builds LoRA layers only where the
     config says and skips the other weights without a word (peft 0.21), so part of the adapter would
     not apply. The match is peft's own (``check_target_module_exists``)."""
     from peft import PeftConfig
     from peft.tuners.tuners_utils import check_target_module_exists
-    from safetensors import safe_open
 
     try:
         config = PeftConfig.from_pretrained(str(adapter))
     except (TypeError, ValueError) as exc:
         raise AdapterError(f"{adapter / 'adapter_config.json'}: not a PEFT adapter config ({exc})") from None
-    with safe_open(str(weights), framework="pt") as tensors:
-        trained = sorted({key.removeprefix("base_model.model.").split(".lora_")[0] for key in tensors.keys() if ".lora_" in key})
+    trained = sorted({_lora_module(key) for key in shapes})
     left_out = [module for module in trained if not check_target_module_exists(config, module)]
     if left_out:
         more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""

@@ -82,10 +82,17 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp}", "search_space.model.name={choice: [/no/such/model]}"], "/no/such/model"),
         (["sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp}", "search_space.name={choice: [a, b]}"], "names and stores its trials itself"),
         (["best", str(REPO / "docs" / "results" / "sweep-h200-attempt1"), "--out", str(not_a_model.parent)], "already holds files"),
+        (["train", write(tmp / "empty.yaml", "# nothing yet\n")], "empty.yaml is empty: it sets nothing"),
+        (["sweep", write(tmp / "empty-sweep.yaml", "")], "empty-sweep.yaml is empty"),
+        (["train", write(tmp / "twice.yaml", "train:\n  learning_rate: 1.0e-4\n  learning_rate: 2.0e-4\n")], "the key 'learning_rate' is given twice"),
+        (["data", "build", "--out", str(tmp / "sft"), "--tokenizer", "/no/such/tokenizer"], "--tokenizer='/no/such/tokenizer' is not a model folder"),
+        (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "notaurl"], "--address 'notaurl' is not a dashboard URL"),
+        (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "127.0.0.1:9"], "--address '127.0.0.1:9' is not a dashboard URL"),
+        (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "http://127.0.0.1:99999"], "is not a dashboard URL: give http://HOST:PORT"),
     ]
 
 
-CASES = 41  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 48  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))

@@ -289,7 +289,7 @@ def test_cuda_graph_decoding_answers_like_eager_decoding(tiny_dir, caplog):
     assert "capture failed" not in caplog.text  # the graphs ran, not the eager fallback
 
 
-def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_path):
+def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_path, caplog):
     from ray_spider.model import AdapterError, check_adapter
 
     with pytest.raises(AdapterError, match="adapter folder not found"):
@@ -298,7 +298,13 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     with pytest.raises(AdapterError, match="no adapter_config.json"):
         check_adapter(tmp_path / "empty", full(tiny_dir))
     adapter = Path(saved_adapter(tiny_dir, tmp_path))
-    check_adapter(adapter, full(tiny_dir))  # its own base: fine
+    with caplog.at_level(logging.WARNING, logger="ray_spider.model"):
+        check_adapter(adapter, full(tiny_dir))  # its own base: fine
+    assert "trained on" not in caplog.text
+    (adapter / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes()[:1000])
+    with pytest.raises(AdapterError, match="adapter_model.safetensors cannot be read .*damaged or was not written to the end"):
+        check_adapter(adapter, full(tiny_dir))
+    adapter = Path(saved_adapter(tiny_dir, tmp_path))
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # an edited rank
     with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} for model.layers.0.\S+ but its weights have rank {config['r']}"):
@@ -310,6 +316,10 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     (adapter / "adapter_config.json").write_text(json.dumps(edited))
     with pytest.raises(AdapterError, match=r"its weights train model\.layers\.0\.self_attn\.q_proj and 1 more, which .*target_modules=.* leave out"):
         check_adapter(adapter, full(tiny_dir))
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/instruct"}))
+    with caplog.at_level(logging.WARNING, logger="ray_spider.model"):
+        check_adapter(adapter, full(tiny_dir))  # the layers fit: loads, with a word that the base is another
+    assert "trained on 'org/instruct' and is loaded on model.name=" in caplog.text
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     # A hub model that is not on this machine cannot be checked layer by layer; a name other than the
     # adapter's base is refused before a download starts.

@@ -214,6 +214,7 @@ def test_trials_and_best_read_a_copied_experiment(submitted_experiment, s3_env, 
 
 def test_submit_address_defaults_to_a_dashboard_url_from_the_environment(monkeypatch):
     from ray_spider.cli import DEFAULT_DASHBOARD, dashboard_address
+    from ray_spider.errors import UserError
 
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "local")  # names a cluster to start, not a dashboard
@@ -222,3 +223,7 @@ def test_submit_address_defaults_to_a_dashboard_url_from_the_environment(monkeyp
     assert dashboard_address() == "http://head:8265"
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://api:8265")
     assert dashboard_address() == "http://api:8265"
+    assert dashboard_address("https://given:443") == "https://given:443"  # --address wins
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "api:8265")  # no scheme: was passed over without a word
+    with pytest.raises(UserError, match=r"\$RAY_API_SERVER_ADDRESS 'api:8265' is not a dashboard URL"):
+        dashboard_address()
