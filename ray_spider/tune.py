@@ -216,6 +216,14 @@ def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = 
             filesystem.delete_dir(experiment)
 
 
+class _WithoutTunesResumeHint(logging.Filter):
+    """Drops Tune's own "Experiment has been interrupted ... Resume experiment with: Tuner.restore(...)"
+    after a Ctrl-C: here a sweep resumes with `ray-spider sweep --resume`, which ``run_sweep`` says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Experiment has been interrupted")
+
+
 def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False) -> str:
     """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI.
     Raises SweepError (before Ray starts) for a taken or missing folder, and after the run when every
@@ -229,6 +237,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False)
     if not resume:
         with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
             out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
+    logging.getLogger("ray.tune.tune").addFilter(_WithoutTunesResumeHint())
     results = tuner.fit()
     rows = write_trials_table(experiment_uri(sweep.storage, sweep.name))
     # Tune ends fit() quietly on Ctrl-C (it saves its state first): trials left unfinished tell.
