@@ -361,7 +361,7 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
     model = model or RunConfig
     set_by = {tuple(parse_override(text)[0]): text for text in overrides}
     lines, blamed = [], 0
-    for item in error.errors():
+    for item in _union_members_joined(error.errors(), model):
         loc = tuple(str(part) for part in item["loc"])
         key = ".".join(loc) or "<root>"
         line = f"  {key}: {item['msg']}" + (f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden", "value_error") else "")
@@ -380,6 +380,25 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
     return "\n".join([head, *lines])
 
 
+def _union_members_joined(errors: list[dict], model: type[BaseModel]) -> list[dict]:
+    """pydantic reports a value that fits no member of a union (``bool | Literal["auto"]``) once per
+    member, at the key's loc plus the member's tag (``merge_adapter.bool``, ``merge_adapter.literal['auto']``);
+    here that is one error at the key, its messages joined by "or"."""
+    joined: list[dict] = []
+    for item in errors:
+        loc = item["loc"]
+        member = (
+            len(loc) > 1 and isinstance(loc[-1], str) and not _fields_at(model, loc[:-1]) and loc[-2] in _fields_at(model, loc[:-2])
+        )
+        if not member:
+            joined.append(item)
+        elif joined and joined[-1]["loc"] == loc[:-1] and joined[-1].get("input") is item.get("input"):
+            joined[-1]["msg"] += ", or " + item["msg"].removeprefix("Input should be ")
+        else:
+            joined.append({**item, "loc": loc[:-1]})
+    return joined
+
+
 def _caused_by(loc: tuple, message: str, override: tuple) -> bool:
     """Whether an error at ``loc`` comes from the override of key path ``override``: the same key or a
     key inside it; an error of a section around it (a rule across its keys, or the whole config: empty
@@ -394,6 +413,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.subkey=value")
     key, raw = text.split("=", 1)
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like key.subkey=value: {key.strip()!r} is no key (`ray-spider config` lists them)")
     try:
         return key.strip().split("."), yaml.safe_load(raw)
     except yaml.YAMLError as exc:

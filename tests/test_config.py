@@ -163,3 +163,18 @@ def test_a_candidate_setting_without_candidates_is_refused_not_ignored(override)
     with pytest.raises(ConfigError, match=rf"'{override}' does nothing with generation.candidates=1.*generation.candidates=K"):
         load_run_config(None, [override])
     assert load_run_config(None, [override, "generation.candidates=4", "generation.engine=" + ("hf" if "beam" in override else "pruned")])
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_error_at_its_key():
+    """pydantic reports `bool | 'auto'` once per member (merge_adapter.bool, merge_adapter.literal['auto'])."""
+    with pytest.raises(ConfigError) as error:
+        load_run_config(None, ["generation.merge_adapter=maybe"])
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  generation.merge_adapter: Input should be a valid boolean")
+    assert "or 'auto' (got 'maybe')" in lines[1]
+
+
+@pytest.mark.parametrize("override", ["=5", "train..learning_rate=1", " =x"])
+def test_an_override_without_a_key_is_refused(override):
+    with pytest.raises(ConfigError, match="must look like key.subkey=value: .* is no key"):
+        load_run_config(None, [override])
