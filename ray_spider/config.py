@@ -437,6 +437,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: the keys it brings may be set again after it
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, typing.Hashable):
                 continue  # SafeLoader names an unhashable key itself

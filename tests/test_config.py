@@ -178,3 +178,14 @@ def test_a_value_that_fits_no_member_of_a_union_is_one_error_at_its_key():
 def test_an_override_without_a_key_is_refused(override):
     with pytest.raises(ConfigError, match="must look like key.subkey=value: .* is no key"):
         load_run_config(None, [override])
+
+
+def test_a_key_given_twice_is_refused_and_yaml_merge_keys_still_work(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  learning_rate: 1.0e-4\n  epochs: 1\n  learning_rate: 2.0e-4\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: the key 'learning_rate' is given twice"):
+        load_run_config(twice)
+    merged = tmp_path / "merged.yaml"  # a key that `<<:` brings, set again after it: YAML's way to override it
+    merged.write_text("train:\n  <<: {learning_rate: 1.0e-4, epochs: 1}\n  epochs: 3\n")
+    cfg = load_run_config(merged)
+    assert (cfg.train.learning_rate, cfg.train.epochs) == (1.0e-4, 3)
