@@ -216,12 +216,18 @@ def check_experiment_folder(sweep: SweepConfig, resume: bool, overwrite: bool = 
             filesystem.delete_dir(experiment)
 
 
-class _WithoutTunesResumeHint(logging.Filter):
-    """Drops Tune's own "Experiment has been interrupted ... Resume experiment with: Tuner.restore(...)"
-    after a Ctrl-C: here a sweep resumes with `ray-spider sweep --resume`, which ``run_sweep`` says."""
+class _TuneLinesSaidHere(logging.Filter):
+    """Drops two of Tune's warnings after a Ctrl-C, which this module words for the CLI: "Experiment has
+    been interrupted ... Resume experiment with: Tuner.restore(...)" (here: `ray-spider sweep --resume`,
+    which ``run_sweep`` says) and "Failed to fetch metrics" for a trial stopped before its first report
+    (the trials table shows it without metrics)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Experiment has been interrupted")
+        return not record.getMessage().startswith(("Experiment has been interrupted", "Failed to fetch metrics"))
+
+
+for _logger in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+    logging.getLogger(_logger).addFilter(_TuneLinesSaidHere())
 
 
 def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False) -> str:
@@ -237,7 +243,6 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False)
     if not resume:
         with filesystem.open_output_stream(f"{experiment}/{SWEEP_FILE}") as out:
             out.write(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False).encode())
-    logging.getLogger("ray.tune.tune").addFilter(_WithoutTunesResumeHint())
     results = tuner.fit()
     rows = write_trials_table(experiment_uri(sweep.storage, sweep.name))
     # Tune ends fit() quietly on Ctrl-C (it saves its state first): trials left unfinished tell.

@@ -345,3 +345,4 @@ def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(tiny_dir, spider_di
     log = " ".join((tmp_path / "sweep.log").read_text().split())
     assert "interrupted: the sweep stopped with 0 of 2 trials finished" in log and "--resume" in log
     assert "Tuner.restore" not in log  # Tune's own way to resume, which the CLI does not take
+    assert "Failed to fetch metrics" not in log  # Tune's alarm for a trial stopped before its first report
