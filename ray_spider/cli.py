@@ -597,10 +597,10 @@ def dashboard_address(given: str | None = None) -> str:
 def _is_dashboard_url(address: str) -> bool:
     from urllib.parse import urlsplit
 
-    url = urlsplit(address)
     try:
+        url = urlsplit(address)
         _ = url.port  # a port that is no number or out of range raises
-    except ValueError:
+    except ValueError:  # also a bracketed IPv6 host that is not closed
         return False
     return url.scheme in ("http", "https") and bool(url.hostname)
 

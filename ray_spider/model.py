@@ -13,6 +13,7 @@ A GGUF is converted once into a cached HF folder under ``$RAY_SPIDER_CACHE`` (de
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -395,10 +396,15 @@ def check_adapter(adapter: str | os.PathLike, model_cfg: ModelConfig) -> None:
                 f"has {expected}; give the adapter's base model (--model or model.name)"
             )
     if recorded and not _same_model(recorded, model_cfg.name):  # e.g. an Instruct model's adapter on the base model
-        log.warning(
-            "adapter %s was trained on %r and is loaded on model.name=%r: their layers fit, but answers may not be "
-            "what the adapter scored on its own base", adapter, recorded, model_cfg.name,
-        )
+        _warn_of_another_base(str(adapter), recorded, model_cfg.name)
+
+
+@functools.cache  # once per process: the CLI checks an adapter before any work, loading checks it again
+def _warn_of_another_base(adapter: str, recorded: str, model_name: str) -> None:
+    log.warning(
+        "adapter %s was trained on %r and is loaded on model.name=%r: their layers fit, but answers may not be "
+        "what the adapter scored on its own base", adapter, recorded, model_name,
+    )
 
 
 def _same_model(spec: str, other: str) -> bool:
@@ -435,6 +441,9 @@ def check_adapter_rank(adapter: Path, adapter_config: dict, shapes: dict[str, li
     rank, pattern = adapter_config.get("r"), adapter_config.get("rank_pattern") or {}
     if rank is None:
         return
+    for key, value in {"r": rank, **{f"rank_pattern[{name!r}]": value for name, value in pattern.items()}}.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise AdapterError(f"adapter {adapter}: adapter_config.json's {key} must be a whole number of at least 1, got {value!r}")
     for key, shape in shapes.items():
         if ".lora_A." not in key:
             continue

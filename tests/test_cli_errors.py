@@ -89,10 +89,11 @@ def mistakes(tmp: Path) -> list[tuple[list[str], str]]:
         (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "notaurl"], "--address 'notaurl' is not a dashboard URL"),
         (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "127.0.0.1:9"], "--address '127.0.0.1:9' is not a dashboard URL"),
         (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "http://127.0.0.1:99999"], "is not a dashboard URL: give http://HOST:PORT"),
+        (["submit", SWEEP, "storage=s3://bucket/sweeps", "--address", "http://[::1"], "--address 'http://[::1' is not a dashboard URL"),
     ]
 
 
-CASES = 48  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
+CASES = 49  # len(mistakes(...)); the list needs a tmp folder, so it is built inside each test
 
 
 @pytest.mark.parametrize("case", range(CASES))

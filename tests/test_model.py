@@ -309,6 +309,9 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # an edited rank
     with pytest.raises(AdapterError, match=rf"says r={config['r'] * 2} for model.layers.0.\S+ but its weights have rank {config['r']}"):
         check_adapter(adapter, full(tiny_dir))
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": str(config["r"])}))  # a rank as text
+    with pytest.raises(AdapterError, match=rf"adapter_config.json's r must be a whole number of at least 1, got '{config['r']}'"):
+        check_adapter(adapter, full(tiny_dir))
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": {"v_proj": 16}}))  # an edited layer rank
     with pytest.raises(AdapterError, match=rf"its rank_pattern says r=16 for model.layers.0.self_attn.v_proj but its weights have rank {config['r']}"):
         check_adapter(adapter, full(tiny_dir))
@@ -319,7 +322,8 @@ def test_adapter_folder_mistakes_are_named_before_the_model_loads(tiny_dir, tmp_
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/instruct"}))
     with caplog.at_level(logging.WARNING, logger="ray_spider.model"):
         check_adapter(adapter, full(tiny_dir))  # the layers fit: loads, with a word that the base is another
-    assert "trained on 'org/instruct' and is loaded on model.name=" in caplog.text
+        check_adapter(adapter, full(tiny_dir))  # loading checks again: the warning stays one
+    assert caplog.text.count("trained on 'org/instruct' and is loaded on model.name=") == 1
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     # A hub model that is not on this machine cannot be checked layer by layer; a name other than the
     # adapter's base is refused before a download starts.
