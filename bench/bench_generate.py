@@ -73,6 +73,7 @@ def unbatched(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) 
 def timed(function) -> tuple[float, list[str]]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = function()
     if torch.cuda.is_available():
@@ -136,7 +137,8 @@ def main() -> None:
         for name in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:  # alternate the order against drift
             seconds, answers[name] = timed(sides[name])
             runs[name].append(seconds)
-            print(f"  [{repeat + 1}/{args.repeats}] {name:24s} {seconds:7.2f} s", flush=True)
+            peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 1e9:.2f} GB" if torch.cuda.is_available() else ""
+            print(f"  [{repeat + 1}/{args.repeats}] {name:24s} {seconds:7.2f} s{peak}", flush=True)
 
     prompt_tokens = [len(tokenizer(render_generation_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
     new_tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers[next(iter(sides))]]
