@@ -15,9 +15,9 @@ from transformers import AttentionInterface, LlamaConfig
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.models.llama.modeling_llama import LlamaAttention
 
-from ray_spider.config import ConfigError, GenerationConfig, ModelConfig, PromptConfig, load_run_config
+from ray_spider.config import ConfigError, GenerationConfig, LoraConfig, ModelConfig, PromptConfig, load_run_config
 from ray_spider.inference import generate, generate_candidates, greedy_pruned, prefill_shared_prefix_kv
-from ray_spider.model import load_for_inference
+from ray_spider.model import apply_lora, load_for_inference, load_model
 from ray_spider.prefix_cache import SharedPrefixBatch
 from ray_spider.prompt import Prompter, render_generation_prompt
 from ray_spider.shared_prefix_kv import ATTENTION_NAME, SharedPrefixKV, attend, merge
@@ -144,6 +144,25 @@ def test_shared_prefix_kv_constrained_and_sampled_candidates_answer_like_copied_
     expected = generate_candidates(model, tokenizer, prompts, sampled, progress=False)
     assert any(answer != answers[0] for answers in expected for answer in answers[1:])  # samples, not copies of greedy
     assert generate_candidates(model, tokenizer, prompts, _shared(sampled), progress=False) == expected
+
+
+def test_shared_prefix_kv_on_an_unmerged_adapter_answers_like_copied_prefixes(tiny_dir, spider):
+    """Dev rounds on a short GPU decode on the base + adapter (a PeftModel, generation.merge_adapter
+    false), as the 8B configs do with share_prefix_kv on: the hook must reach the wrapped model."""
+    model = apply_lora(load_model(ModelConfig(name=tiny_dir, quantization="none"), "cpu", use_cache=True), LoraConfig(r=4, alpha=8))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # LoRA B starts at zero: give the adapter an effect
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.eval()
+    _, tokenizer = load_for_inference(ModelConfig(name=tiny_dir, quantization="none"), None, merge=False, device="cpu")
+    prompts, _ = spider_prompts(spider, {"concert_singer": 3, "pets_1": 2})
+    cfg = GenerationConfig(max_new_tokens=10, batch_size=8, prefix_cache=True)
+    implementation = model.get_base_model().config._attn_implementation
+    expected = generate(model, tokenizer, prompts, cfg, progress=False)
+    assert generate(model, tokenizer, prompts, _shared(cfg), progress=False) == expected
+    assert model.get_base_model().config._attn_implementation == implementation
 
 
 def _registries() -> tuple[dict, dict]:
