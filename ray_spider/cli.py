@@ -196,7 +196,7 @@ def data_build(
     if tokenizer:
         from ray_spider.model import check_model_spec, load_tokenizer, resolve_model
 
-        check_model_spec(tokenizer, what="--tokenizer")
+        check_model_spec(tokenizer, what="--tokenizer", needs_weights=False)
     spider = _spider(spider_dir, cfg.data)
     prompter = Prompter(spider, cfg.prompt)
     examples = train_examples(spider, cfg.data)
@@ -585,7 +585,8 @@ def dashboard_address(given: str | None = None) -> str:
         ("$RAY_API_SERVER_ADDRESS", os.environ.get("RAY_API_SERVER_ADDRESS")),
         ("$RAY_ADDRESS", ray_address if "://" in ray_address else None),
     ]
-    source, address = next(((source, value) for source, value in choices if value), ("the default", DEFAULT_DASHBOARD))
+    # --address "" is a mistake (an unset shell variable, say), not a request for the default
+    source, address = next(((source, value) for source, value in choices if value or (source == "--address" and value is not None)), ("the default", DEFAULT_DASHBOARD))
     if not _is_dashboard_url(address):
         raise UserError(
             f"{source} {address!r} is not a dashboard URL: give http://HOST:PORT, e.g. {DEFAULT_DASHBOARD} "

@@ -460,6 +460,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:
+                mark.name = str(path)  # read from a string, the marks would say "<unicode string>"
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         raise ConfigError(f"{path} is empty: it sets nothing (a run config looks like sweeps/smoke_cpu.yaml, a sweep like sweeps/sweep_smoke_cpu.yaml)")
@@ -623,6 +626,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
         if path_parts[0] == "search_space" and len(path_parts) > 2:  # its keys are dotted run-config keys themselves
             path_parts = ["search_space", ".".join(path_parts[1:])]
         apply_override(data, path_parts, value)
+    _refuse_nested_search_space(data.get("search_space"), path)
     if "search_space" not in data and set(data) & (set(RunConfig.model_fields) - set(SweepConfig.model_fields)):
         raise ConfigError(
             f"{path} is a run config (no search_space:), not a sweep file: `ray-spider train {path}` runs it; "
@@ -634,6 +638,20 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
         raise ConfigError(format_validation_error(exc, str(path), SweepConfig, overrides)) from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _refuse_nested_search_space(search_space: Any, path: str | os.PathLike) -> None:
+    """search_space keys are dotted run-config keys (``lora.r: {choice: [8, 16]}``); a section nested
+    as in a run config (``lora:`` then ``r:``) gets one error showing the dotted form."""
+    if not isinstance(search_space, dict):
+        return
+    for section, value in search_space.items():
+        if isinstance(value, dict) and value and not set(value) & set(SearchDimension.model_fields):
+            inner = next(iter(value))
+            raise ConfigError(
+                f"{path}: search_space.{section} is nested; search_space keys are dotted run-config keys: write "
+                f"`{section}.{inner}: {{choice: [...]}}` directly under search_space: (as sweeps/sweep_smoke_cpu.yaml does)"
+            )
 
 
 def config_reference(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -168,17 +168,35 @@ def _write_hf_folder(gguf: Path, out: Path) -> None:
     (out / "ray_spider_source.json").write_text(json.dumps(source, indent=2) + "\n")
 
 
-def check_model_spec(spec: str, what: str = "model.name") -> None:
+# what from_pretrained reads from a local folder: weights (one file or a sharded index) and a tokenizer
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def check_model_spec(spec: str, what: str = "model.name", needs_weights: bool = True) -> None:
     """Raise ConfigError for a model spec that cannot load, without loading or converting anything:
-    a .gguf that is not a file, a folder without config.json, a path that does not exist, a hub id
-    whose config.json cannot be had (a typo, a gated model without a token, no connection and not
-    in the local cache; with HF_HUB_OFFLINE=1 only the cache is read). Without this a sweep would
-    start Ray and fail every trial on it. ``what`` names the setting in the message."""
+    a .gguf that is not a file, a folder without config.json, without weights (WEIGHT_FILES; unless
+    ``needs_weights`` is false, for a tokenizer alone) or without a tokenizer (TOKENIZER_FILES), a
+    path that does not exist, a hub id whose config.json cannot be had (a typo, a gated model without
+    a token, no connection and not in the local cache; with HF_HUB_OFFLINE=1 only the cache is read).
+    Without this a sweep would start Ray and fail every trial on it. ``what`` names the setting in
+    the message."""
     if spec == OFFLINE_MODEL:
         return
     if spec.endswith(".gguf"):
         if not Path(spec).expanduser().is_file():
             raise ConfigError(f"{what}={spec!r}: GGUF file not found")
+        return
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        resolve_model(spec, what)  # config.json
+        lacks = [
+            f"no {kind} ({', '.join(names)})"
+            for kind, names, needed in (("weights", WEIGHT_FILES, needs_weights), ("tokenizer", TOKENIZER_FILES, True))
+            if needed and not any((folder / name).is_file() for name in names)
+        ]
+        if lacks:
+            raise ConfigError(f"{what}={spec!r}: the folder has {' and '.join(lacks)}: not a complete Hugging Face model folder")
         return
     if resolve_model(spec, what) == spec:  # a hub id
         from transformers import AutoConfig

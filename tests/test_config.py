@@ -93,6 +93,15 @@ def test_a_search_space_override_names_a_dotted_run_config_key():
     assert "train.learning_rate" in sweep.search_space and "lora" not in sweep.search_space
 
 
+def test_a_search_space_nested_like_a_run_config_shows_the_dotted_key(tmp_path):
+    from ray_spider.config import load_sweep_config
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nbase: {model: {name: smollm2-135m-instruct}}\nsearch_space:\n  lora:\n    r: {choice: [8, 16]}\n")
+    with pytest.raises(ConfigError, match=r"search_space.lora is nested.*`lora.r: \{choice: \[...\]\}`"):
+        load_sweep_config(sweep)
+
+
 def test_a_sweep_file_and_a_run_config_given_to_the_other_command_say_so():
     from ray_spider.config import load_sweep_config
 
@@ -183,8 +192,9 @@ def test_an_override_without_a_key_is_refused(override):
 def test_a_key_given_twice_is_refused_and_yaml_merge_keys_still_work(tmp_path):
     twice = tmp_path / "twice.yaml"
     twice.write_text("train:\n  learning_rate: 1.0e-4\n  epochs: 1\n  learning_rate: 2.0e-4\n")
-    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: the key 'learning_rate' is given twice"):
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: the key 'learning_rate' is given twice") as error:
         load_run_config(twice)
+    assert f'in "{twice}", line 4' in str(error.value) and "<unicode string>" not in str(error.value)
     merged = tmp_path / "merged.yaml"  # a key that `<<:` brings, set again after it: YAML's way to override it
     merged.write_text("train:\n  <<: {learning_rate: 1.0e-4, epochs: 1}\n  epochs: 3\n")
     cfg = load_run_config(merged)

@@ -96,6 +96,22 @@ def test_resolve_model_rejects_bad_paths(tmp_path):
     assert resolve_model("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
 
 
+def test_a_model_folder_without_weights_or_tokenizer_is_named_before_it_loads(tiny_dir, tmp_path):
+    """A folder with config.json alone used to pass the check and fail in from_pretrained with a traceback."""
+    from ray_spider.model import check_model_spec
+
+    folder = tmp_path / "half"
+    folder.mkdir()
+    shutil.copy(Path(tiny_dir) / "config.json", folder / "config.json")
+    with pytest.raises(ConfigError, match=r"model.name='.*half': the folder has no weights \(model.safetensors.*and no tokenizer \(tokenizer.json"):
+        check_model_spec(str(folder))
+    shutil.copy(Path(tiny_dir) / "tokenizer.json", folder / "tokenizer.json")
+    check_model_spec(str(folder), what="--tokenizer", needs_weights=False)  # data build measures lengths only
+    with pytest.raises(ConfigError, match=r"has no weights"):
+        check_model_spec(str(folder))
+    check_model_spec(tiny_dir)
+
+
 def sweep_with_model(name: str, hub_cache: Path) -> subprocess.CompletedProcess:
     """`ray-spider sweep` of the smoke sweep with ``model.name=name``, the hub read from ``hub_cache`` only."""
     return subprocess.run(

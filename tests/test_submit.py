@@ -227,3 +227,5 @@ def test_submit_address_defaults_to_a_dashboard_url_from_the_environment(monkeyp
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "api:8265")  # no scheme: was passed over without a word
     with pytest.raises(UserError, match=r"\$RAY_API_SERVER_ADDRESS 'api:8265' is not a dashboard URL"):
         dashboard_address()
+    with pytest.raises(UserError, match=r"--address '' is not a dashboard URL"):  # an empty --address "$UNSET" used the default
+        dashboard_address("")
