@@ -581,12 +581,13 @@ def dashboard_address(given: str | None = None) -> str:
     reads `host:port` as a cluster's GCS address and waits for it, and fails on others with a traceback)."""
     ray_address = os.environ.get("RAY_ADDRESS", "")
     choices = [
-        ("--address", given),
         ("$RAY_API_SERVER_ADDRESS", os.environ.get("RAY_API_SERVER_ADDRESS")),
         ("$RAY_ADDRESS", ray_address if "://" in ray_address else None),
     ]
-    # --address "" is a mistake (an unset shell variable, say), not a request for the default
-    source, address = next(((source, value) for source, value in choices if value or (source == "--address" and value is not None)), ("the default", DEFAULT_DASHBOARD))
+    if given is not None:  # also "" (an unset shell variable, say): a mistake, not a request for the default
+        source, address = "--address", given
+    else:
+        source, address = next(((source, value) for source, value in choices if value), ("the default", DEFAULT_DASHBOARD))
     if not _is_dashboard_url(address):
         raise UserError(
             f"{source} {address!r} is not a dashboard URL: give http://HOST:PORT, e.g. {DEFAULT_DASHBOARD} "
