@@ -20,7 +20,13 @@ def main() -> None:
     typer builds the commands: seconds on a busy machine) ends like one inside a command: one
     `interrupted:` line and exit 130 (cli.INTERRUPTED), not a traceback. Inside a command,
     cli.GuardedGroup handles it. SIGTERM is handled as Ctrl-C (errors.stop_on_sigterm_as_on_ctrl_c).
-    A SIGINT that the shell set to be ignored (a background `nohup` job) stays ignored."""
+    A SIGINT that the shell set to be ignored (a background `nohup` job) stays ignored. OpenMP
+    threads wait passively (OMP_WAIT_POLICY, unless set)."""
+    # OpenMP threads that spin-wait collapse when the cores are shared: on 2 busy cores, predict's 2
+    # threads generated 12 tokens for 8 questions in 163 s against 26-31 s passive (docs/benchmarks.md).
+    # Read when torch loads OpenMP, so before any import of it; Ray's workers inherit it. A value the
+    # user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     if not sigint_ignored:
         signal.signal(signal.SIGINT, _exit_before_start)

@@ -95,3 +95,15 @@ def test_baseline_writes_a_run_folder_without_adapter(tiny_dir, tmp_path):
     assert "LoRA off" in report and "## Dev (3 questions scored" in report and "Decoding: greedy" in report
     assert manifest["decoding"]["candidates"] == 1
     assert not (run_dir / "adapter").exists()
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_entry_point_makes_openmp_threads_wait_passively_unless_told(given, expected):
+    """Spin-waiting OpenMP threads on shared cores made CPU predict 6x slower (docs/benchmarks.md)."""
+    script = (
+        "import os, sys\nsys.argv = ['ray-spider', '--help']\nfrom ray_spider.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('policy', os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == f"policy {expected}", result.stderr
