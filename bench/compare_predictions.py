@@ -19,7 +19,12 @@ from pathlib import Path
 
 
 def load(folder: str) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (Path(folder) / "predictions.jsonl").read_text().splitlines()]
+    path = Path(folder) / "predictions.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found (a predict --out or a run's dev_eval folder holds one)")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    if any(row.get("ex") is None for row in rows):
+        raise SystemExit(f"error: {path}: unscored answers (no gold SQL): nothing to compare EX on")
     return {row["index"]: row for row in rows}
 
 
@@ -30,7 +35,10 @@ def with_candidate(rows: dict[int, dict], k: int, folder: str) -> dict[int, dict
     from ray_spider.spider import Spider
 
     if any(len(row.get("candidates") or []) <= k for row in rows.values()):
-        raise SystemExit(f"error: {folder}: not every question records a candidate {k} (generation.candidates > {k})")
+        raise SystemExit(
+            f"error: {folder}: not every question records a candidate {k}: predict records candidates only "
+            f"with generation.candidates > 1, and K must be below that number"
+        )
     order = sorted(rows)
     sqls = [one_line(x.sql) if (x := extract_sql(rows[i]["candidates"][k])).sql else "" for i in order]
     spider = Spider()
@@ -46,8 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a_dir")
     parser.add_argument("b_dir")
-    parser.add_argument("--candidate", type=int, default=None, metavar="K", help="compare each question's K-th candidate, scored")
+    parser.add_argument("--candidate", type=int, default=None, metavar="K", help="compare each question's K-th candidate (0: the first), scored")
     args = parser.parse_args()
+    if args.candidate is not None and args.candidate < 0:
+        parser.error(f"--candidate {args.candidate}: K counts from 0 (the first candidate)")
     a, b = load(args.a_dir), load(args.b_dir)
     if args.candidate is not None:
         a, b = with_candidate(a, args.candidate, args.a_dir), with_candidate(b, args.candidate, args.b_dir)

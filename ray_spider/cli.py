@@ -386,7 +386,8 @@ def ask(
     """Answer one question: print the SQL the model writes and its rows from a read-only run."""
     from rich.table import Table
 
-    from ray_spider.model import load_for_inference
+    from ray_spider.memory import resolve_generation_settings
+    from ray_spider.model import default_device, load_for_inference
     from ray_spider.predict import ask as answer
     from ray_spider.prompt import Prompter
 
@@ -398,6 +399,7 @@ def ask(
         fail(f"--db-id {db_id!r} has no database file: {spider.db_path(db_id)}")
     if not question.strip():
         fail("--question is empty")
+    cfg = resolve_generation_settings(cfg, default_device())  # `auto` (the 8B configs) as predict resolves it
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
     result = answer(model, tokenizer, Prompter(spider, cfg.prompt), db_id, question, cfg.generation, cfg.eval)
     if result.sql is None:
