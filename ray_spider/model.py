@@ -272,19 +272,25 @@ def load_model(cfg: ModelConfig, device: str | torch.device | None = None, use_c
 
     It is placed by ``device_map`` at load time and never moved afterwards: bitsandbytes weights
     cannot be ``.to()``-moved. ``use_cache=False`` for training (the KV cache only costs memory there).
+    ConfigError naming model.name when a weights file does not read (cut short, damaged).
     """
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device or default_device())
     dtype = compute_dtype(device)
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(cfg.name),
-        dtype=dtype,
-        quantization_config=quantization_config(cfg, dtype),
-        device_map={"": device},
-        **kwargs,
-    )
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(cfg.name),
+            dtype=dtype,
+            quantization_config=quantization_config(cfg, dtype),
+            device_map={"": device},
+            **kwargs,
+        )
+    except SafetensorError as exc:
+        raise ConfigError(f"model.name={cfg.name!r}: its weights do not load ({exc}): a file is cut short or damaged; copy it again") from None
     model.config.use_cache = use_cache
     return model
 

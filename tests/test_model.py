@@ -112,6 +112,16 @@ def test_a_model_folder_without_weights_or_tokenizer_is_named_before_it_loads(ti
     check_model_spec(tiny_dir)
 
 
+def test_a_cut_short_weights_file_is_named(tiny_dir, tmp_path):
+    """It was safetensors' traceback ("invalid header length") out of predict."""
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match=r"model.name='.*cut': its weights do not load \(.*\): a file is cut short or damaged"):
+        load_model(full(str(folder)), "cpu")
+
+
 def sweep_with_model(name: str, hub_cache: Path) -> subprocess.CompletedProcess:
     """`ray-spider sweep` of the smoke sweep with ``model.name=name``, the hub read from ``hub_cache`` only."""
     return subprocess.run(
