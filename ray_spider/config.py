@@ -647,10 +647,11 @@ def _refuse_nested_search_space(search_space: Any, path: str | os.PathLike) -> N
         return
     for section, value in search_space.items():
         if isinstance(value, dict) and value and not set(value) & set(SearchDimension.model_fields):
-            inner = next(iter(value))
+            inner, dimension = next(iter(value.items()))
+            kind = next(iter(dimension), "choice") if isinstance(dimension, dict) else "choice"
             raise ConfigError(
                 f"{path}: search_space.{section} is nested; search_space keys are dotted run-config keys: write "
-                f"`{section}.{inner}: {{choice: [...]}}` directly under search_space: (as sweeps/sweep_smoke_cpu.yaml does)"
+                f"`{section}.{inner}: {{{kind}: [...]}}` directly under search_space: (as sweeps/sweep_smoke_cpu.yaml does)"
             )
 
 
