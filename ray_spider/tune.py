@@ -145,6 +145,11 @@ def _tuner(sweep: SweepConfig, resume: bool):
     # keeps Tune's status tables only (Ray's own actors would fill it with their warnings). A sweep
     # storing to a bucket keeps the workers' output in the driver's (the job's) log instead.
     start_ray(log_to_driver=not is_local(filesystem))
+    import ray
+
+    warning = no_gpu_warning(sweep.resources.gpus_per_worker, ray.cluster_resources().get("GPU", 0))
+    if warning:
+        print(warning, file=sys.stderr)
     if is_local(filesystem):
         print(f"trial logs: {experiment}/trial_<id>/{LOG_FILE}", file=sys.stderr)
     # The Spider path is resolved on the driver so that workers anywhere get the same folder.
@@ -228,6 +233,18 @@ class _TuneLinesSaidHere(logging.Filter):
 
 for _logger in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
     logging.getLogger(_logger).addFilter(_TuneLinesSaidHere())
+
+
+def no_gpu_warning(gpus_per_worker: float, cluster_gpus: float) -> str | None:
+    """What to say when trials ask for GPUs that the Ray cluster does not have (yet): Tune then keeps
+    them pending without a word. An autoscaling cluster adds GPU nodes; a machine without a GPU never
+    does, so the line names the setting that trains on CPU."""
+    if gpus_per_worker > 0 and cluster_gpus < gpus_per_worker:
+        return (
+            f"warning: each trial's workers ask for {gpus_per_worker:g} GPU (resources.gpus_per_worker) and the Ray cluster has "
+            f"{cluster_gpus:g}: trials wait until GPU nodes join; on a machine without a GPU set resources.gpus_per_worker=0"
+        )
+    return None
 
 
 def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False) -> str:

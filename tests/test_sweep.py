@@ -346,3 +346,12 @@ def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(tiny_dir, spider_di
     assert "interrupted: the sweep stopped with 0 of 2 trials finished" in log and "--resume" in log
     assert "Tuner.restore" not in log  # Tune's own way to resume, which the CLI does not take
     assert "Failed to fetch metrics" not in log  # Tune's alarm for a trial stopped before its first report
+
+
+def test_trials_asking_for_gpus_a_cluster_lacks_are_said_to_wait():
+    """A sweep with gpus_per_worker 1 on a machine without a GPU showed its trials RUNNING and did nothing."""
+    from ray_spider.tune import no_gpu_warning
+
+    assert "resources.gpus_per_worker=0" in no_gpu_warning(1, 0) and "has 0:" in no_gpu_warning(1, 0)
+    assert no_gpu_warning(0.5, 0) is not None
+    assert no_gpu_warning(1, 1) is None and no_gpu_warning(0, 0) is None
