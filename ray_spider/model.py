@@ -197,8 +197,7 @@ def check_model_spec(spec: str, what: str = "model.name", needs_weights: bool = 
         ]
         if lacks:
             raise ConfigError(f"{what}={spec!r}: the folder has {' and '.join(lacks)}: not a complete Hugging Face model folder")
-        return
-    if resolve_model(spec, what) == spec:  # a hub id
+    if resolve_model(spec, what) == spec:  # a hub id, or a folder named as it is: its config.json must load
         from transformers import AutoConfig
 
         try:
@@ -274,13 +273,12 @@ def load_model(cfg: ModelConfig, device: str | torch.device | None = None, use_c
     cannot be ``.to()``-moved. ``use_cache=False`` for training (the KV cache only costs memory there).
     ConfigError naming model.name when a weights file does not read (cut short, damaged).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device or default_device())
     dtype = compute_dtype(device)
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    from safetensors import SafetensorError
-
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolve_model(cfg.name),
