@@ -24,12 +24,15 @@ dense mask of the joined row (ModelShape.joined_mask_bytes).
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from ray_spider.config import ConfigError
 
+log = logging.getLogger(__name__)
 GB = 1e9  # decimal, as gpu_peak_gb_* and the GPU vendors' sizes
 MEMORY_ENV = "RAY_SPIDER_GPU_MEMORY_GB"
 # Without checkpointing, a micro-batch this small leaves the GPU waiting on per-micro-batch costs
@@ -173,7 +176,8 @@ def plan_memory(
     ``dense_joined_mask`` (sdpa, eager), the dense mask of their joined row. None: padded rows.
     Rules: the merged bf16 copy only where it takes at most MERGED_COPY_SHARE of the budget and,
     resident beside training after the first dev round, changes neither the micro-batch nor checkpointing;
-    checkpointing only where a micro-batch of MIN_ROWS_WITHOUT_CHECKPOINTING does not fit without it;
+    checkpointing only where a micro-batch of MIN_ROWS_WITHOUT_CHECKPOINTING (a given ``micro_batch``:
+    that many rows) does not fit without it;
     the micro-batch is the largest divisor of rows_per_device that fits, at most MAX_MICRO_BATCH.
     Raises DoesNotFit when not even one row fits.
     """
@@ -204,7 +208,9 @@ def plan_memory(
         """(checkpointing, rows that fit) for ``usable`` GB of activations."""
         use_checkpointing = checkpointing
         if use_checkpointing is None:
-            use_checkpointing = rows_that_fit(usable, False) < min(MIN_ROWS_WITHOUT_CHECKPOINTING, rows_per_device)
+            # a given micro-batch needs all its rows; a chosen one at least MIN_ROWS_WITHOUT_CHECKPOINTING
+            needed = micro_batch or min(MIN_ROWS_WITHOUT_CHECKPOINTING, rows_per_device)
+            use_checkpointing = rows_that_fit(usable, False) < needed
         return use_checkpointing, rows_that_fit(usable, use_checkpointing)
 
     def rows(usable: float) -> int:
@@ -329,7 +335,8 @@ def resolve_memory_settings(
             if autos:
                 raise ConfigError(f"{', '.join(autos)}=auto needs a LLaMA-family model.name, {cfg.model.name!r} has no {exc.name}") from None
             return cfg, None
-    plan = plan_memory(
+    plan_for = partial(
+        plan_memory,
         budget if budget is not None else host_memory_gb(),
         shape,
         seq_len,
@@ -338,18 +345,35 @@ def resolve_memory_settings(
         lora_targets=tuple(cfg.lora.target_modules),
         quantized=cfg.model.quantization != "none",
         max_new_tokens=generation.max_new_tokens,
-        micro_batch=None if train.per_device_batch_size == "auto" else train.per_device_batch_size,
         checkpointing=None if train.gradient_checkpointing == "auto" else train.gradient_checkpointing,
         merge=None if generation.merge_adapter == "auto" else generation.merge_adapter,
         generation_batch=None if generation.batch_size == "auto" else generation.batch_size,
         row_tokens=(row_lengths or [seq_len] * rows_per_device) if train.padding_free else None,
         dense_joined_mask=keeps_dense_mask(cfg.model.attn_implementation),
     )
+    plan = plan_for(micro_batch=None if train.per_device_batch_size == "auto" else train.per_device_batch_size)
+    if train.per_device_batch_size != "auto" and plan.estimate_train_gb > plan.budget_gb * (1 - HEADROOM_SHARE):
+        warn_given_micro_batch(plan, plan_for)
     resolved = cfg.model_copy(update={
         "train": train.model_copy(update={"per_device_batch_size": plan.micro_batch, "gradient_checkpointing": plan.gradient_checkpointing}),
         "generation": generation.model_copy(update={"merge_adapter": plan.merge_adapter, "batch_size": plan.generation_batch}),
     })
     return resolved, plan
+
+
+def warn_given_micro_batch(plan: MemoryPlan, plan_for: Callable[..., MemoryPlan]) -> None:
+    """A warning that a given train.per_device_batch_size is estimated over the budget, with the
+    micro-batch ``auto`` would choose (``plan_for(micro_batch=None)``; none when nothing fits)."""
+    try:
+        fitting = f"set train.per_device_batch_size=auto ({plan_for(micro_batch=None).micro_batch} here)"
+    except DoesNotFit as exc:
+        fitting = str(exc)
+    log.warning(
+        "train.per_device_batch_size=%d is estimated at %.1f GB of GPU memory in training (gradient checkpointing %s), "
+        "over the %g GB budget less %d%% headroom; the estimates err on the safe side, but if it runs out of memory, %s",
+        plan.micro_batch, plan.estimate_train_gb, "on" if plan.gradient_checkpointing else "off", plan.budget_gb,
+        round(HEADROOM_SHARE * 100), fitting,
+    )
 
 
 def resolve_generation_settings(cfg, device):

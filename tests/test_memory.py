@@ -127,6 +127,30 @@ def test_padding_free_setting_reaches_the_plan(tiny_dir, monkeypatch):
     assert not keeps_dense_mask("flex_attention") and not keeps_dense_mask("flash_attention_2")
 
 
+def test_a_given_micro_batch_gets_checkpointing_when_it_needs_it():
+    # 32 padding-free rows at 48 GB (the 8B bench's product side) kept checkpointing off: OOM on the H200
+    plan = plan_memory(48, LLAMA_31_8B, 2048, 32, micro_batch=32, row_tokens=SPIDER_LIKE_ROWS, dense_joined_mask=False)
+    assert plan.micro_batch == 32 and plan.gradient_checkpointing and plan.estimate_train_gb <= 48 * 0.88
+    assert not plan_memory(48, LLAMA_31_8B, 2048, 32, micro_batch=2, row_tokens=SPIDER_LIKE_ROWS, dense_joined_mask=False).gradient_checkpointing
+
+
+def test_a_given_micro_batch_over_the_budget_is_warned_with_the_one_that_fits(tiny_dir, monkeypatch, caplog):
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    overrides = [f"model.name={tiny_dir}", "train.gpu_memory_gb=24", "train.per_device_batch_size=64", "train.effective_batch_size=64"]
+    cfg = load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", overrides)
+    with caplog.at_level("WARNING", logger="ray_spider.memory"):
+        resolved, plan = resolve_memory_settings(cfg, torch.device("cpu"), 2048, shape=LLAMA_31_8B)
+    assert resolved.train.per_device_batch_size == 64 and plan.gradient_checkpointing  # kept as given, checkpointed
+    auto = plan_memory(24, LLAMA_31_8B, 2048, 64).micro_batch
+    assert f"train.per_device_batch_size=64 is estimated at {plan.estimate_train_gb:.1f} GB" in caplog.text
+    assert f"set train.per_device_batch_size=auto ({auto} here)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ray_spider.memory"):
+        resolve_memory_settings(load_run_config(ROOT / "sweeps/qlora_llama31_8b.yaml", [*overrides[:2], f"train.per_device_batch_size={auto}"]),
+                                torch.device("cpu"), 2048, shape=LLAMA_31_8B)
+    assert "estimated" not in caplog.text
+
+
 def test_budget_comes_from_the_setting_then_the_environment(monkeypatch):
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     assert budget_gb(None, "cpu") is None
