@@ -63,11 +63,12 @@ class PredictionResult:
 
 def generate_raw(
     model, tokenizer, prompter: Prompter, examples: list[Example], cfg: GenerationConfig, progress: bool = True,
-    query_timeout_s: float = 10.0, candidates_out: list[list[str]] | None = None,
+    eval_cfg: EvalConfig | None = None, candidates_out: list[list[str]] | None = None,
 ) -> list[str]:
     """One raw answer per example, decoded as ``cfg`` says: greedy, schema-constrained (each
     question's database from ``prompter.spider``), or the execution-guided pick of
-    ``cfg.candidates`` candidates (``selection.pick_answers``, each query cut at ``query_timeout_s``).
+    ``cfg.candidates`` candidates (``selection.pick_answers``: each query cut at
+    ``eval_cfg.query_timeout_s``, on ``eval_cfg.workers`` processes; None: EvalConfig's defaults).
     ``candidates_out``: when given and ``cfg.candidates`` > 1, each example's candidates (raw, best-ranked
     first) are appended to it, for the record."""
     spider = prompter.spider
@@ -78,7 +79,8 @@ def generate_raw(
         return [answers[0] for answers in candidates]
     if candidates_out is not None:
         candidates_out.extend(candidates)
-    return pick_answers(candidates, [spider.db_path(e.db_id) for e in examples], cfg.pick, query_timeout_s)
+    eval_cfg = eval_cfg or EvalConfig()
+    return pick_answers(candidates, [spider.db_path(e.db_id) for e in examples], cfg.pick, eval_cfg.query_timeout_s, eval_cfg.workers)
 
 
 def score_outputs(
@@ -128,7 +130,7 @@ def score_outputs(
 def predict_and_score(model, tokenizer, prompter: Prompter, examples: list[Example], gen_cfg: GenerationConfig, eval_cfg: EvalConfig, progress: bool = True) -> PredictionResult:
     started = time.perf_counter()
     candidates: list[list[str]] = []
-    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress, eval_cfg.query_timeout_s, candidates)
+    raw = generate_raw(model, tokenizer, prompter, examples, gen_cfg, progress, eval_cfg, candidates)
     generated = time.perf_counter()
     result = score_outputs(prompter.spider, examples, raw, eval_cfg, progress, candidates)
     timings = {"generate_s": round(generated - started, 2), "score_s": round(time.perf_counter() - generated, 2)}
@@ -196,7 +198,7 @@ def run_prediction(
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
     generation = cfg.generation.model_dump(mode="json")  # how the answers were decoded
     if any(example.query is None for example in examples):
-        answers = unscored_answers(examples, generate_raw(model, tokenizer, prompter, examples, cfg.generation, progress))
+        answers = unscored_answers(examples, generate_raw(model, tokenizer, prompter, examples, cfg.generation, progress, cfg.eval))
         answers.prompt_version, answers.generation = prompter.version, generation
         answers.write(out_dir)
         return answers
@@ -220,7 +222,7 @@ def ask(model, tokenizer, prompter: Prompter, db_id: str, question: str, gen_cfg
     the evaluator's read-only execution (eval_cfg.query_timeout_s, its row cap).
     Raises KeyError for a db_id that tables.json lacks (from the prompt)."""
     question_example = Example("questions", 0, db_id, question, None)
-    raw = generate_raw(model, tokenizer, prompter, [question_example], gen_cfg, progress=False)[0]
+    raw = generate_raw(model, tokenizer, prompter, [question_example], gen_cfg, False, eval_cfg)[0]
     sql = extract_sql(raw).sql
     outcome = run_query(prompter.spider.db_path(db_id), sql or "", timeout_s=eval_cfg.query_timeout_s)
     return Answer(raw, one_line(sql) if sql else None, outcome)

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ray_spider.evaluation.execution import QueryOutcome, interrupts_recorded, run_query
+from ray_spider.evaluation.execution import QueryOutcome, map_in_processes, run_query
 from ray_spider.evaluation.extract import extract_sql
+from ray_spider.evaluation.score import CHUNK, DEFAULT_MAX_WORKERS
 
 PICK_RULES = ("executes", "returns_rows", "majority")
-MAX_THREADS = 8  # sqlite releases the GIL while it runs a query: threads run candidates side by side
 
 
 def _outcome(db_path: Path, raw_answer: str, timeout_s: float, seen: dict[str, QueryOutcome | None]) -> QueryOutcome | None:
@@ -83,18 +82,35 @@ def pick_candidate(candidates: list[str], db_path: Path, rule: str = "executes",
 
 
 def pick_answers(
-    candidates: list[list[str]], db_paths: list[Path], rule: str = "executes", timeout_s: float = 10.0, threads: int | None = None,
+    candidates: list[list[str]], db_paths: list[Path], rule: str = "executes", timeout_s: float = 10.0, workers: int | None = None,
 ) -> list[str]:
     """``pick_candidate`` of each question (``candidates[i]`` on ``db_paths[i]``), answers in order.
 
-    Questions run on ``threads`` threads (default: the cores, at most MAX_THREADS). Ctrl-C stops the
-    running queries and raises KeyboardInterrupt (``interrupts_recorded``).
+    Questions run in chunks on ``workers`` processes (default: the cores, at most the scorer's
+    DEFAULT_MAX_WORKERS; 1: in this process), as scoring does (``map_in_processes``): extracting and
+    comparing 16 candidates' SQL is Python work that threads would serialize on the GIL (on dev-972 x
+    16 candidates, 8 threads took longer than one). Ctrl-C stops the running queries and raises
+    KeyboardInterrupt. ValueError for an unknown rule, before any query runs.
     """
-    threads = threads or min(os.cpu_count() or 1, MAX_THREADS)
-    with interrupts_recorded(), ThreadPoolExecutor(threads) as pool:
-        picks = pool.map(lambda job: pick_candidate(job[0], job[1], rule, timeout_s)[0], zip(candidates, db_paths))
-        try:
-            return list(picks)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    if rule not in PICK_RULES:
+        raise ValueError(f"unknown pick rule {rule!r}; valid: {', '.join(PICK_RULES)}")
+    jobs = list(zip(candidates, db_paths))
+    chunks = [jobs[start : start + CHUNK] for start in range(0, len(jobs), CHUNK)]
+    workers = min(workers or min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS), max(len(chunks), 1))
+    picks: list[str] = []
+    for chunk_picks in map_in_processes(_pick_chunk, chunks, workers, _init_process, (rule, timeout_s)):
+        picks.extend(chunk_picks)
+    return picks
+
+
+_process_rule: tuple[str, float] = ("executes", 10.0)  # (rule, timeout_s) of this process's picks
+
+
+def _init_process(rule: str, timeout_s: float) -> None:
+    global _process_rule
+    _process_rule = (rule, timeout_s)
+
+
+def _pick_chunk(chunk: list[tuple[list[str], Path]]) -> list[str]:
+    rule, timeout_s = _process_rule
+    return [pick_candidate(answers, db_path, rule, timeout_s)[0] for answers, db_path in chunk]

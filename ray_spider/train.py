@@ -155,7 +155,7 @@ class DevEvalCallback(TrainerCallback):
             self.merged = self.merged or MergedCopy(self.cfg.model, self.cfg.lora, self.device)
             model = self.merged.sync(model)
         raw = generate_raw(
-            model, self.tokenizer, self.prompter, shard, self.cfg.generation, self.rank == 0, self.cfg.eval.query_timeout_s
+            model, self.tokenizer, self.prompter, shard, self.cfg.generation, self.rank == 0, self.cfg.eval
         )  # the same decoding as `predict`: the db_id of every question travels in the examples
         if self.world == 1:
             return raw

@@ -79,12 +79,13 @@ def test_majority_pick_takes_the_result_most_candidates_share(spider):
         pick_candidate(candidates, db_path, "vote")
 
 
-def test_pick_answers_keeps_the_question_order_across_threads(spider):
+def test_pick_answers_keeps_the_question_order_across_processes(spider):
     singer, pets = spider.db_path("concert_singer"), spider.db_path("pets_1")
     candidates = [["SELECT nme FROM singer", "SELECT name FROM singer"], ["SELECT count(*) FROM pets"], ["SELEC 1", "SELECT 2"]] * 4
     db_paths = [singer, pets, singer] * 4
     expected = [pick_candidate(answers, db, "executes")[0] for answers, db in zip(candidates, db_paths)]
-    assert pick_answers(candidates, db_paths, "executes", threads=3) == expected
+    assert pick_answers(candidates, db_paths, "executes", workers=3) == expected
+    assert pick_answers(candidates, db_paths, "executes", workers=1) == expected
     assert expected[:3] == ["SELECT name FROM singer", "SELECT count(*) FROM pets", "SELECT 2"]
 
 

@@ -32,12 +32,14 @@ tools/ex_agreement.py before changing these rules.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import signal
 import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,32 @@ def interrupts_recorded():
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _SIGINT.clear()
+
+
+def map_in_processes(function: Callable, chunks: list, workers: int, initializer: Callable, initargs: tuple) -> Iterator:
+    """``function`` of each chunk, results in order, in a pool of ``workers`` processes that each run
+    ``initializer(*initargs)`` first (one process: here, no pool). Ctrl-C stops at once: in-process,
+    the running query is interrupted and KeyboardInterrupt raised (``interrupts_recorded``); with a
+    pool the workers ignore SIGINT and the parent terminates them (they may be deep in a slow query).
+    Used by scoring (``score.score``) and execution-guided selection (``selection.pick_answers``)."""
+    if workers <= 1:
+        with interrupts_recorded():
+            initializer(*initargs)
+            yield from map(function, chunks)
+        return
+    pool = multiprocessing.Pool(workers, initializer=_init_pool_worker, initargs=(initializer, *initargs))
+    try:
+        yield from pool.imap(function, chunks)
+        pool.close()
+    finally:
+        pool.terminate()  # no-op work left after close(); ends busy workers on Ctrl-C or an error
+        pool.join()
+
+
+def _init_pool_worker(initializer: Callable, *initargs) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a worker never half-finishes a chunk
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends it, whatever handler the parent had
+    initializer(*initargs)
 
 
 def run_query(db_path: Path, sql: str, timeout_s: float = 10.0, max_rows: int | None = 100_000) -> QueryOutcome:

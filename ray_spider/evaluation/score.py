@@ -13,9 +13,7 @@ Scoring runs in a process pool (one SQLite connection and parser cache per proce
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,7 +22,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ray_spider.evaluation.exact_match import HARDNESS_LEVELS, ExactMatcher
-from ray_spider.evaluation.execution import execution_match, interrupts_recorded, plug_value_placeholder
+from ray_spider.evaluation.execution import execution_match, map_in_processes, plug_value_placeholder
 from ray_spider.evaluation.inputs import EvalInputError, GoldError, GoldQuery, check_inputs, database_file, read_gold_file, read_pred_file
 
 __all__ = [
@@ -189,7 +187,7 @@ def score(
     workers = min(workers or min(os.cpu_count() or 1, DEFAULT_MAX_WORKERS), max(len(chunks), 1))
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("scoring", total=len(work))
-        for results in _map_chunks(chunks, workers, (db_dir, tables_json, timeout_s)):
+        for results in map_in_processes(_score_chunk, chunks, workers, _init_process, (db_dir, tables_json, timeout_s)):
             for result in results:
                 if isinstance(result, ExampleScore):
                     report.scores.append(result)
@@ -198,30 +196,6 @@ def score(
             bar.advance(task, len(results))
     report.scores.sort(key=lambda s: s.index)
     return report
-
-
-def _map_chunks(chunks, workers: int, init_args: tuple):
-    """Results of each chunk, in order. Ctrl-C stops at once: in-process, the running query is
-    interrupted and KeyboardInterrupt raised (``interrupts_recorded``); with a pool the workers
-    ignore SIGINT and the parent terminates them (they may be deep in a slow query)."""
-    if workers <= 1:
-        with interrupts_recorded():
-            _init_process(*init_args)
-            yield from map(_score_chunk, chunks)
-        return
-    pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=init_args)
-    try:
-        yield from pool.imap(_score_chunk, chunks)
-        pool.close()
-    finally:
-        pool.terminate()  # no-op work left after close(); ends busy workers on Ctrl-C or an error
-        pool.join()
-
-
-def _init_worker(*init_args) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a worker never half-scores
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends it, whatever handler the parent had
-    _init_process(*init_args)
 
 
 def summary_table(summary: Summary, title: str = "Spider evaluation") -> Table:
