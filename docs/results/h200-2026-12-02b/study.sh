@@ -51,3 +51,10 @@ ab k16 $K16
 ab k16_constrained_shared_graph4096 --rows constrained+voted --candidates 16 --batch-size 4096 --set generation.share_prefix_kv=true --set generation.cuda_graph_rows=4096
 step "STUDY DONE"
 } > /tmp/study.log 2>&1
+# (E) after the study, alone, in three more calls on the same machine and environment (results in
+#     decoding/k16_*shared_graph{512,2048}, k16_b8192_*, k16_b16384_*):
+#   for g in 512 2048; do python3 bench/decoding_ablation.py --config $run/config.yaml --adapter $run/adapter \
+#     --out $S/k16_shared_graph$g --rows voted --candidates 16 --batch-size 4096 \
+#     --set generation.share_prefix_kv=true --set generation.cuda_graph_rows=$g; done
+#   the same with --batch-size 8192 and cuda_graph_rows=512; --batch-size 16384 and 1024;
+#   --batch-size 8192, cuda_graph_rows=512 and --set generation.max_new_tokens=128
