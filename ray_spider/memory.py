@@ -45,7 +45,7 @@ HEADROOM_SHARE = 0.12  # allocator fragmentation and kernels' workspaces: not pl
 FIXED_RESERVE_GB = 1.0  # CUDA libraries' handles and workspaces, the fused LM head's tiles
 
 
-class DoesNotFit(ValueError):
+class DoesNotFit(ConfigError):
     """No setting fits the budget; the message names the budget and the smallest need."""
 
 

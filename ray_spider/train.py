@@ -33,7 +33,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ray_spider import tracking
 from ray_spider.config import ConfigError, RunConfig
-from ray_spider.errors import stop_on_sigterm_as_on_ctrl_c
+from ray_spider.errors import UserError, stop_on_sigterm_as_on_ctrl_c
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.memory import keeps_dense_mask, resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
@@ -399,7 +399,16 @@ def _train_loop(config: dict) -> dict:
             if resume_dir:
                 log.info("resuming from the checkpoint of step %d", resumed_step(resume_dir))
             # Adapter, optimizer, scheduler, RNG and the position in the data, as at that step.
-            runtime = trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
+            try:
+                runtime = trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
+            except torch.OutOfMemoryError as exc:
+                estimate = f", estimated {plan.estimate_train_gb} GB of a {plan.budget_gb} GB budget" if plan else ""
+                raise TrainingMemoryError(
+                    f"training ran out of GPU memory at micro-batch {cfg.train.per_device_batch_size}, gradient checkpointing "
+                    f"{'on' if cfg.train.gradient_checkpointing else 'off'}, train.max_length {cfg.train.max_length}{estimate}; "
+                    "set train.per_device_batch_size=auto and train.gradient_checkpointing=auto to plan from the GPU's memory "
+                    "(memory.py), or lower the micro-batch or train.max_length"
+                ) from exc
     train_seconds = runtime - callback.eval_seconds_in_loop
     speed = {
         "train_seconds": round(train_seconds, 2),  # optimizer work only, dev evaluation excluded
@@ -501,7 +510,10 @@ def torch_trainer(
 
 def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None = None, tracking: dict | None = None):
     """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result. With
-    ``worker_files`` (log_file, progress_file) the workers' output goes to the log, not the terminal."""
+    ``worker_files`` (log_file, progress_file) the workers' output goes to the log, not the terminal.
+    A UserError raised in a worker (``worker_user_error``) is raised here as one, naming the log."""
+    from ray.train import TrainingFailedError  # Ray
+
     start_ray(log_to_driver=not worker_files)
     trainer = torch_trainer(cfg, storage_path, name, worker_files=worker_files, tracking=tracking)
     try:
@@ -509,6 +521,28 @@ def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None 
     except SystemExit:
         # Ray Train's SIGINT handler aborts the run, then ends the driver with sys.exit(0): a Ctrl-C.
         raise KeyboardInterrupt from None
+    except TrainingFailedError as exc:
+        mistake = worker_user_error(exc)
+        if mistake is None:
+            raise
+        where = f" (the workers' output is in {worker_files['log_file']})" if worker_files and worker_files.get("log_file") else ""
+        raise UserError(f"{mistake}{where}") from exc
+
+
+class TrainingMemoryError(UserError):
+    """A training step ran out of GPU memory; the message names the settings that decide it."""
+
+
+def worker_user_error(error: BaseException) -> UserError | None:
+    """The UserError a training worker raised (a budget that fits nothing, a training step out of GPU
+    memory), found in Ray Train's WorkerGroupError (``worker_failures``, each maybe wrapped as a
+    RayTaskError with ``cause``); None when the failure is something else."""
+    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
+    for failure in failures:
+        for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
+            if isinstance(candidate, UserError):
+                return candidate
+    return None
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:

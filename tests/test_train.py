@@ -230,3 +230,16 @@ def test_flex_attention_training_on_cpu_is_refused_before_anything_is_made(tmp_p
     with pytest.raises(ConfigError, match="FlexAttention has no backward on CPU"):
         run_training(cfg, "ray-spider train")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_budget_that_fits_nothing_is_one_error_from_the_worker(tiny_dir, spider_dir, tmp_path):
+    """The memory plan runs in the Ray worker; a mistake found there (memory.DoesNotFit, a training
+    step out of GPU memory) reaches the terminal as one error line, not Ray's WorkerGroupError traceback."""
+    result = run_cli(
+        "train", "sweeps/smoke_cpu.yaml", f"output_dir={tmp_path}", f"model.name={tiny_dir}", "train.gpu_memory_gb=0.001",
+        "train.per_device_batch_size=auto",
+    )
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "error:" in result.stderr and "does not fit in 0.001 GB" in result.stderr and "train.log" in result.stderr
+    assert "Traceback" not in result.stderr and "WorkerGroupError" not in result.stderr
