@@ -235,6 +235,10 @@ def greedy_pruned(
     ``cache``: the KV cache of the first columns of ``attention_mask`` (``prefill_shared_prefixes``);
     ``input_ids`` are then the last columns only.
 
+    The static decoder holds the rows open when it takes over, rounded up to a multiple of 8 (at
+    most ``static_rows``): a batch smaller than ``static_rows`` (an ``auto`` batch on a small GPU)
+    never pays for padding rows it does not have; each batch captures its own graph anyway.
+
     ``constraint`` (row i of the batch is its row i): each step's logits are masked to the tokens
     it allows and the chosen tokens advance it. The mask is filled on the CPU between steps (the
     step syncs for the finished count anyway) and copied into the static decoder's buffer, so
@@ -263,10 +267,11 @@ def greedy_pruned(
         for step in range(max_new_tokens):
             if decoder is None and step > 0 and len(active) <= static_rows:
                 words = constraint.grammars.words if constraint is not None else 0
+                decoder_rows = min(static_rows, -(-len(active) // 8) * 8)  # the open rows, to a multiple of 8
                 if prefix is not None:
-                    prefix.pad_to(static_rows)
+                    prefix.pad_to(decoder_rows)
                 decoder = StaticDecoder(
-                    model, cache, tokens, mask, positions, static_rows, max_new_tokens - step, words, inverse_temperature,
+                    model, cache, tokens, mask, positions, decoder_rows, max_new_tokens - step, words, inverse_temperature,
                 )
                 decoding = decoder.steps(cuda_graph=device.type == "cuda")
                 del cache  # copied into the decoder's static cache: free it

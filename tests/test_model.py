@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,27 @@ def test_generate_keeps_input_order_and_batching_does_not_change_answers(tiny_di
         generate(model, tokenizer, PROMPTS[::-1], GREEDY.model_copy(update={"batch_size": 5}), progress=False)
         == one_by_one[::-1]
     )
+
+
+def test_static_decoder_holds_the_open_rows_not_all_cuda_graph_rows(tiny_dir, monkeypatch):
+    """cuda_graph_rows=1024 on a batch of 5 prompts: the static decoder takes over at step 1 with 8
+    rows (5 rounded up to a multiple of 8), not 1024 (the KV cache of 1,019 padding rows)."""
+    from ray_spider import inference
+
+    sizes = []
+
+    class RecordingDecoder(inference.StaticDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sizes.append(len(self.tokens))
+
+    monkeypatch.setattr(inference, "StaticDecoder", RecordingDecoder)
+    model, tokenizer = load_for_inference(full(tiny_dir), None, merge=False, device="cpu")
+    encoded = tokenizer([render_generation_prompt(tokenizer, messages) for messages in PROMPTS], add_special_tokens=False)["input_ids"]
+    inputs = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+    run = partial(greedy_pruned, model, inputs["input_ids"], inputs["attention_mask"], 8, [-1], tokenizer.pad_token_id)
+    assert torch.equal(run(static_rows=1024), run(static_rows=0))
+    assert sizes == [8]
 
 
 @pytest.mark.parametrize("static_rows", [0, 3, 8])  # never; after the first pruning; from the first step (padded)
