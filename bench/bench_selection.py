@@ -36,24 +36,28 @@ def main() -> None:
     parser.add_argument("--sides", default="processes:1,threads:8,processes:0", help="comma-separated processes:N or threads:N (processes:0 = the default pool)")
     args = parser.parse_args()
     opener = gzip.open if args.predictions.suffix == ".gz" else open
-    with opener(args.predictions, "rt") as lines:
-        records = [json.loads(line) for line in lines]
-    if not all(record.get("candidates") for record in records):
+    try:
+        with opener(args.predictions, "rt") as lines:
+            records = [json.loads(line) for line in lines]
+    except (OSError, ValueError) as exc:  # missing, not gzip, not JSON lines
+        parser.error(f"{args.predictions}: not a readable predictions.jsonl(.gz) ({exc})")
+    if not records or not all(isinstance(record, dict) and record.get("candidates") for record in records):
         parser.error(f"{args.predictions}: its records hold no candidates (predict with generation.candidates > 1)")
+    sides = [side.partition(":") for side in args.sides.split(",")]
+    if any(kind not in ("processes", "threads") or not count.isdigit() or (kind == "threads" and count == "0") for kind, _, count in sides):
+        parser.error(f"--sides {args.sides!r}: each side is processes:N (N >= 0; 0 = the default pool) or threads:N (N >= 1)")
     spider = Spider()
     candidates = [record["candidates"] for record in records]
     db_paths = [spider.db_path(record["db_id"]) for record in records]
     print(f"{len(records)} questions x {len(candidates[0])} candidates, rule {args.rule}, {os.cpu_count()} cores")
     first = None
-    for side in args.sides.split(","):
-        kind, _, count = side.partition(":")
+    for kind, _, count in sides:
+        side = f"{kind}:{count}"
         started = time.perf_counter()
         if kind == "threads":
             picks = thread_pool(candidates, db_paths, args.rule, int(count))
-        elif kind == "processes":
-            picks = pick_answers(candidates, db_paths, args.rule, workers=int(count) or None)
         else:
-            parser.error(f"--sides: {side!r} is not processes:N or threads:N")
+            picks = pick_answers(candidates, db_paths, args.rule, workers=int(count) or None)
         seconds = time.perf_counter() - started
         first = first or (seconds, picks)
         same = "same picks" if picks == first[1] else f"{sum(a != b for a, b in zip(picks, first[1]))} picks differ"
