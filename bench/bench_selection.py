@@ -49,6 +49,9 @@ def main() -> None:
     spider = Spider()
     candidates = [record["candidates"] for record in records]
     db_paths = [spider.db_path(record["db_id"]) for record in records]
+    missing = sorted({record["db_id"] for record, path in zip(records, db_paths) if not path.is_file()})
+    if missing:
+        parser.error(f"{args.predictions}: databases missing under {spider.root}: {', '.join(missing)}")
     print(f"{len(records)} questions x {len(candidates[0])} candidates, rule {args.rule}, {os.cpu_count()} cores")
     first = None
     for kind, _, count in sides:

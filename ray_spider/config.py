@@ -172,7 +172,7 @@ class TrainConfig(_Strict):
         "where a micro-batch of 4 does not fit without it (memory.py)"
     )
     gpu_memory_gb: float | None = Field(
-        None, gt=0, description="GPU memory per worker the auto settings plan for; below the GPU's size it is "
+        None, gt=0, allow_inf_nan=False, description="GPU memory per worker the auto settings plan for; below the GPU's size it is "
         "enforced (torch.cuda.set_per_process_memory_fraction: emulates a smaller GPU); None = $RAY_SPIDER_GPU_MEMORY_GB, "
         "else the whole GPU"
     )
@@ -289,8 +289,14 @@ class GenerationConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    query_timeout_s: float = Field(10.0, gt=0, description="per predicted query; a timeout counts as wrong")
-    workers: int | None = Field(None, ge=1, description="processes for scoring (None = all cores, at most 8: more cost more to start than they save)")
+    query_timeout_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="per predicted query (scoring, and each candidate in execution-guided "
+        "selection); a timeout counts as wrong"
+    )
+    workers: int | None = Field(
+        None, ge=1, description="processes for scoring and for running candidates in execution-guided selection (None = "
+        "all cores, at most 8: more cost more to start than they save)"
+    )
 
 
 class TrackingConfig(_Strict):

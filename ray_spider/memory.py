@@ -25,6 +25,7 @@ dense mask of the joined row (ModelShape.joined_mask_bytes).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -261,7 +262,9 @@ def budget_gb(setting: float | None, device) -> float | None:
         try:
             setting = float(os.environ[MEMORY_ENV])
         except ValueError:
-            raise ValueError(f"${MEMORY_ENV}={os.environ[MEMORY_ENV]!r} is not a number of GB") from None
+            setting = None
+        if setting is None or not math.isfinite(setting) or setting <= 0:
+            raise ConfigError(f"${MEMORY_ENV}={os.environ[MEMORY_ENV]!r} is not a number of GB above 0; unset it or give e.g. 24") from None
     device = torch.device(device)
     if device.type != "cuda":
         return setting
@@ -281,6 +284,12 @@ def limit_gpu_memory(budget: float | None, device) -> None:
     total = torch.cuda.get_device_properties(device).total_memory
     if budget * GB < total:
         torch.cuda.set_per_process_memory_fraction(budget * GB / total, device)
+
+
+def torch_device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 def host_memory_gb() -> float:
@@ -351,7 +360,12 @@ def resolve_memory_settings(
         row_tokens=(row_lengths or [seq_len] * rows_per_device) if train.padding_free else None,
         dense_joined_mask=keeps_dense_mask(cfg.model.attn_implementation),
     )
-    plan = plan_for(micro_batch=None if train.per_device_batch_size == "auto" else train.per_device_batch_size)
+    try:
+        plan = plan_for(micro_batch=None if train.per_device_batch_size == "auto" else train.per_device_batch_size)
+    except DoesNotFit as exc:
+        source = (f"train.gpu_memory_gb={train.gpu_memory_gb:g}" if train.gpu_memory_gb is not None else f"${MEMORY_ENV}" if explicit
+                  else "this GPU's memory" if torch_device_type(device) == "cuda" else "this host's memory")
+        raise DoesNotFit(f"{exc} (the budget: {source})") from None
     if train.per_device_batch_size != "auto" and plan.estimate_train_gb > plan.budget_gb * (1 - HEADROOM_SHARE):
         warn_given_micro_batch(plan, plan_for)
     resolved = cfg.model_copy(update={
@@ -370,7 +384,7 @@ def warn_given_micro_batch(plan: MemoryPlan, plan_for: Callable[..., MemoryPlan]
         fitting = str(exc)
     log.warning(
         "train.per_device_batch_size=%d is estimated at %.1f GB of GPU memory in training (gradient checkpointing %s), "
-        "over the %g GB budget less %d%% headroom; the estimates err on the safe side, but if it runs out of memory, %s",
+        "over the %.3g GB budget less %d%% headroom; the estimates err on the safe side, but if it runs out of memory, %s",
         plan.micro_batch, plan.estimate_train_gb, "on" if plan.gradient_checkpointing else "off", plan.budget_gb,
         round(HEADROOM_SHARE * 100), fitting,
     )

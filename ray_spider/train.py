@@ -511,7 +511,7 @@ def torch_trainer(
 def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None = None, tracking: dict | None = None):
     """Launch the Ray Train job (starting a local Ray when none runs) and return Ray's Result. With
     ``worker_files`` (log_file, progress_file) the workers' output goes to the log, not the terminal.
-    A UserError raised in a worker (``worker_user_error``) is raised here as one, naming the log."""
+    A UserError raised in a worker (``worker_user_error``) is raised here as one."""
     from ray.train import TrainingFailedError  # Ray
 
     start_ray(log_to_driver=not worker_files)
@@ -525,8 +525,7 @@ def fit(cfg: RunConfig, storage_path: str, name: str, worker_files: dict | None 
         mistake = worker_user_error(exc)
         if mistake is None:
             raise
-        where = f" (the workers' output is in {worker_files['log_file']})" if worker_files and worker_files.get("log_file") else ""
-        raise UserError(f"{mistake}{where}") from exc
+        raise UserError(str(mistake)) from exc
 
 
 class TrainingMemoryError(UserError):

@@ -157,9 +157,13 @@ def test_budget_comes_from_the_setting_then_the_environment(monkeypatch):
     assert budget_gb(30.0, "cpu") == 30.0
     monkeypatch.setenv(MEMORY_ENV, "24")
     assert budget_gb(None, "cpu") == 24.0 and budget_gb(48.0, "cpu") == 48.0
-    monkeypatch.setenv(MEMORY_ENV, "lots")
-    with pytest.raises(ValueError, match=MEMORY_ENV):
-        budget_gb(None, "cpu")
+    for bad in ("lots", "inf", "nan", "-5", "0"):
+        monkeypatch.setenv(MEMORY_ENV, bad)
+        with pytest.raises(ConfigError, match=rf"\${MEMORY_ENV}='{bad}' is not a number of GB above 0"):
+            budget_gb(None, "cpu")
+    for key in ("train.gpu_memory_gb", "eval.query_timeout_s"):  # inf passed the config check, then NaN in the plan
+        with pytest.raises(ConfigError, match=key):
+            load_run_config(ROOT / "sweeps/smoke_cpu.yaml", [f"{key}=inf"])
 
 
 def test_auto_settings_load_and_resolve_to_values(tiny_dir):

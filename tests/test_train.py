@@ -241,5 +241,5 @@ def test_a_budget_that_fits_nothing_is_one_error_from_the_worker(tiny_dir, spide
         "train.per_device_batch_size=auto",
     )
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "error:" in result.stderr and "does not fit in 0.001 GB" in result.stderr and "train.log" in result.stderr
+    assert "error:" in result.stderr and "does not fit in 0.001 GB" in result.stderr and "(the budget: train.gpu_memory_gb=0.001)" in result.stderr
     assert "Traceback" not in result.stderr and "WorkerGroupError" not in result.stderr
