@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (default: the base model)")
     parser.add_argument("--quantization", choices=["nf4", "none"], default="none", help="none = bf16 on GPU, float32 on CPU")
     parser.add_argument("--questions", type=int, default=16, help="seeded sample of dev-972 (the one training evaluates)")
-    parser.add_argument("--sides", default="unbatched,hf:8,pruned:8", help="comma-separated: unbatched, hf:N, pruned:N[+cudnn][+graphR][+prefix|+noprefix]")
+    parser.add_argument("--sides", default="unbatched,hf:8,pruned:8", help="comma-separated: unbatched, hf:N, pruned:N[+cudnn][+graphR][+prefix|+noprefix|+shared]")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the base (generation.merge_adapter)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")

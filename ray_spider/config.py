@@ -223,8 +223,8 @@ class GenerationConfig(_Strict):
         description="engine pruned on a GPU: once at most this many answers of a batch are open, decode them over a "
         "static KV cache of this many rows, one CUDA graph replay per step (the eager loop is bound by kernel "
         "launches there; on the H200 32 beat 16, 64 and 128, docs/benchmarks.md); 0 = never. With share_prefix_kv a "
-        "row's cache is small and more rows pay: 8B greedy at batch 256 with 256 rows 3.3x, 135M 16 candidates at "
-        "batch 8192 with 512 rows 2.5x (docs/benchmarks.md)",
+        "row's cache is small and more rows pay: 8B greedy at batch 256, 256 rows against 32: 1.8x faster "
+        "(docs/benchmarks.md, also for 135M with 16 candidates, where 512 of 4096 rows beat all of them)",
     )
     prefix_cache: bool = Field(
         True,
