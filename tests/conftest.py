@@ -14,6 +14,9 @@ needs_spider = pytest.mark.skipif(not SPIDER_DIR, reason="set SPIDER_DIR to the 
 # it) would join whatever cluster `ray start` last left on the host. A test that wants a shared
 # cluster sets RAY_ADDRESS to its own private head.
 os.environ["RAY_ADDRESS"] = "local"
+# Ray Train's controller polls its workers every 2 s (Ray's default): a Train run's end or a worker's
+# death is seen up to 2 s late, a few seconds per sweep trial. Polled more often, the same runs end sooner.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # The Ctrl-C tests signal the command they start. Started in the background by a non-interactive
 # shell (`nohup ... &`), pytest would inherit SIGINT ignored and pass that on to every command, which
 # then rightly ignores it; with Python's handler here the commands start with SIGINT at its default.

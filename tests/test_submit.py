@@ -34,6 +34,22 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Com
     return subprocess.run([sys.executable, "-m", "ray_spider", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def cli_together(*commands: tuple[str, ...], env: dict[str, str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several independent CLI commands run side by side (each is mostly Python's imports), as `cli` gives them."""
+    started = [
+        subprocess.Popen([sys.executable, "-m", "ray_spider", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in commands
+    ]
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in started]
+        return [subprocess.CompletedProcess(process.args, process.returncode, *output) for process, output in zip(started, outputs)]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()  # only the commands started here, by their own pid
+                process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,7 +142,7 @@ def wait_for_job(address: str, job_id: str, timeout: float) -> str:
         status = client.get_job_status(job_id)
         if status.is_terminal():
             return status if status == JobStatus.SUCCEEDED else f"{status}:\n{client.get_job_logs(job_id)[-5000:]}"
-        time.sleep(2)
+        time.sleep(0.5)
     client.stop_job(job_id)
     raise AssertionError(f"job {job_id} still running after {timeout:.0f} s:\n{client.get_job_logs(job_id)[-5000:]}")
 
@@ -179,15 +195,14 @@ def test_submitted_sweep_writes_to_s3_and_best_fetches_its_adapter(submitted_exp
     import pyarrow.fs as pafs
 
     experiment = submitted_experiment
-    shown = cli("trials", experiment, env=s3_env)
+    out = tmp_path / "best"
+    # best --check-load: base + adapter load with peft
+    shown, fetched = cli_together(("trials", experiment), ("best", experiment, "--out", str(out)), env=s3_env)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "1 trials" in shown.stdout and "TERMINATED" in shown.stdout
     assert f"plot: {experiment}/trials.png" in shown.stderr
     names = {info.base_name for info in bucket(s3_env).get_file_info(pafs.FileSelector(experiment.removeprefix("s3://")))}
     assert {"trials.parquet", "trials.png", "sweep.yaml"} <= names
-
-    out = tmp_path / "best"
-    fetched = cli("best", experiment, "--out", str(out), env=s3_env)  # --check-load: base + adapter load with peft
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file() and (out / "config.yaml").is_file()
 
@@ -202,8 +217,7 @@ def test_trials_and_best_read_a_copied_experiment(submitted_experiment, s3_env, 
     pafs.copy_files(original, copy, source_filesystem=bucket(s3_env), destination_filesystem=bucket(s3_env))
     bucket(s3_env).delete_dir(original)  # only the copy is left (put back below for the other tests)
     try:
-        shown = cli("trials", f"s3://{copy}", env=s3_env)
-        fetched = cli("best", f"s3://{copy}", "--out", str(tmp_path / "best"), "--no-check-load", env=s3_env)
+        shown, fetched = cli_together(("trials", f"s3://{copy}"), ("best", f"s3://{copy}", "--out", str(tmp_path / "best"), "--no-check-load"), env=s3_env)
     finally:
         pafs.copy_files(copy, original, source_filesystem=bucket(s3_env), destination_filesystem=bucket(s3_env))
     assert shown.returncode == 0, shown.stderr[-3000:]

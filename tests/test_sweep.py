@@ -1,6 +1,9 @@
 """Sweeps on a real local Ray cluster: trials table, a killed trial retried, a killed driver resumed
 without re-running finished trials, `best` fetching an adapter that loads (tiny random LLaMA), and
-trials stopped by ASHA giving their Train workers' resources back."""
+trials stopped by ASHA giving their Train workers' resources back. Ray's processes and their imports
+are most of a sweep's time on CI's 2 cores: the tests at the end share one private Ray head of this
+module instead of starting a local Ray each, and the unlimited and the tied-rounds tests inspect the
+same sweep run."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pyarrow.parquet as pq
@@ -38,8 +42,24 @@ def sweep_command(storage: Path | str, model_dir: str, samples: int, *extra: str
     ]
 
 
-def start(command: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+def cli_together(*commands: tuple[str, ...], timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several independent `ray-spider` commands run side by side (each is mostly Python's imports)."""
+    started = [
+        subprocess.Popen([sys.executable, "-m", "ray_spider", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in commands
+    ]
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in started]
+        return [subprocess.CompletedProcess(process.args, process.returncode, *output) for process, output in zip(started, outputs)]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()  # only the commands started here, by their own pid
+                process.wait()
+
+
+def start(command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
@@ -67,9 +87,15 @@ def finished_trials(experiment: Path) -> list[Path]:
     return done
 
 
-def train_workers(sweep: subprocess.Popen) -> list[psutil.Process]:
-    """The Ray Train workers of this sweep (its local Ray runs under it), not of other Ray clusters on the host."""
-    return [p for p in psutil.Process(sweep.pid).children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+def train_workers(root: int) -> list[psutil.Process]:
+    """The Ray Train workers under process `root` (a sweep with its local Ray, or a private Ray head of
+    this module), not those of other Ray clusters on the host."""
+    workers = []
+    for process in psutil.Process(root).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                workers.append(process)
+    return workers
 
 
 def reported_steps(experiment: Path) -> dict[str, list[int]]:
@@ -99,113 +125,10 @@ def test_sweep_file_errors_name_the_key(tmp_path):
         load_sweep_config(path)
 
 
-def test_killed_trial_is_retried_and_resumes_from_its_last_checkpoint(tiny_dir, spider_dir, tmp_path):
-    """A trial whose training process dies mid-run is retried by Tune, and the retry goes on from the
-    trial's latest checkpoint (adapter, optimizer, scheduler, data position) in the same Train run
-    folder: its dev rounds continue where they stopped instead of starting again at step 2."""
-    log = tmp_path / "sweep.log"
-    experiment = tmp_path / "relative" / "storage" / "sweep-smoke-cpu"
-    # 10 steps, a dev round every 2: the kill lands after the first round and before the last
-    command = sweep_command("relative/storage", tiny_dir, 2, "base.train.max_steps=10")  # storage relative to where it runs
-    process = start(command, log, cwd=tmp_path)
-    first = wait_for(lambda: [steps for steps in reported_steps(experiment).values() if steps], 600, "a first dev round", process, poll_s=0.1)[0]
-    (victim,) = train_workers(process)
-    victim.kill()  # a real crash of the trial's training process, mid-training
-    assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
-    rows = pq.read_table(experiment / "trials.parquet").to_pylist()
-    assert len(rows) == 2 and all(row["status"] == "TERMINATED" for row in rows)
-    assert sum(row["retries"] for row in rows) == 1
-    for row in rows:
-        assert row["best_dev_ex"] is not None
-        assert len(row["curve_dev_ex"]) == len(row["curve_dev_em"]) == len(row["curve_steps"]) == row["eval_rounds"] > 0
-        assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
-    # One Train run folder per trial, named by the trial: the retry used its trial's folder.
-    assert sorted(path.name for path in (experiment / "train_runs").iterdir() if path.is_dir()) == sorted(row["trial_id"] for row in rows)
-    worker_logs = "".join(path.read_text() for path in experiment.glob("trial_*/train.log"))  # the retry appends to its trial's
-    (resumed,) = [int(step) for step in re.findall(r"resuming from the checkpoint of step (\d+)", worker_logs)]
-    assert resumed >= first[-1] >= 2
-    retried = next(row for row in rows if row["retries"])
-    assert retried["curve_steps"] == [2, 4, 6, 8, 10]  # no round repeated: the retry went on from step `resumed`
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports no process listens on now (held open together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-# Ray enables token authentication by default once a token exists in ~/.ray (any local ray.init
-# writes one), and then a driver joining with RAY_ADDRESS is refused unless it is in token mode too:
-# the private head and the drivers that join it are told the same mode.
-PRIVATE_RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
-
-
-@contextlib.contextmanager
-def private_ray_cluster(num_cpus: int):
-    """A Ray head of this test only: its own temp dir and free ports (Ray's defaults would join or
-    collide with any other cluster on the host), stopped by the ids of the processes it started,
-    never by `ray stop` (which ends every Ray process on the host). Yields the GCS address."""
-    gcs, node_manager, object_manager, client, agent, agent_grpc, env_agent, metrics, workers = free_ports(9)
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = subprocess.Popen(
-        [
-            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--num-cpus={num_cpus}",
-            "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--node-manager-port={node_manager}",
-            f"--object-manager-port={object_manager}", f"--ray-client-server-port={client}",
-            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
-            f"--min-worker-port={workers}", f"--max-worker-port={workers + 50}",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **PRIVATE_RAY_ENV},
-    )
-    address = f"127.0.0.1:{gcs}"
-    try:
-        wait_for(lambda: Path(temp_dir, "ray_current_cluster").is_file(), 120, "the private Ray head", head)
-        yield address
-    finally:
-        started = [head, *psutil.Process(head.pid).children(recursive=True)] if head.poll() is None else []
-        head.terminate()  # `ray start --block` ends its raylet, GCS and workers on SIGTERM
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        for process in started[1:]:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(tiny_dir, spider_dir, tmp_path):
-    """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
-    On a running 2-CPU Ray cluster two trials (1 CPU each) train side by side: the trial functions
-    reserve no CPU (with 0.01 CPU each, the second trial's worker waited for the first)."""
-    with private_ray_cluster(num_cpus=2) as address:
-        result = subprocess.run(
-            sweep_command(tmp_path, tiny_dir, 2, "max_concurrent_trials=null"),
-            capture_output=True, text=True, timeout=900, env={**os.environ, **PRIVATE_RAY_ENV, "RAY_ADDRESS": address},
-        )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert re.search(rf"joined the Ray cluster at [\d.]+:{address.rsplit(':', 1)[1]} \(\$RAY_ADDRESS", result.stderr)
-    spans = []
-    for path in (tmp_path / "sweep-smoke-cpu").glob("trial_*/result.json"):
-        last = json.loads(path.read_text().splitlines()[-1])
-        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
-    assert len(spans) == 2
-    (_, first_end), (second_start, _) = sorted(spans)
-    assert second_start < first_end  # the second trial started before the first one ended
-
-
 def test_killed_driver_resumes_without_rerunning_finished_trials(tiny_dir, spider_dir, tmp_path):
     experiment = tmp_path / "sweep-smoke-cpu"
     process = start(sweep_command(tmp_path, tiny_dir, 2), tmp_path / "first.log")
-    first_done = wait_for(lambda: finished_trials(experiment), 600, "the first finished trial", process)[0]
+    first_done = wait_for(lambda: finished_trials(experiment), 600, "the first finished trial", process, poll_s=0.2)[0]
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
     process.wait()
     finished_before = first_done.read_text()
@@ -290,64 +213,6 @@ def test_trials_stopped_by_asha_give_their_workers_back(tmp_path, monkeypatch):
         ray.shutdown()
 
 
-def test_best_after_tied_rounds_a_taken_name_and_a_moved_experiment(tiny_dir, spider_dir, tmp_path):
-    """One trial, three dev rounds that tie (a random tiny model scores 0 each time), two kept: Ray
-    deletes the earliest tied checkpoint, and `best` must name one that exists. Running the sweep
-    again under the same name is refused before Ray starts; the experiment copied elsewhere (its
-    recorded checkpoint paths then point at the old place) still gives `trials` and `best`."""
-    storage = tmp_path / "first"
-    tied = ["base.train.max_steps=3", "base.train.eval_every_steps=1", "base.train.keep_checkpoints=2"]
-    command = sweep_command(storage, tiny_dir, 1, *tied)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    experiment = storage / "sweep-smoke-cpu"
-    (row,) = pq.read_table(experiment / "trials.parquet").to_pylist()
-    assert row["eval_rounds"] == 3 and len(set(row["curve_dev_ex"])) == 1  # tied
-    assert Path(row["checkpoint_uri"]).is_dir() and row["best_step"] > 1  # the earliest tied round's was deleted
-    # The workers' output is in the trial's folder; the terminal keeps Tune's tables, not Ray's actors' noise.
-    (log,) = experiment.glob("trial_*/train.log")
-    assert "train_runtime" in log.read_text()
-    assert "(RayTrainWorker" not in result.stdout + result.stderr and "train_runtime" not in result.stdout + result.stderr
-    assert "trial logs:" in result.stderr
-
-    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
-    assert "Traceback" not in again.stderr and "Ray" not in again.stdout
-
-    moved = tmp_path / "elsewhere" / "sweep-smoke-cpu"
-    shutil.copytree(experiment, moved)
-    shutil.rmtree(storage)
-    listed = subprocess.run([sys.executable, "-m", "ray_spider", "trials", str(moved)], capture_output=True, text=True, timeout=300)
-    assert listed.returncode == 0, listed.stderr[-3000:]
-    fetched = subprocess.run([sys.executable, "-m", "ray_spider", "best", str(moved), "--out", str(tmp_path / "best")], capture_output=True, text=True, timeout=300)
-    assert fetched.returncode == 0, fetched.stderr[-3000:]
-    assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
-
-
-def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_the_first_error(tiny_dir, spider_dir, tmp_path):
-    broken = tmp_path / "broken-model"  # passes every check before Ray (config.json is fine); each trial fails loading it
-    shutil.copytree(tiny_dir, broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    command = sweep_command(tmp_path, str(broken), 2, "trial_retries=0")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "deserializing header" in result.stderr
-
-
-def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(tiny_dir, spider_dir, tmp_path):
-    """Tune answers SIGINT by saving its state and returning from fit() as if done; the sweep must
-    still end as interrupted (exit 130) and say how to continue."""
-    process = start(sweep_command(tmp_path, tiny_dir, 2, "base.train.max_steps=1000"), tmp_path / "sweep.log")
-    wait_for(lambda: list((tmp_path / "sweep-smoke-cpu").glob("trial_*")), 600, "a trial to start", process)
-    time.sleep(5)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=300) == 130, (tmp_path / "sweep.log").read_text()[-3000:]
-    log = " ".join((tmp_path / "sweep.log").read_text().split())
-    assert "interrupted: the sweep stopped with 0 of 2 trials finished" in log and "--resume" in log
-    assert "Tuner.restore" not in log  # Tune's own way to resume, which the CLI does not take
-    assert "Failed to fetch metrics" not in log  # Tune's alarm for a trial stopped before its first report
-
-
 def test_trials_asking_for_gpus_a_cluster_lacks_are_said_to_wait():
     """A sweep with gpus_per_worker 1 on a machine without a GPU showed its trials RUNNING and did nothing."""
     from ray_spider.tune import no_gpu_warning
@@ -355,3 +220,214 @@ def test_trials_asking_for_gpus_a_cluster_lacks_are_said_to_wait():
     assert "resources.gpus_per_worker=0" in no_gpu_warning(1, 0) and "has 0:" in no_gpu_warning(1, 0)
     assert no_gpu_warning(0.5, 0) is not None
     assert no_gpu_warning(1, 1) is None and no_gpu_warning(0, 0) is None
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports no process listens on now (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# Ray enables token authentication by default once a token exists in ~/.ray (any local ray.init
+# writes one), and then a driver joining with RAY_ADDRESS is refused unless it is in token mode too:
+# the private head and the drivers that join it are told the same mode.
+PRIVATE_RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
+# On SIGTERM `ray start --block` drains the node for 30 s by default: nothing to drain here.
+RAY_HEAD_ENV = {**PRIVATE_RAY_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
+@contextlib.contextmanager
+def private_ray_cluster(num_cpus: int):
+    """A Ray head of this test only: its own temp dir and free ports (Ray's defaults would join or
+    collide with any other cluster on the host), stopped by the ids of the processes it started,
+    never by `ray stop` (which ends every Ray process on the host). Yields the GCS address and the head process."""
+    gcs, node_manager, object_manager, client, agent, agent_grpc, env_agent, metrics, workers = free_ports(9)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    log = Path(f"{temp_dir}.log")
+    with log.open("w") as output:
+        head = subprocess.Popen(
+            [
+                sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--num-cpus={num_cpus}",
+                "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--node-manager-port={node_manager}",
+                f"--object-manager-port={object_manager}", f"--ray-client-server-port={client}",
+                f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
+                f"--min-worker-port={workers}", f"--max-worker-port={workers + 50}",
+                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            ],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **RAY_HEAD_ENV},
+        )
+    address = f"127.0.0.1:{gcs}"
+    try:
+        try:
+            wait_for(lambda: Path(temp_dir, "ray_current_cluster").is_file(), 120, "the private Ray head", head)
+        except AssertionError as error:  # say why: `ray start` names the process that failed, its logs say more
+            logs = [log, *sorted(Path(temp_dir).glob("session_*/logs/*.err"))]
+            raise AssertionError("\n".join([str(error), *(f"{path.name}: {path.read_text()[-1500:]}" for path in logs if path.stat().st_size)])) from None
+        yield address, head
+    finally:
+        started = [head, *psutil.Process(head.pid).children(recursive=True)] if head.poll() is None else []
+        head.terminate()  # `ray start --block` ends its raylet, GCS and workers on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        for process in started[1:]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> SimpleNamespace:
+    """A running 2-CPU Ray cluster of this module, shared by the tests below whose sweeps join it
+    (RAY_ADDRESS) instead of starting a local Ray each: its address, its head process and the
+    environment of a sweep that joins it."""
+    with private_ray_cluster(num_cpus=2) as (address, head):
+        yield SimpleNamespace(address=address, head=head, env={**os.environ, **PRIVATE_RAY_ENV, "RAY_ADDRESS": address})
+
+
+TIED = ["base.train.max_steps=3", "base.train.eval_every_steps=1", "base.train.keep_checkpoints=2"]
+
+
+@pytest.fixture(scope="module")
+def unlimited_tied_sweep(ray_cluster, tiny_dir, spider_dir, tmp_path_factory) -> dict:
+    """One sweep, run once for two tests: max_concurrent_trials: null on the 2-CPU cluster, 2 trials of
+    three dev rounds each that tie (a random tiny model scores 0 each time), two checkpoints kept."""
+    storage = tmp_path_factory.mktemp("unlimited-tied") / "first"
+    command = sweep_command(storage, tiny_dir, 2, "max_concurrent_trials=null", *TIED)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ray_cluster.env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"command": command, "result": result, "storage": storage, "experiment": storage / "sweep-smoke-cpu"}
+
+
+def test_unlimited_sweep_runs_as_many_trials_as_the_cluster_fits(unlimited_tied_sweep, ray_cluster):
+    """max_concurrent_trials: null: the same sweep file runs more trials at once on a bigger cluster.
+    On a running 2-CPU Ray cluster two trials (1 CPU each) train side by side: the trial functions
+    reserve no CPU (with 0.01 CPU each, the second trial's worker waited for the first)."""
+    result, experiment = unlimited_tied_sweep["result"], unlimited_tied_sweep["experiment"]
+    port = ray_cluster.address.rsplit(":", 1)[1]
+    assert re.search(rf"joined the Ray cluster at [\d.]+:{port} \(\$RAY_ADDRESS", result.stderr)
+    spans = []
+    for path in experiment.glob("trial_*/result.json"):
+        last = json.loads(path.read_text().splitlines()[-1])
+        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+    assert len(spans) == 2
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert second_start < first_end  # the second trial started before the first one ended
+
+
+def test_best_after_tied_rounds_a_taken_name_and_a_moved_experiment(unlimited_tied_sweep, ray_cluster, tmp_path):
+    """Each trial: three dev rounds that tie (a random tiny model scores 0 each time), two kept: Ray
+    deletes the earliest tied checkpoint, and `best` must name one that exists. Running the sweep
+    again under the same name is refused before Ray starts; the experiment copied elsewhere (its
+    recorded checkpoint paths then point at the old place) still gives `trials` and `best`."""
+    command, result = unlimited_tied_sweep["command"], unlimited_tied_sweep["result"]
+    storage, experiment = unlimited_tied_sweep["storage"], unlimited_tied_sweep["experiment"]
+    rows = pq.read_table(experiment / "trials.parquet").to_pylist()
+    assert len(rows) == 2
+    for row in rows:
+        assert row["eval_rounds"] == 3 and len(set(row["curve_dev_ex"])) == 1  # tied
+        assert Path(row["checkpoint_uri"]).is_dir() and row["best_step"] > 1  # the earliest tied round's was deleted
+    # The workers' output is in the trial's folder; the terminal keeps Tune's tables, not Ray's actors' noise.
+    logs = list(experiment.glob("trial_*/train.log"))
+    assert len(logs) == 2 and all("train_runtime" in log.read_text() for log in logs)
+    assert "(RayTrainWorker" not in result.stdout + result.stderr and "train_runtime" not in result.stdout + result.stderr
+    assert "trial logs:" in result.stderr
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ray_cluster.env)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr and "Ray" not in again.stdout
+
+    moved = tmp_path / "elsewhere" / "sweep-smoke-cpu"
+    shutil.copytree(experiment, moved)
+    away = tmp_path / "away"
+    shutil.move(storage, away)  # nothing left where the checkpoints were recorded (put back below for the other tests)
+    try:
+        listed, fetched = cli_together(("trials", str(moved)), ("best", str(moved), "--out", str(tmp_path / "best")))
+    finally:
+        shutil.move(away, storage)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
+
+
+def trial_worker(root: int, trial_id: str) -> psutil.Process | None:
+    """The Ray Train worker of one trial (under process `root`): the one whose output goes to that trial's train.log."""
+    log = f"trial_{trial_id}/train.log"
+    for worker in train_workers(root):
+        with contextlib.suppress(psutil.Error):
+            if any(file.path.endswith(log) for file in worker.open_files()):
+                return worker
+    return None
+
+
+def test_killed_trial_is_retried_and_resumes_from_its_last_checkpoint(ray_cluster, tiny_dir, spider_dir, tmp_path):
+    """A trial whose training process dies mid-run is retried by Tune, and the retry goes on from the
+    trial's latest checkpoint (adapter, optimizer, scheduler, data position) in the same Train run
+    folder: its dev rounds continue where they stopped instead of starting again at step 2. The two
+    trials train side by side on the module's 2-CPU cluster (one CPU each): the one killed is found
+    by its trial's log; the other is not retried and keeps its own Train run folder."""
+    log = tmp_path / "sweep.log"
+    experiment = tmp_path / "relative" / "storage" / "sweep-smoke-cpu"
+    # 8 steps, a dev round every 2: the kill lands after the first round and before the last
+    command = sweep_command("relative/storage", tiny_dir, 2, "base.train.max_steps=8", "max_concurrent_trials=null")  # storage relative to where it runs
+
+    def a_first_round():  # (trial id, its steps so far, its Train worker) of a trial that reported a dev round
+        for trial_id, steps in reported_steps(experiment).items():
+            worker = trial_worker(ray_cluster.head.pid, trial_id) if steps else None
+            if worker:
+                return trial_id, steps, worker
+        return None
+
+    process = start(command, log, cwd=tmp_path, env=ray_cluster.env)
+    killed, first, victim = wait_for(a_first_round, 600, "a first dev round", process, poll_s=0.1)
+    victim.kill()  # a real crash of the trial's training process, mid-training
+    assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
+    rows = pq.read_table(experiment / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(row["status"] == "TERMINATED" for row in rows)
+    assert sum(row["retries"] for row in rows) == 1
+    for row in rows:
+        assert row["best_dev_ex"] is not None
+        assert len(row["curve_dev_ex"]) == len(row["curve_dev_em"]) == len(row["curve_steps"]) == row["eval_rounds"] > 0
+        assert Path(row["checkpoint_uri"]).parent.parent == experiment / "train_runs"  # kept in the sweep's storage
+    # One Train run folder per trial, named by the trial: the retry used its trial's folder.
+    assert sorted(path.name for path in (experiment / "train_runs").iterdir() if path.is_dir()) == sorted(row["trial_id"] for row in rows)
+    worker_logs = "".join(path.read_text() for path in experiment.glob("trial_*/train.log"))  # the retry appends to its trial's
+    (resumed,) = [int(step) for step in re.findall(r"resuming from the checkpoint of step (\d+)", worker_logs)]
+    assert resumed >= first[-1] >= 2
+    retried = next(row for row in rows if row["retries"])
+    assert retried["trial_id"] == killed
+    assert retried["curve_steps"] == [2, 4, 6, 8]  # no round repeated: the retry went on from step `resumed`
+
+
+def test_a_sweep_whose_trials_all_fail_exits_non_zero_with_the_first_error(ray_cluster, tiny_dir, spider_dir, tmp_path):
+    broken = tmp_path / "broken-model"  # passes every check before Ray (config.json is fine); each trial fails loading it
+    shutil.copytree(tiny_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    # On the module's 2-CPU cluster, both trials at once: their failures are not waited for one after the other.
+    command = sweep_command(tmp_path, str(broken), 2, "trial_retries=0", "max_concurrent_trials=null")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ray_cluster.env)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all 2 trials of sweep-smoke-cpu failed" in result.stderr and "deserializing header" in result.stderr
+
+
+def test_ctrl_c_stops_a_sweep_with_its_state_kept_for_resume(ray_cluster, tiny_dir, spider_dir, tmp_path):
+    """Tune answers SIGINT by saving its state and returning from fit() as if done; the sweep must
+    still end as interrupted (exit 130) and say how to continue."""
+    process = start(sweep_command(tmp_path, tiny_dir, 2, "base.train.max_steps=1000"), tmp_path / "sweep.log", env=ray_cluster.env)
+    wait_for(lambda: list((tmp_path / "sweep-smoke-cpu").glob("trial_*")), 600, "a trial to start", process, poll_s=0.2)
+    time.sleep(5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=300) == 130, (tmp_path / "sweep.log").read_text()[-3000:]
+    log = " ".join((tmp_path / "sweep.log").read_text().split())
+    assert "interrupted: the sweep stopped with 0 of 2 trials finished" in log and "--resume" in log
+    assert "Tuner.restore" not in log  # Tune's own way to resume, which the CLI does not take
+    assert "Failed to fetch metrics" not in log  # Tune's alarm for a trial stopped before its first report
