@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_sweep import cli_together
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = "sweeps/sweep_smoke_cpu.yaml"
@@ -32,22 +33,6 @@ NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ray_spider", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def cli_together(*commands: tuple[str, ...], env: dict[str, str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Several independent CLI commands run side by side (each is mostly Python's imports), as `cli` gives them."""
-    started = [
-        subprocess.Popen([sys.executable, "-m", "ray_spider", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for args in commands
-    ]
-    try:
-        outputs = [process.communicate(timeout=timeout) for process in started]
-        return [subprocess.CompletedProcess(process.args, process.returncode, *output) for process, output in zip(started, outputs)]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()  # only the commands started here, by their own pid
-                process.wait()
 
 
 def free_port() -> int:

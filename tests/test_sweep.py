@@ -42,10 +42,14 @@ def sweep_command(storage: Path | str, model_dir: str, samples: int, *extra: str
     ]
 
 
-def cli_together(*commands: tuple[str, ...], timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Several independent `ray-spider` commands run side by side (each is mostly Python's imports)."""
+def cli_together(*commands: tuple[str, ...], env: dict[str, str] | None = None, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several independent `ray-spider` commands run side by side (each is mostly Python's imports), from
+    the repository root, with ``env`` (None: this process's); results as subprocess.run gives them."""
     started = [
-        subprocess.Popen([sys.executable, "-m", "ray_spider", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "ray_spider", *args], cwd=SWEEP_FILE.parents[1], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
         for args in commands
     ]
     try:
