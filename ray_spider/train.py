@@ -37,6 +37,7 @@ from ray_spider.errors import UserError, stop_on_sigterm_as_on_ctrl_c
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.memory import keeps_dense_mask, resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
+from ray_spider.placement_group import PLACEMENT_GROUP_METRIC, worker_placement_group_id
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs
 from ray_spider.progress import LOG_FILE, PROGRESS_FILE, ProgressFile, output_to, show_progress
 from ray_spider.prompt import Prompter, tokenize_example
@@ -242,9 +243,6 @@ def take_peak_memory_gb(device: torch.device) -> float | None:
     return round(peak, 2)
 
 
-PLACEMENT_GROUP_METRIC = "placement_group"  # reported each round: a sweep frees it when Tune stops the trial
-
-
 def worker_gpu_share() -> float:
     """The GPUs Ray assigned this worker (a fraction when trials share a GPU); 1.0 outside Ray or without GPUs."""
     import ray
@@ -252,14 +250,6 @@ def worker_gpu_share() -> float:
     if not ray.is_initialized():
         return 1.0
     return ray.get_runtime_context().get_assigned_resources().get("GPU") or 1.0
-
-
-def worker_placement_group_id() -> str | None:
-    """Hex id of the placement group holding this Ray Train worker's resources (None outside Ray)."""
-    import ray
-
-    group = ray.util.get_current_placement_group() if ray.is_initialized() else None
-    return group.id.hex() if group else None
 
 
 def tokenize_dataset(train_set, tokenizer):

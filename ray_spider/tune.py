@@ -26,7 +26,7 @@ from ray.tune import Callback
 from ray_spider import tracking
 from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
 from ray_spider.errors import UserError, check_output
-from ray_spider.progress import LOG_FILE
+from ray_spider.placement_group import PLACEMENT_GROUP_METRIC
 from ray_spider.records import best_round, is_number
 from ray_spider.spider import Spider
 from ray_spider.storage import SWEEP_FILE, TRIALS_FILE, checkpoint_in, experiment_path, experiment_uri, is_local, storage, train_runs_path
@@ -69,6 +69,7 @@ def run_trial(params: dict, sweep: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from ray_spider.progress import LOG_FILE  # progress.py imports transformers: not at import, which `trials` and `best` do too
     from ray_spider.train import torch_trainer
 
     cfg = trial_run_config(sweep, params)
@@ -108,8 +109,6 @@ class ReleaseStoppedTrainRuns(Callback):
     """
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from ray_spider.train import PLACEMENT_GROUP_METRIC
-
         release_placement_group((trial.last_result or {}).get(PLACEMENT_GROUP_METRIC))
 
     on_trial_error = on_trial_recover = on_trial_complete
@@ -137,6 +136,7 @@ def _tuner(sweep: SweepConfig, resume: bool):
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
+    from ray_spider.progress import LOG_FILE
     from ray_spider.train import start_ray
 
     filesystem, root = storage(sweep.storage)

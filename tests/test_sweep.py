@@ -160,7 +160,7 @@ def _report_scaled_rounds(config):
     """A Train loop that reports like ours (placement group included): three rounds of score x."""
     import ray.train
 
-    from ray_spider.train import PLACEMENT_GROUP_METRIC, worker_placement_group_id
+    from ray_spider.placement_group import PLACEMENT_GROUP_METRIC, worker_placement_group_id
 
     for round_ in range(1, 4):
         time.sleep(0.2)
