@@ -12,6 +12,7 @@ to every row, e.g. ``--set generation.temperature=0.8``, which rows of one candi
     constrained            + generation.constrained=true (same engine)
     guided                 engine pruned: the greedy answer + k-1 samples, the first that executes
     voted                  the same k candidates, the answer most of them agree with when run (pick majority)
+    voted_rows             the same, votes among the candidates that return rows (pick majority_rows, the default)
     constrained+guided     guided, every candidate constrained
     constrained+voted      voted, every candidate constrained
     beam                   engine hf: k beams, the first that executes
@@ -37,6 +38,7 @@ ROWS = {
     "constrained": ["generation.constrained=true"],
     "guided": ["generation.candidates={k}", "generation.pick=executes"],
     "voted": ["generation.candidates={k}", "generation.pick=majority"],
+    "voted_rows": ["generation.candidates={k}", "generation.pick=majority_rows"],
     "constrained+guided": ["generation.constrained=true", "generation.candidates={k}", "generation.pick=executes"],
     "constrained+voted": ["generation.constrained=true", "generation.candidates={k}", "generation.pick=majority"],
     "beam": ["generation.engine=hf", "generation.search=beam", "generation.candidates={k}", "generation.pick=executes"],
@@ -44,7 +46,7 @@ ROWS = {
         "generation.constrained=true", "generation.engine=hf", "generation.search=beam", "generation.candidates={k}", "generation.pick=executes",
     ],
 }
-GUIDED = ("guided", "voted", "beam")
+GUIDED = ("guided", "voted", "voted_rows", "beam")
 LEVELS = ("easy", "medium", "hard", "extra")
 ERRORS = ("wrong_result", "unknown_table_or_column", "syntax_error", "no_sql", "timeout", "error")
 

@@ -260,11 +260,13 @@ class GenerationConfig(_Strict):
     seed: int = Field(
         0, ge=0, le=2**63 - 1, description="search sample only: the samples' seed, 0 to 2^63-1 (the same seed, batch size and GPU draw the same samples)"
     )
-    pick: Literal["executes", "returns_rows", "majority"] = Field(
-        "executes",
+    pick: Literal["executes", "returns_rows", "majority", "majority_rows"] = Field(
+        "majority_rows",
         description="the candidate taken: executes = the first (best-ranked) whose SQL runs without error; returns_rows = "
         "the first that also returns rows; majority = the first of those whose result (rows as a bag) most candidates "
-        "share (self-consistency); when none runs, the first candidate",
+        "share (self-consistency); majority_rows = majority among the candidates that return rows (among all that run "
+        "when none does: wrong queries returning nothing no longer vote as one bloc; the best rule on every recorded "
+        "dev-972 candidate set, docs/decoding.md); when none runs, the first candidate",
     )
 
     @model_validator(mode="after")

@@ -75,8 +75,26 @@ def test_majority_pick_takes_the_result_most_candidates_share(spider):
     rows_in_other_order = ["SELECT name FROM singer ORDER BY name", "SELECT age FROM singer", "SELECT name FROM singer ORDER BY age"]
     assert pick_candidate(rows_in_other_order, db_path, "majority")[1] == 0  # the same bag of rows in any order
     assert pick_candidate(["SELECT nme FROM singer", "no sql"], db_path, "majority") == ("SELECT nme FROM singer", 0)
-    with pytest.raises(ValueError, match="unknown pick rule 'vote'; valid: executes, returns_rows, majority"):
+    with pytest.raises(ValueError, match="unknown pick rule 'vote'; valid: executes, returns_rows, majority, majority_rows"):
         pick_candidate(candidates, db_path, "vote")
+
+
+def test_majority_rows_pick_keeps_queries_that_return_nothing_from_voting_as_one_bloc(spider):
+    """Wrong filters all return the one empty result: under majority they outvote a right answer."""
+    db_path = spider.db_path("concert_singer")
+    candidates = [
+        "SELECT name FROM singer WHERE country = 'Atlantis'",  # nothing, with the next two: 3 votes for the empty result
+        "SELECT name FROM singer WHERE age > 500",
+        "SELECT name FROM singer WHERE age < 0",
+        "SELECT name FROM singer WHERE country = 'France'",  # rows, 2 votes
+        "SELECT name FROM singer WHERE 'France' = country",
+        "SELECT name FROM singer WHERE age > 40",  # other rows, 1 vote
+    ]
+    assert pick_candidate(candidates, db_path, "majority") == (candidates[0], 0)
+    assert pick_candidate(candidates, db_path, "majority_rows") == (candidates[3], 3)
+    nothing_returns_rows = [candidates[1], "SELECT nme FROM singer", candidates[0], candidates[2]]
+    assert pick_candidate(nothing_returns_rows, db_path, "majority_rows") == (candidates[1], 0)  # then among all that run
+    assert pick_candidate(["SELECT nme FROM singer", "no sql"], db_path, "majority_rows") == ("SELECT nme FROM singer", 0)
 
 
 def test_pick_answers_keeps_the_question_order_across_processes(spider):
