@@ -382,7 +382,7 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
             valid = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=3, cutoff=0.5)
             line = f"  {key}: unknown key" + (f"; did you mean {' or '.join(close)}?" if close else "") + f" (valid here: {', '.join(valid)})"
-        override = next((text for path, text in set_by.items() if _caused_by(loc, item["msg"], path)), None)
+        override = next((text for path, text in set_by.items() if _caused_by(loc, item, path)), None)
         if override is not None:
             blamed += 1
             line += f" [from the override {override!r}]"
@@ -410,13 +410,16 @@ def _union_members_joined(errors: list[dict], model: type[BaseModel]) -> list[di
     return joined
 
 
-def _caused_by(loc: tuple, message: str, override: tuple) -> bool:
-    """Whether an error at ``loc`` comes from the override of key path ``override``: the same key or a
-    key inside it; an error of a section around it (a rule across its keys, or the whole config: empty
-    loc) only when the message names the key, e.g. generation.candidates, not any generation.* override."""
+def _caused_by(loc: tuple, error: dict, override: tuple) -> bool:
+    """Whether ``error`` (pydantic's, at ``loc``) comes from the override of key path ``override``: the
+    same key or a key inside it; an unknown key on its path (a misspelled section: `genration.candidates=2`
+    makes `genration`); an error of a section around it (a rule across its keys, or the whole config:
+    empty loc) only when the message names the key, e.g. generation.candidates, not any generation.* override."""
     if loc[: len(override)] == override:
         return True
-    return override[: len(loc)] == loc and any(".".join(override[start:]) in message for start in range(len(override) - 1))
+    if override[: len(loc)] != loc:
+        return False
+    return error["type"] == "extra_forbidden" or any(".".join(override[start:]) in error["msg"] for start in range(len(override) - 1))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -429,7 +432,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return key.strip().split("."), yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc.problem if hasattr(exc, 'problem') else exc})") from None
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong, where (line and column from 1) and inside what, e.g.
+    "expected ',' or ']', but got '<stream end>' at line 3, column 1 (while parsing a flow sequence at
+    line 2, column 18)". PyYAML's own text spans several lines, with the offending line quoted."""
+    problem = getattr(error, "problem", None)
+    if problem is None:
+        return " ".join(str(error).split())
+
+    def at(mark) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    context = getattr(error, "context", None)
+    inside = f" ({context}{at(getattr(error, 'context_mark', None))})" if context else ""
+    return f"{problem}{at(getattr(error, 'problem_mark', None))}{inside}"
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
@@ -470,10 +489,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
-            if mark is not None:
-                mark.name = str(path)  # read from a string, the marks would say "<unicode string>"
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         raise ConfigError(f"{path} is empty: it sets nothing (a run config looks like sweeps/smoke_cpu.yaml, a sweep like sweeps/sweep_smoke_cpu.yaml)")
     if not isinstance(data, dict):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from ray_spider import tracking
-from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config
+from ray_spider.config import RunConfig, SearchDimension, SweepConfig, apply_override, build_run_config, yaml_problem
 from ray_spider.errors import UserError, check_output
 from ray_spider.placement_group import PLACEMENT_GROUP_METRIC
 from ray_spider.records import best_round, is_number
@@ -362,7 +362,7 @@ def read_sweep(filesystem: pafs.FileSystem, experiment: str) -> dict:
     except FileNotFoundError:
         raise SweepError(f"{experiment} is not a sweep folder: no {SWEEP_FILE} in it (a sweep folder is <storage>/<sweep name>, written by `ray-spider sweep`)") from None
     except yaml.YAMLError as exc:
-        raise SweepError(f"{experiment}/{SWEEP_FILE}: not valid YAML ({exc})") from None
+        raise SweepError(f"{experiment}/{SWEEP_FILE}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(sweep, dict) or not {"name", "objective", "resources"} <= set(sweep):
         raise SweepError(f"{experiment}/{SWEEP_FILE} is not a sweep file written by `ray-spider sweep`")
     return sweep
