@@ -57,7 +57,7 @@ def timed(function, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", default="0", help="comma-separated pool sizes for evaluate.score; 0 = the default")
     parser.add_argument("--with-model", action="store_true", help="hold the offline model in this process first, as predict does")

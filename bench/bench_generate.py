@@ -82,7 +82,7 @@ def timed(function) -> tuple[float, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model spec, as model.name")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (default: the base model)")
     parser.add_argument("--quantization", choices=["nf4", "none"], default="none", help="none = bf16 on GPU, float32 on CPU")

@@ -30,9 +30,9 @@ def thread_pool(candidates, db_paths, rule: str, threads: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("predictions", type=Path, help="predictions.jsonl(.gz) with each question's candidates")
-    parser.add_argument("--rule", choices=PICK_RULES, default="majority")
+    parser.add_argument("--rule", choices=PICK_RULES, default="majority", help="the pick rule timed (default: majority)")
     parser.add_argument("--sides", default="processes:1,threads:8,processes:0", help="comma-separated processes:N or threads:N (processes:0 = the default pool)")
     args = parser.parse_args()
     opener = gzip.open if args.predictions.suffix == ".gz" else open

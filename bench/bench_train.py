@@ -223,7 +223,7 @@ def run_plain(args, cfg: RunConfig) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model spec, as model.name")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps (one epoch of steps x batch x accumulation examples)")
     parser.add_argument("--batch-size", type=int, default=2, help="per-device batch size")

@@ -30,7 +30,7 @@ from ray_spider.selection import PICK_RULES, pick_answers
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("predictions", type=Path, help="a `predict --out` folder, or its predictions.jsonl(.gz), with candidates")
     parser.add_argument("--k", default="1,2,4,8,16", help="comma-separated candidate counts (at most the recorded k)")
     parser.add_argument("--rules", default=",".join(PICK_RULES), help=f"comma-separated, of: {', '.join(PICK_RULES)} (default: all)")

@@ -51,7 +51,7 @@ def with_candidate(rows: dict[int, dict], k: int, folder: str) -> dict[int, dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("a_dir")
     parser.add_argument("b_dir")
     parser.add_argument("--candidate", type=int, default=None, metavar="K", help="compare each question's K-th candidate (0: the first), scored")

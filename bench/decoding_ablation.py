@@ -97,7 +97,7 @@ def positive(text: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config", type=Path, required=True, help="the adapter's run config (runs/<run>/config.yaml)")
     parser.add_argument("--adapter", type=Path, default=None, help="PEFT adapter folder (none: the base model)")
     parser.add_argument("--out", type=Path, required=True, help="folder for each row's predictions and ablation.md")

@@ -120,7 +120,7 @@ def make_shape_model(shape: str, out: Path, layers: int | None = None, device: s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
     parser.add_argument("--out", type=Path, required=True, help="the HF folder to write (model.name=OUT)")
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers (a quick dry run)")

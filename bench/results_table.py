@@ -41,7 +41,7 @@ def error_table(summaries: dict[str, PredictionSummary]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("runs", nargs="+", metavar="NAME=PATH", help="a summary.json or the folder holding it")
     args = parser.parse_args()
     summaries = {}

@@ -23,7 +23,7 @@ from ray_spider.spider import Spider
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--spider", default=None, help="Spider folder (default: $SPIDER_DIR)")
     parser.add_argument("--gold", default=None, help="'SQL<TAB>db_id' file (default: <spider>/dev_gold.sql)")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer")
