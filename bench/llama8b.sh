@@ -2,6 +2,8 @@
 # Llama-3.1-8B's shape (random weights, SmolLM2's tokenizer) through every command on one or two GPUs.
 #   OUT=$OUT bash bench/llama8b.sh PART...        (GPU machine, repo root, after the ferry: FERRY_ENV or /tmp/ferry/env.sh)
 #   DRY=1 OUT=/tmp/l8b_out bash bench/llama8b.sh all   (CPU: the same commands on a 2-layer tiny shape, minutes)
+# python3 on PATH must be the project's environment (e.g. PATH=.venv/bin:$PATH); the model and the runs
+# go to MODEL_DIR and RUNS (defaults below), outside OUT, which holds only the small results.
 # Each part prints one line starting with RESULT and keeps its raw output under $OUT/<part>/.
 # Parts (GPU minutes on H200s: estimates, none of this has run on a GPU yet):
 #   make     the 8B shape model in $MODEL_DIR (init on the GPU in bf16, 16 GB of safetensors)          ~1.5

@@ -260,7 +260,7 @@ def _print_skips(report) -> None:
 
 
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.subkey=value overrides, e.g. train.learning_rate=2e-4")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.subkey=value overrides, e.g. train.learning_rate=2e-4 or generation.candidates=16 (`ray-spider config` lists the keys)")]
 
 
 def _command_line() -> str:
