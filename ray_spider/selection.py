@@ -56,7 +56,7 @@ def _result_key(rows: list[tuple]) -> frozenset:
     return frozenset(Counter(rows).items())
 
 
-def pick_candidate(candidates: list[str], db_path: Path, rule: str = "executes", timeout_s: float = 10.0) -> tuple[str, int]:
+def pick_candidate(candidates: list[str], db_path: Path, rule: str = "majority_rows", timeout_s: float = 10.0) -> tuple[str, int]:
     """(answer, its position in ``candidates``) by ``rule`` (module docstring), else the first candidate.
 
     ``candidates``: raw model answers, best-ranked first (at least one). ``timeout_s``: per query.
@@ -89,7 +89,7 @@ def pick_candidate(candidates: list[str], db_path: Path, rule: str = "executes",
 
 
 def pick_answers(
-    candidates: list[list[str]], db_paths: list[Path], rule: str = "executes", timeout_s: float = 10.0, workers: int | None = None,
+    candidates: list[list[str]], db_paths: list[Path], rule: str = "majority_rows", timeout_s: float = 10.0, workers: int | None = None,
 ) -> list[str]:
     """``pick_candidate`` of each question (``candidates[i]`` on ``db_paths[i]``), answers in order.
 
