@@ -207,7 +207,7 @@ class GenerationConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1, description="longest answer generated, in tokens")
     batch_size: PositiveInt | Auto = Field(
         32, description="rows generated together (padded to the longest prompt): questions, or questions x candidates; auto: as "
-        "many as fit the GPU (memory.py); halved when it runs out of GPU memory"
+        "many whole questions as fit the GPU, at most 1024 questions and 8192 rows (memory.py); halved when it runs out of GPU memory"
     )
     engine: Literal["pruned", "hf"] = Field(
         "pruned",

@@ -20,6 +20,12 @@ length-grouped batches the trainer makes: every row is costed at the longest seq
 With ``train.padding_free`` a micro-batch holds no pad tokens: n rows are costed at the tokens of the
 n longest training rows (length grouping can put exactly those together), plus, under sdpa, the
 dense mask of the joined row (ModelShape.joined_mask_bytes).
+
+A generation batch counts rows: with ``generation.candidates`` k, a question is k rows
+(``inference.generate_candidates``). ``auto`` takes at most MAX_GENERATION_BATCH questions and
+MAX_GENERATION_ROWS rows, as many whole questions as fit; each row is costed by
+``ModelShape.generation_bytes_per_row`` (with ``generation.share_prefix_kv`` its prompt's shared
+prefix is held once per group, not per row).
 """
 
 from __future__ import annotations
@@ -40,7 +46,15 @@ MEMORY_ENV = "RAY_SPIDER_GPU_MEMORY_GB"
 # (4-bit dequantization of every weight, LoRA's many small kernels); recomputing the forward pays better.
 MIN_ROWS_WITHOUT_CHECKPOINTING = 4
 MAX_MICRO_BATCH = 64  # more rows per micro-batch no longer speed a step up (H200, SmolLM2: 64 was the best)
-MAX_GENERATION_BATCH = 1024  # predict's fastest dev-972 batch on the H200 (docs/benchmarks.md)
+MAX_GENERATION_BATCH = 1024  # questions: predict's fastest greedy dev-972 batch on the H200 (docs/benchmarks.md)
+# rows: 135M, dev-972 voted k=16 with share_prefix_kv on the H200, the fastest: 8192 rows (512 questions) generated in
+# 26.2 s against 31.8 s at 4096; all 16384 at once took 34.8 s with selection against 34.0 s (docs/benchmarks.md, "Shared
+# prefix KV with CUDA graph decoding for more rows"; docs/decoding.md, "Same-seed re-run": 27.0 s against 59.9 s at 4096
+# rows without shared KV)
+MAX_GENERATION_ROWS = 8192
+# share_prefix_kv: the prompt tokens a row holds beyond its group's shared prefix (the question and the template's
+# tail); Spider's longest in SmolLM2's tokenizer is 68 (train) and 40 (dev) (tests/test_memory.py checks dev)
+QUESTION_TOKENS = 128
 MERGED_COPY_SHARE = 0.35  # a bf16 merged copy for dev rounds is kept only if it takes at most this share of the budget
 HEADROOM_SHARE = 0.12  # allocator fragmentation and kernels' workspaces: not planned for
 FIXED_RESERVE_GB = 1.0  # CUDA libraries' handles and workspaces, the fused LM head's tiles
@@ -124,9 +138,35 @@ class ModelShape:
         shape, 32 rows, 18,980 tokens) sdpa peaked 3.82 GB above flex_attention's block mask; this gives 3.96."""
         return tokens * tokens * (3 + 2 * (1 if checkpointing else self.layers))
 
+    def kv_bytes_per_token(self) -> float:
+        """Keys and values of all layers (bf16), per token held in the KV cache."""
+        return self.layers * 2 * self.kv_width * 2
+
     def generation_bytes_per_token(self) -> float:
         """KV cache of all layers plus one layer's prefill activations (bf16), per token of a prompt+answer."""
-        return self.layers * 2 * self.kv_width * 2 + 2 * (2 * self.intermediate + 4 * self.hidden)
+        return self.kv_bytes_per_token() + 2 * (2 * self.intermediate + 4 * self.hidden)
+
+    def generation_bytes_per_row(self, prompt_tokens: int, answer_tokens: int, candidates: int = 1, share_prefix_kv: bool = False) -> float:
+        """Bytes of one row of a decoding batch, prompts of at most ``prompt_tokens`` and answers of at most
+        ``answer_tokens`` tokens.
+
+        A row with its own copy of the prompt (prefix caching alone copies the shared prefix to each row):
+        prompt and answer at generation_bytes_per_token. With ``share_prefix_kv`` a row holds the KV of at
+        most QUESTION_TOKENS after its group's prefix (read in the first step: one layer's activations too)
+        and of its answer (decoded a token a step: KV only); the prefix, at most the whole prompt, is held
+        once per group (prefix_cache.prefix_groups: a database's questions in the batch), and a group holds
+        at least one question's ``candidates`` rows, so a row bears at most 1/candidates of one: one prefix
+        per question, the bound known without the questions (a batch of Spider questions holds far fewer
+        databases). Never above the row's own copy, so greedy rows (candidates 1) cost as without it. Not
+        planned: the first step's attention scores over the prefixes (shared_prefix_kv.attend), taken
+        before any answer's KV exists; a question longer than QUESTION_TOKENS (a user's question file).
+        """
+        copy = self.generation_bytes_per_token() * (prompt_tokens + answer_tokens)
+        if not share_prefix_kv:
+            return copy
+        question = min(QUESTION_TOKENS, prompt_tokens)
+        own = self.kv_bytes_per_token() * (question + answer_tokens) + (self.generation_bytes_per_token() - self.kv_bytes_per_token()) * question
+        return min(copy, own + self.generation_bytes_per_token() * prompt_tokens / candidates)
 
 
 @dataclass(frozen=True)
@@ -166,6 +206,8 @@ def plan_memory(
     generation_batch: int | None = None,
     row_tokens: Sequence[int] | None = None,
     dense_joined_mask: bool = True,
+    candidates: int = 1,
+    share_prefix_kv: bool = False,
 ) -> MemoryPlan:
     """Settings for one training worker with ``budget_gb`` of GPU memory; a fixed (not None)
     ``micro_batch``/``checkpointing``/``merge``/``generation_batch`` is kept, the others are chosen.
@@ -180,6 +222,9 @@ def plan_memory(
     checkpointing only where a micro-batch of MIN_ROWS_WITHOUT_CHECKPOINTING (a given ``micro_batch``:
     that many rows) does not fit without it;
     the micro-batch is the largest divisor of rows_per_device that fits, at most MAX_MICRO_BATCH.
+    The generation batch (rows, ``candidates`` per question) is the most whole questions whose rows fit
+    beside the trained model (ModelShape.generation_bytes_per_row, ``share_prefix_kv`` as the engine
+    decodes), at most MAX_GENERATION_BATCH questions and MAX_GENERATION_ROWS rows.
     Raises DoesNotFit when not even one row fits.
     """
     weights = shape.weights_gb(quantized)
@@ -238,9 +283,10 @@ def plan_memory(
     # Dev rounds: the trained model (and merged copy) stay; activations are freed; prompts are at
     # most seq_len long and answers max_new_tokens.
     dev_free = budget_gb * (1 - HEADROOM_SHARE) - FIXED_RESERVE_GB - weights - lora_gb - merged_gb
-    per_row_dev = shape.generation_bytes_per_token() * (seq_len + max_new_tokens) / GB
+    per_row_dev = shape.generation_bytes_per_row(seq_len, max_new_tokens, candidates, share_prefix_kv) / GB
     if generation_batch is None:
-        generation_batch = max(1, min(MAX_GENERATION_BATCH, int(dev_free // per_row_dev)))
+        rows = min(MAX_GENERATION_BATCH * candidates, MAX_GENERATION_ROWS, int(dev_free // per_row_dev))
+        generation_batch = max(candidates, rows - rows % candidates)  # the engine takes batch_size // candidates questions
     dev_gb = weights + lora_gb + merged_gb + FIXED_RESERVE_GB + generation_batch * per_row_dev
     return MemoryPlan(
         budget_gb=round(budget_gb, 2),
@@ -359,6 +405,8 @@ def resolve_memory_settings(
         generation_batch=None if generation.batch_size == "auto" else generation.batch_size,
         row_tokens=(row_lengths or [seq_len] * rows_per_device) if train.padding_free else None,
         dense_joined_mask=keeps_dense_mask(cfg.model.attn_implementation),
+        candidates=generation.candidates,
+        share_prefix_kv=generation.share_prefix_kv,
     )
     try:
         plan = plan_for(micro_batch=None if train.per_device_batch_size == "auto" else train.per_device_batch_size)
@@ -409,5 +457,7 @@ def resolve_generation_settings(cfg, device):
         checkpointing=True,
         merge=None if generation.merge_adapter == "auto" else generation.merge_adapter,
         generation_batch=None if generation.batch_size == "auto" else generation.batch_size,
+        candidates=generation.candidates,
+        share_prefix_kv=generation.share_prefix_kv,
     )
     return cfg.model_copy(update={"generation": generation.model_copy(update={"merge_adapter": plan.merge_adapter, "batch_size": plan.generation_batch})})

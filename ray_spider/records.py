@@ -245,7 +245,7 @@ def memory_line(info: dict) -> str:
         f"{info.get('gradient_accumulation_steps')}, gradient checkpointing {'on' if plan['gradient_checkpointing'] else 'off'}, "
         f"Liger kernels {'on' if info.get('liger_kernel') else 'off'}, dev rounds "
         f"{'on a merged bf16 copy' if plan['merge_adapter'] else 'on the trained model (no merged copy)'} in batches of "
-        f"{plan['generation_batch']}; estimated {plan['estimate_train_gb']} GB training, {plan['estimate_dev_gb']} GB dev; "
+        f"{plan['generation_batch']} rows; estimated {plan['estimate_train_gb']} GB training, {plan['estimate_dev_gb']} GB dev; "
         f"measured peak: {peaks or 'n/a (no GPU)'}."
     )
 

@@ -12,6 +12,7 @@ import torch
 
 from ray_spider.config import ConfigError, RunConfig, load_run_config
 from ray_spider.memory import (
+    HEADROOM_SHARE,
     MEMORY_ENV,
     DoesNotFit,
     ModelShape,
@@ -62,6 +63,53 @@ def test_small_model_never_checkpoints_and_merges():
 def test_given_settings_are_kept():
     plan = plan_memory(24, LLAMA_31_8B, 2048, 64, micro_batch=2, checkpointing=False, merge=False, generation_batch=5)
     assert (plan.micro_batch, plan.gradient_checkpointing, plan.merge_adapter, plan.generation_batch) == (2, False, False, 5)
+
+
+def predict_plan(budget: float, **generation):
+    """The plan resolve_generation_settings makes for the 135M winner's config (max_length 2048, 256 new tokens, merged copy)."""
+    return plan_memory(budget, SMOLLM2_135M, 2048, 1, micro_batch=1, checkpointing=True, merge=True, **generation)
+
+
+def test_auto_generation_batch_counts_candidates_and_shared_prefixes():
+    assert predict_plan(141).generation_batch == 1024  # greedy: predict's fastest dev-972 batch, as before
+    assert predict_plan(141, share_prefix_kv=True).generation_batch == 1024
+    voted = predict_plan(141, candidates=16, share_prefix_kv=True)  # the H200's fastest voted k=16 batch (docs/benchmarks.md)
+    assert voted.generation_batch == 8192 and voted.estimate_dev_gb <= 141 * (1 - HEADROOM_SHARE)
+    small = predict_plan(24, candidates=16, share_prefix_kv=True)
+    assert small.generation_batch == 1344 and small.estimate_dev_gb <= 24 * (1 - HEADROOM_SHARE)
+    copies = predict_plan(141, candidates=16)  # a copy of the whole prompt per row: the memory decides, whole questions
+    assert copies.generation_batch == 1568 and copies.estimate_dev_gb <= 141 * (1 - HEADROOM_SHARE)
+    assert predict_plan(141, candidates=3, share_prefix_kv=True).generation_batch == 3072  # 1024 questions
+    # greedy rows charge no less than their own prompt copy: the 8B dev rounds with shared KV plan as without
+    assert plan_memory(24, LLAMA_31_8B, 2048, 64, share_prefix_kv=True) == plan_memory(24, LLAMA_31_8B, 2048, 64)
+    assert plan_memory(24, LLAMA_31_8B, 2048, 64, candidates=32).generation_batch == 32  # one question: the engine's least
+
+
+def test_both_call_sites_plan_the_generation_batch_with_candidates(offline_dir, monkeypatch):
+    from ray_spider.memory import resolve_generation_settings
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    voted = ["generation.batch_size=auto", "generation.candidates=16", "generation.share_prefix_kv=true"]
+    cfg = load_run_config(None, [f"model.name={offline_dir}", "train.gpu_memory_gb=141", "generation.merge_adapter=true", *voted])
+    assert resolve_generation_settings(cfg, torch.device("cpu")).generation.batch_size == 8192  # predict
+    resolved, plan = resolve_memory_settings(cfg, torch.device("cpu"), 2048, shape=SMOLLM2_135M)  # a training worker's dev rounds
+    assert resolved.generation.batch_size == plan.generation_batch == 8192
+    greedy = load_run_config(None, [f"model.name={offline_dir}", "train.gpu_memory_gb=141", "generation.batch_size=auto"])
+    assert resolve_generation_settings(greedy, torch.device("cpu")).generation.batch_size == 1024
+
+
+def test_question_tokens_bound_what_spider_dev_rows_hold_beyond_their_shared_prefix(spider, offline_dir):
+    from ray_spider.config import PromptConfig
+    from ray_spider.memory import QUESTION_TOKENS
+    from ray_spider.model import load_tokenizer
+    from ray_spider.prefix_cache import prefix_groups
+    from ray_spider.prompt import Prompter, render_generation_prompt
+
+    tokenizer, prompter = load_tokenizer(offline_dir), Prompter(spider, PromptConfig())
+    texts = [render_generation_prompt(tokenizer, prompter.conversation(e.db_id, e.question)) for e in spider.examples("dev")]
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    rests = [len(rows[index]) - group.prefix_length for group in prefix_groups(rows) for index in group.members]
+    assert max(rests) == 40 <= QUESTION_TOKENS  # the question and the template's tail; the schema is shared
 
 
 def test_micro_batch_divides_the_rows_per_device():
