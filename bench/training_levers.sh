@@ -12,6 +12,8 @@
 # examples than train's 8,659), epochs3 1.5, r128 ~1.05, sample_values 1.2-1.4 (longer prompts),
 # the others 1.0. At 16-row micro-batches a run peaks at 32-34 GB: at most 3 per H200.
 # Each run's folder is printed at its end; its report.md holds the best dev EX, its config.yaml the change.
+# Measured (docs/results.md, "Training levers"): lr1.5e-3 and lr1e-3 pay, r128 barely, dropout0 and
+# train_others do not; two at a time took 582-634 s on one H200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,10 +30,11 @@ declare -A LEVERS=(
   [dropout0.1]="lora.dropout=0.1"
   [lr1e-3]="train.learning_rate=1e-3"                # the sweep's upper bound
   [lr1.5e-3]="train.learning_rate=1.5e-3"            # beyond it
+  [lr2e-3]="train.learning_rate=2e-3"                # further: where the learning rate stops paying
   [sample_values]="prompt.sample_values=3"           # 3 distinct values per column in the schema prompt
 )
 names=("$@")
-if [ ${#names[@]} -eq 0 ]; then names=(winner train_others epochs3 r128 alpha_r dropout0 dropout0.1 lr1e-3 lr1.5e-3 sample_values); fi
+if [ ${#names[@]} -eq 0 ]; then names=(winner train_others epochs3 r128 alpha_r dropout0 dropout0.1 lr1e-3 lr1.5e-3 lr2e-3 sample_values); fi
 for name in "${names[@]}"; do
   [ -n "${LEVERS[$name]+set}" ] || { echo "error: unknown lever $name; valid: ${!LEVERS[*]}" >&2; exit 2; }
 done

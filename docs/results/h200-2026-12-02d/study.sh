@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One H200, run through bench/device_run.sh after the ferry (2026-12-02, fourth run of the day):
+# (A) two training levers of issue 20 at once (bench/training_levers.sh r128 lr1e-3, PARALLEL=2),
+# (C) then each adapter alone on dev-972: greedy and voted k=16 with majority_rows (the default
+#     pick), batch 8192, shared prefix KV, cuda_graph_rows=512 (the 27.7 s settings).
+set -uo pipefail
+mkdir -p /tmp/bin; printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python; chmod +x /tmp/bin/python; export PATH=/tmp/bin:$PATH
+cd "$REPO"
+. /tmp/ferry/env.sh > /dev/null
+export RAY_SPIDER_GGUF="$FERRY_MODEL" SPIDER_DIR="$FERRY_SPIDER" RAY_SPIDER_CACHE=/tmp/rs_cache HF_HUB_OFFLINE=1
+export PYTHONPATH="$REPO:$PYTHONPATH" PYTHONUNBUFFERED=1 RAY_ADDRESS=local CUDA_VISIBLE_DEVICES=0
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 RAY_memory_monitor_refresh_ms=0
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300
+S=/tmp/study; mkdir -p $S/A $S/C; T0=$SECONDS
+step() { echo "=== $(date +%T) +$((SECONDS - T0))s $*"; }
+{
+step "start"
+python3 -c "import ray_spider.cli, sqlglot, llguidance, liger_kernel; print('imports ok')" || { step "IMPORTS FAILED"; exit 1; }
+step "A levers r128 lr1e-3, 2 at once"
+rm -rf runs/levers
+PARALLEL=2 bash bench/training_levers.sh r128 lr1e-3 > $S/A/levers.txt 2>&1
+step "A done"
+for lever in r128 lr1e-3; do
+  run=$(ls -td runs/levers/lever-$lever-*/ | head -1)
+  mkdir -p $S/A/$lever; cp runs/levers/$lever.log $S/A/$lever/; (cd "$run" && cp -r *.json *.md *.yaml *.png $S/A/$lever/ 2>/dev/null)
+  step "C $lever on $run (alone)"
+  python3 bench/decoding_ablation.py --config "$run/config.yaml" --adapter "$run/adapter" --out $S/C/$lever \
+    --rows greedy,voted_rows --candidates 16 --batch-size 8192 \
+    --set generation.share_prefix_kv=true --set generation.cuda_graph_rows=512 > $S/C/$lever.txt 2>&1
+  step "C $lever done"
+done
+step "STUDY DONE"
+} > /tmp/study.log 2>&1
