@@ -24,19 +24,19 @@ declare -A LEVERS=(
   [winner]=""                                        # the control: today's best (r 64, alpha 128, lr 6e-4, 2 epochs)
   [train_others]="data.include_train_others=true"    # + train_others.json: more schemas to link questions to
   [epochs3]="train.epochs=3"                         # beyond the sweep's {1, 2}
-  [r128]="lora.r=128 lora.alpha=256"                 # beyond the sweep's {8, 16, 32, 64}, the playbook's alpha = 2 r
+  [r128]="lora.r=128 lora.alpha=256"                 # beyond attempt 4's {8, 16, 32, 64}, the playbook's alpha = 2 r
   [alpha_r]="lora.alpha=64"                          # alpha = r: half the LoRA scale
   [dropout0]="lora.dropout=0.0"
   [dropout0.1]="lora.dropout=0.1"
-  [lr1e-3]="train.learning_rate=1e-3"                # the sweep's upper bound
-  [lr1.5e-3]="train.learning_rate=1.5e-3"            # beyond it
+  [lr1e-3]="train.learning_rate=1e-3"                # attempt 4's upper bound
+  [lr1.5e-3]="train.learning_rate=1.5e-3"            # beyond it (the best measured)
   [lr2e-3]="train.learning_rate=2e-3"                # further: where the learning rate stops paying
   [sample_values]="prompt.sample_values=3"           # 3 distinct values per column in the schema prompt
 )
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then names=(winner train_others epochs3 r128 alpha_r dropout0 dropout0.1 lr1e-3 lr1.5e-3 lr2e-3 sample_values); fi
 for name in "${names[@]}"; do
-  [ -n "${LEVERS[$name]+set}" ] || { echo "error: unknown lever $name; valid: ${!LEVERS[*]}" >&2; exit 2; }
+  [ -n "${LEVERS[$name]+set}" ] || { echo "error: unknown lever $name; valid: $(printf '%s\n' "${!LEVERS[@]}" | sort | paste -sd ' ')" >&2; exit 2; }
 done
 
 mkdir -p runs/levers

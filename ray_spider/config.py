@@ -238,7 +238,8 @@ class GenerationConfig(_Strict):
         description="with prefix_cache: keep ONE copy of each shared prefix's KV cache per batch instead of a copy per "
         "row; each row attends to its group's prefix and to its own rest, merged by log-sum-exp (cascade attention, "
         "ray_spider/shared_prefix_kv.py). Pays on large models (8B on an H200: dev-972 1.58x faster, half the "
-        "memory), not on small ones (135M: 0.87x; docs/benchmarks.md). Same answers up to float rounding; needs "
+        "memory) and with candidates (135M, 16 voted: 27 s against 60 s with a larger batch), not for greedy 135M "
+        "(0.87x; docs/benchmarks.md, docs/decoding.md). Same answers up to float rounding; needs "
         "prefix_cache=true, engine=pruned",
     )
     constrained: bool = Field(
@@ -276,6 +277,15 @@ class GenerationConfig(_Strict):
             raise ValueError(
                 f"generation.candidates={self.candidates} with generation.search={self.search} needs generation.engine={needs} "
                 "(engine pruned samples, engine hf runs beam search); set generation.engine or generation.search to match"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_holds_a_question(self) -> "GenerationConfig":
+        if self.batch_size != "auto" and self.batch_size < self.candidates:
+            raise ValueError(
+                f"generation.batch_size={self.batch_size} counts rows, and one question takes generation.candidates="
+                f"{self.candidates} of them: set generation.batch_size to at least {self.candidates} (a multiple of it) or auto"
             )
         return self
 

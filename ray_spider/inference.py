@@ -337,12 +337,14 @@ class GenerationMemoryError(UserError):
     """Generation ran out of accelerator memory even one question at a time."""
 
 
-def in_batches_that_fit(items: list, batch_size: int, run: Callable[[list], list]) -> list:
-    """``run`` over consecutive batches of ``items`` (at most ``batch_size`` each), results
+def in_batches_that_fit(items: list, batch_size: int, run: Callable[[list], list], rows_per_item: int = 1) -> list:
+    """``run`` over consecutive batches of ``items`` (questions; at most ``batch_size`` each), results
     concatenated in order. When a batch raises ``torch.OutOfMemoryError`` its size is halved and it
     is tried again, and the smaller size is kept for the rest (as accelerate's
-    ``find_executable_batch_size`` does for a whole function); the shrink is logged. A batch of one
-    that does not fit raises GenerationMemoryError, naming the settings that would help."""
+    ``find_executable_batch_size`` does for a whole function); the shrink is logged with the
+    ``generation.batch_size`` to start from, in rows (``rows_per_item`` per question: its
+    candidates). A batch of one that does not fit raises GenerationMemoryError, naming the settings
+    that would help."""
     results: list = []
     start = 0
     while start < len(items):
@@ -364,7 +366,10 @@ def in_batches_that_fit(items: list, batch_size: int, run: Callable[[list], list
                 "a smaller generation.max_new_tokens, generation.cuda_graph_rows=0 or a bigger GPU"
             )
         batch_size = max(1, batch_size // 2)
-        log.warning("out of GPU memory at %d questions per batch: going on with %d (set generation.batch_size=%d to start there)", len(batch), batch_size, batch_size)
+        log.warning(
+            "out of GPU memory at %d questions per batch: going on with %d (set generation.batch_size=%d to start there)",
+            len(batch), batch_size, batch_size * rows_per_item,
+        )
     return results
 
 
@@ -467,7 +472,7 @@ def generate_candidates(
                 bar.advance(task, len(batch))
                 return [[answer.strip() for answer in decoded[row * k : (row + 1) * k]] for row in range(len(batch))]
 
-            for index, candidates in zip(order, in_batches_that_fit(order, questions_per_batch, answer_batch)):
+            for index, candidates in zip(order, in_batches_that_fit(order, questions_per_batch, answer_batch, cfg.candidates)):
                 answers[index] = candidates
     finally:
         model.train(was_training)

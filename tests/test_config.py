@@ -181,6 +181,15 @@ def test_a_candidate_setting_without_candidates_is_refused_not_ignored(override)
     assert load_run_config(None, [override, "generation.candidates=4", "generation.engine=" + ("hf" if "beam" in override else "pruned")])
 
 
+def test_a_batch_smaller_than_one_question_is_refused():
+    """batch_size counts rows, k per question: 3 rows with 4 candidates decoded 4 rows a batch while
+    summary.json recorded 3."""
+    with pytest.raises(ConfigError, match=r"generation.batch_size=3 counts rows.*candidates=4.*at least 4"):
+        load_run_config(None, ["generation.candidates=4", "generation.batch_size=3"])
+    assert load_run_config(None, ["generation.candidates=4", "generation.batch_size=4"]).generation.batch_size == 4
+    assert load_run_config(None, ["generation.candidates=32", "generation.batch_size=auto"]).generation.batch_size == "auto"
+
+
 def test_a_value_that_fits_no_member_of_a_union_is_one_error_at_its_key():
     """pydantic reports `bool | 'auto'` once per member (merge_adapter.bool, merge_adapter.literal['auto'])."""
     with pytest.raises(ConfigError) as error:

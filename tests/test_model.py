@@ -428,6 +428,10 @@ def test_a_batch_out_of_gpu_memory_is_halved_until_it_fits(caplog):
         assert in_batches_that_fit(list(range(11)), 8, square) == [item * item for item in range(11)]
     assert seen == [8, 4, 2, 2, 2, 2, 2, 1]
     assert "going on with 4" in caplog.text and "going on with 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ray_spider.inference"):  # batch_size counts rows: 16 per question here
+        in_batches_that_fit(list(range(5)), 8, square, rows_per_item=16)
+    assert "going on with 4 (set generation.batch_size=64 to start there)" in caplog.text
 
     def never_fits(batch):
         raise torch.OutOfMemoryError("CUDA out of memory")
