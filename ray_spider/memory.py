@@ -339,6 +339,15 @@ def torch_device_type(device) -> str:
 
 
 def host_memory_gb() -> float:
+    """GB of host memory free for a CPU run: Linux's MemAvailable (free plus reclaimable caches), not
+    the machine's total, which other processes share; the total where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / GB
+    except OSError:
+        pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
 
 

@@ -4,6 +4,7 @@ shape-only model maker, and Liger's kernels (a no-op or a clear error on CPU; sa
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -357,3 +358,11 @@ def test_prediction_resolves_auto_generation_settings(tiny_dir, monkeypatch):
     assert isinstance(resolved.generation.batch_size, int) and isinstance(resolved.generation.merge_adapter, bool)
     fixed = load_run_config(None, [f"model.name={tiny_dir}"])
     assert resolve_generation_settings(fixed, torch.device("cpu")) is fixed  # nothing auto: untouched
+
+
+def test_cpu_runs_plan_against_the_memory_free_now_not_the_machine_total():
+    """`generation.batch_size: auto` on CPU sized its batch at 88% of all RAM, shared with other processes."""
+    from ray_spider.memory import host_memory_gb
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9  # GB, as memory.GB
+    assert 0 < host_memory_gb() < total  # this process alone holds some
