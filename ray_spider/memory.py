@@ -142,9 +142,13 @@ class ModelShape:
         """Keys and values of all layers (bf16), per token held in the KV cache."""
         return self.layers * 2 * self.kv_width * 2
 
+    def prefill_bytes_per_token(self) -> float:
+        """One layer's activations (bf16) while a prompt token is read."""
+        return 2 * (2 * self.intermediate + 4 * self.hidden)
+
     def generation_bytes_per_token(self) -> float:
         """KV cache of all layers plus one layer's prefill activations (bf16), per token of a prompt+answer."""
-        return self.kv_bytes_per_token() + 2 * (2 * self.intermediate + 4 * self.hidden)
+        return self.kv_bytes_per_token() + self.prefill_bytes_per_token()
 
     def generation_bytes_per_row(self, prompt_tokens: int, answer_tokens: int, candidates: int = 1, share_prefix_kv: bool = False) -> float:
         """Bytes of one row of a decoding batch, prompts of at most ``prompt_tokens`` and answers of at most
@@ -165,7 +169,7 @@ class ModelShape:
         if not share_prefix_kv:
             return copy
         question = min(QUESTION_TOKENS, prompt_tokens)
-        own = self.kv_bytes_per_token() * (question + answer_tokens) + (self.generation_bytes_per_token() - self.kv_bytes_per_token()) * question
+        own = self.kv_bytes_per_token() * (question + answer_tokens) + self.prefill_bytes_per_token() * question
         return min(copy, own + self.generation_bytes_per_token() * prompt_tokens / candidates)
 
 
