@@ -5,6 +5,7 @@
 #   bench/training_levers.sh                       # every lever below, PARALLEL at a time on one GPU
 #   bench/training_levers.sh train_others epochs3  # the named ones only
 #   PARALLEL=2 EXTRA="generation.constrained=true" bench/training_levers.sh r128
+#   bench/training_levers.sh lr1.5e-3 lr1.5e-3+seed43   # a lever again with train.seed=43 (its own log and run)
 #
 # Cost: on one H200 the winner trains in ~9 min alone, and trials sharing a GPU split its training
 # throughput (54k tokens/s alone, ~52k for 3 at once, docs/benchmarks.md): GPU time is the sum of
@@ -35,15 +36,19 @@ declare -A LEVERS=(
 )
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then names=(winner train_others epochs3 r128 alpha_r dropout0 dropout0.1 lr1e-3 lr1.5e-3 lr2e-3 sample_values); fi
+lever_of() { echo "${1%+seed*}"; }       # lr1.5e-3+seed43 -> lr1.5e-3
+seed_of() { [[ $1 == *+seed* ]] && echo "train.seed=${1##*+seed}"; }  # -> train.seed=43 (none: the config's)
 for name in "${names[@]}"; do
-  [ -n "${LEVERS[$name]+set}" ] || { echo "error: unknown lever $name; valid: $(printf '%s\n' "${!LEVERS[@]}" | sort | paste -sd ' ')" >&2; exit 2; }
+  lever=$(lever_of "$name")
+  [ -n "${LEVERS[$lever]+set}" ] || { echo "error: unknown lever $lever; valid: $(printf '%s\n' "${!LEVERS[@]}" | sort | paste -sd ' ') (each may end in +seedN)" >&2; exit 2; }
+  [[ $name != *+seed* || ${name##*+seed} =~ ^[0-9]+$ ]] || { echo "error: $name: the seed after +seed must be a whole number, e.g. $lever+seed43" >&2; exit 2; }
 done
 
 mkdir -p runs/levers
 running=0
 for name in "${names[@]}"; do
   # shellcheck disable=SC2086  # the overrides are words
-  python -m ray_spider train "$WINNER" name="lever-$name" output_dir=runs/levers ${LEVERS[$name]} $EXTRA \
+  python -m ray_spider train "$WINNER" name="lever-$name" output_dir=runs/levers ${LEVERS[$(lever_of "$name")]} $(seed_of "$name") $EXTRA \
     > "runs/levers/$name.log" 2>&1 &
   echo "started $name (log runs/levers/$name.log)"
   running=$((running + 1))
