@@ -9,10 +9,12 @@
 #     batch 8192, shared prefix KV, cuda_graph_rows=512 (the settings of docs/benchmarks.md),
 # (D) each of VARIANTS (space-separated; commas join overrides of one variant) as another voted row
 #     of the first lever's adapter: what voting costs and scores with it.
+# STAGES (default ACD) picks the stages: STAGES=CD decodes the levers' latest runs in runs/levers again.
 # Results in /tmp/NAME/ (A: logs and records, C and D: decoding_ablation.py outputs), the timeline in /tmp/NAME.log.
 set -uo pipefail
 name=$1; shift; levers=("$@")
 read -ra variants <<< "${VARIANTS:-}"
+STAGES=${STAGES:-ACD}
 mkdir -p /tmp/bin; printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python; chmod +x /tmp/bin/python; export PATH=/tmp/bin:$PATH
 cd "$REPO"
 . "${FERRY_ENV:-/tmp/ferry/env.sh}" > /dev/null  # PYTHONPATH, FERRY_MODEL, FERRY_SPIDER
@@ -30,18 +32,24 @@ decode() {  # decode OUT RUN ARGS...: decoding_ablation.py of RUN's adapter on d
 {
 step "start"
 python3 -c "import ray_spider.cli, sqlglot, llguidance, liger_kernel; print('imports ok')" || { step "IMPORTS FAILED"; exit 1; }
-step "A levers ${levers[*]}, ${PARALLEL:=${#levers[@]}} at once"
-[[ -d runs/levers ]] && { mkdir -p runs/levers_before; mv runs/levers "runs/levers_before/$(date +%s)"; }
-PARALLEL=$PARALLEL bash bench/training_levers.sh "${levers[@]}" > $S/A/levers.txt 2>&1
-step "A done"
+if [[ $STAGES == *A* ]]; then
+  step "A levers ${levers[*]}, ${PARALLEL:=${#levers[@]}} at once"
+  [[ -d runs/levers ]] && { mkdir -p runs/levers_before; mv runs/levers "runs/levers_before/$(date +%s)"; }
+  PARALLEL=$PARALLEL bash bench/training_levers.sh "${levers[@]}" > $S/A/levers.txt 2>&1
+  step "A done"
+fi
 runs=()
 for lever in "${levers[@]}"; do
-  run=$(ls -td runs/levers/lever-"${lever/+/-}"-*/ | head -1); runs+=("$run")
-  mkdir -p "$S/A/$lever"; cp "runs/levers/$lever.log" "$S/A/$lever/"; (cd "$run" && cp -r *.json *.md *.yaml *.png "$S/A/$lever/" 2> /dev/null)
+  run=$(ls -td runs/levers/lever-"${lever/+/-}"-*/ 2> /dev/null | head -1); runs+=("$run")
+  mkdir -p "$S/A/$lever"; cp "runs/levers/$lever.log" "$S/A/$lever/" 2> /dev/null
+  [[ -n $run ]] || { step "$lever: no run folder (its log: runs/levers/$lever.log)"; continue; }
+  (cd "$run" && cp -r *.json *.md *.yaml *.png "$S/A/$lever/" 2> /dev/null)
+  [[ $STAGES == *C* ]] || continue
   step "C $lever on $run (alone)"
   decode "$S/C/$lever" "$run" --rows greedy,voted_rows
   step "C $lever done"
 done
+[[ $STAGES == *D* && -n ${runs[0]} ]] || variants=()
 for variant in "${variants[@]}"; do
   sets=(); for item in ${variant//,/ }; do sets+=(--set "$item"); done
   step "D ${levers[0]} voted with $variant"

@@ -12,7 +12,7 @@
 # the runs' sizes, not their maximum. Relative to the winner (1.0): train_others 1.19 (1,659 more
 # examples than train's 8,659), epochs3 1.5, r128 ~1.05, sample_values 1.2-1.4 (longer prompts),
 # the others 1.0. At 16-row micro-batches a run peaks at 32-34 GB: at most 3 per H200.
-# Each run's folder is printed at its end; its report.md holds the best dev EX, its config.yaml the change.
+# Each run's folder is printed at its end (exit status 1 when any run failed; the others still run); its report.md holds the best dev EX, its config.yaml the change.
 # Measured (docs/results.md, "Training levers"): lr1.5e-3 and lr1e-3 pay, r128 barely, dropout0 and
 # train_others do not; two at a time took 582-634 s on one H200.
 set -euo pipefail
@@ -45,17 +45,19 @@ for name in "${names[@]}"; do
 done
 
 mkdir -p runs/levers
+failed=0
 running=0
 for name in "${names[@]}"; do
   # shellcheck disable=SC2086  # the overrides are words
-  python -m ray_spider train "$WINNER" name="lever-$name" output_dir=runs/levers ${LEVERS[$(lever_of "$name")]} $(seed_of "$name") $EXTRA \
+  python -m ray_spider train "$WINNER" name="lever-${name/+/-}" output_dir=runs/levers ${LEVERS[$(lever_of "$name")]} $(seed_of "$name") $EXTRA \
     > "runs/levers/$name.log" 2>&1 &
   echo "started $name (log runs/levers/$name.log)"
   running=$((running + 1))
-  if [ "$running" -ge "$PARALLEL" ]; then wait -n; running=$((running - 1)); fi
+  if [ "$running" -ge "$PARALLEL" ]; then wait -n || failed=1; running=$((running - 1)); fi  # a failed run does not stop the others
 done
-wait
+while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
 for name in "${names[@]}"; do
   echo "== $name: $(grep -m1 -o 'run folder:.*' "runs/levers/$name.log" || echo 'no run folder (see its log)')"
-  grep -m3 -iE 'best|dev_ex' "runs/levers/$name.log" || true
+  grep -m3 -iE 'best|dev_ex|error' "runs/levers/$name.log" || true
 done
+exit "$failed"  # 1 when any run failed
