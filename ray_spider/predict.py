@@ -196,16 +196,21 @@ def run_prediction(
     else:
         examples, _ = spider.executable(spider.examples(split))
     model, tokenizer = load_for_inference(cfg.model, adapter, merge=cfg.generation.merge_adapter)
-    generation = cfg.generation.model_dump(mode="json")  # how the answers were decoded
     if any(example.query is None for example in examples):
         answers = unscored_answers(examples, generate_raw(model, tokenizer, prompter, examples, cfg.generation, progress, cfg.eval))
-        answers.prompt_version, answers.generation = prompter.version, generation
+        answers.prompt_version, answers.generation = prompter.version, cfg.generation.model_dump(mode="json")
         answers.write(out_dir)
         return answers
-    result = predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress)
-    result = replace(result, summary=replace(result.summary, prompt_version=prompter.version, generation=generation))
+    result = with_settings(predict_and_score(model, tokenizer, prompter, examples, cfg.generation, cfg.eval, progress), prompter, cfg.generation)
     result.write(out_dir)
     return result
+
+
+def with_settings(result: PredictionResult, prompter: Prompter, generation: GenerationConfig) -> PredictionResult:
+    """``result`` with how its answers were made, for its summary.json: the prompt version and the
+    generation section (greedy, constrained, candidates). `predict` and training's dev rounds both
+    record them, so `compare` sets side by side answers whose decoding it can name."""
+    return replace(result, summary=replace(result.summary, prompt_version=prompter.version, generation=generation.model_dump(mode="json")))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ray_spider.data import build_sft_dataset, scored_dev_examples, train_exampl
 from ray_spider.memory import keeps_dense_mask, resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.placement_group import PLACEMENT_GROUP_METRIC, worker_placement_group_id
-from ray_spider.predict import PredictionResult, generate_raw, score_outputs
+from ray_spider.predict import PredictionResult, generate_raw, score_outputs, with_settings
 from ray_spider.progress import LOG_FILE, PROGRESS_FILE, ProgressFile, output_to, show_progress
 from ray_spider.prompt import Prompter, tokenize_example
 from ray_spider.spider import Spider
@@ -179,7 +179,9 @@ class DevEvalCallback(TrainerCallback):
         peaks = {"gpu_peak_gb_train": take_peak_memory_gb(self.device)}  # since the previous round
         raw = self._all_raw_outputs(model)
         peaks["gpu_peak_gb_dev"] = take_peak_memory_gb(self.device)
-        result = score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False) if self.rank == 0 else None
+        result = None
+        if self.rank == 0:
+            result = with_settings(score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False), self.prompter, self.cfg.generation)
         self.eval_seconds += time.perf_counter() - started
         measured = {"train_s": steps_s, **{key: gb for key, gb in peaks.items() if gb is not None}}
         metrics = self._round_metrics(state, result, measured)

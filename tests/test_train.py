@@ -117,6 +117,8 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
     assert manifest["best_step"] == best_round(evals)["step"]
     assert manifest["train_examples"] == 64
     assert manifest["deterministic_kernels"] is (workers == 1)  # train.deterministic reached the worker
+    summary = json.loads((run_dir / "dev_eval/summary.json").read_text())  # how the answers were made, as `predict` records it
+    assert summary["prompt_version"] == manifest["prompt_version"] and summary["generation"]["max_new_tokens"] == 8
     predictions = [json.loads(line) for line in (run_dir / "dev_eval/predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 4
 
