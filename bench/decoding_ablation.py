@@ -75,10 +75,11 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def table(results: dict[str, dict], k: int) -> str:
+def table(results: dict[str, dict]) -> str:
     head = ["decoding", "n", "EX", "EM"] + [f"EX {level}" for level in LEVELS] + list(ERRORS) + ["generate_s", "score_s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, summary in results.items():
+        k = summary["generation"]["candidates"]  # as decoded: a --set generation.candidates=N overrides --candidates
         label = name + (f" (k={k})" if name.endswith(GUIDED) else "")
         hardness = summary["by_hardness"]
         cells = [label, str(summary["n"]), f"{summary['ex']:.3f}", f"{summary['em']:.3f}"]
@@ -112,7 +113,7 @@ def main() -> None:
     if unknown or not names:
         parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}" if unknown else f"--rows names no row; valid: {', '.join(ROWS)}")
     results = {name: run_row(name, args) for name in names}
-    text = table(results, args.candidates)
+    text = table(results)
     print(text)
     (args.out / "ablation.md").write_text(text + "\n")
 

@@ -31,3 +31,18 @@ def test_training_levers_runs_every_lever_when_one_fails_and_names_seeded_runs(t
         assert f"== {name}: no run folder" in done.stdout
     seeded = (repo / "runs/levers/lr1.5e-3+seed43.log").read_text()
     assert "train.epochs" in seeded and "name:" not in seeded  # the run name passed; only the bad epochs stopped it
+
+
+def test_decoding_ablation_labels_the_candidates_each_row_decoded():
+    """A voted row with `--set generation.candidates=12` decoded 12 candidates (the later override wins)
+    but was labelled with --candidates' k=16 (H200, 2026-12-03): the label comes from the row's summary."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import decoding_ablation
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    levels = {level: {"ex": 0.5, "n": 2} for level in decoding_ablation.LEVELS}
+    summary = {"n": 8, "ex": 0.5, "em": 0.25, "by_hardness": levels, "error_types": {}, "generate_s": 1.0, "score_s": 0.1}
+    text = decoding_ablation.table({"greedy": {**summary, "generation": {"candidates": 1}},
+                                    "voted_rows": {**summary, "generation": {"candidates": 12}}})
+    assert "| greedy | 8 |" in text and "| voted_rows (k=12) | 8 |" in text
