@@ -12,7 +12,7 @@
 #            micro-batch/checkpointing/merged copy, peak train/dev GB against the budget            ~2.5
 #   bench    bench_train at 8B on GPU0, alone: the product under a 48 GB budget vs plain TRL (micro-batch
 #            4 x 8, 30 steps = 960 examples, max_length 2048, nf4 both)                               ~5
-#   benchpf  bench again, the product padding-free (train.padding_free, flex_attention, 32 rows x 1,
+#   benchpf  bench again, the product padding-free (train.padding_free, flex_attention, PF_ROWS=32 rows x 1,
 #            deterministic kernels off: flex's backward is unchecked there), after an untimed 2-step
 #            product run that compiles flex's kernels into torch's disk caches                        ~7
 #   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
@@ -95,10 +95,11 @@ part_bench() {  # 8B: product vs plain TRL on one GPU, alone
   bench_result 8b bench
 }
 
-part_benchpf() {  # 8B: the same bench, the product padding-free with flex_attention, 32 rows x 1 per optimizer step
-  local attention=flex_attention rows=32
+part_benchpf() {  # 8B: the same bench, the product padding-free with flex_attention, PF_ROWS (default 32) rows per micro-batch, the plain side's effective batch
+  local attention=flex_attention rows=${PF_ROWS:-32} batch flag accumulation
   [[ $DRY == 1 ]] && attention=sdpa rows=2  # FlexAttention has no backward on CPU
-  CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/bench_train.py $(bench_args | sed "s/--ray-batch-size auto/--ray-batch-size $rows --ray-accumulation 1/") \
+  read -r batch flag accumulation <<< "$BENCH_BATCH"  # the plain side's effective batch, kept
+  CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/bench_train.py $(bench_args | sed "s/--ray-batch-size auto/--ray-batch-size $rows --ray-accumulation $((batch * accumulation / rows))/") \
     --ray-set train.padding_free=true --ray-set model.attn_implementation=$attention --ray-set train.deterministic=false \
     --ray-warmup-steps 2 > "$OUT/benchpf/bench_pf.txt" 2>&1
   bench_result pf benchpf
