@@ -245,3 +245,19 @@ def test_a_budget_that_fits_nothing_is_one_error_from_the_worker(tiny_dir, spide
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "error:" in result.stderr and "does not fit in 0.001 GB" in result.stderr and "(the budget: train.gpu_memory_gb=0.001)" in result.stderr
     assert "Traceback" not in result.stderr and "WorkerGroupError" not in result.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_out_of_gpu_memory_is_one_error_naming_the_settings(tiny_dir, spider_dir, tmp_path):
+    """A given micro-batch over the budget is only warned of (memory.warn_given_micro_batch); when its
+    step then runs out of GPU memory, the terminal gets train.TrainingMemoryError's one line, which
+    names the micro-batch and the settings that would fit, not torch's OutOfMemoryError traceback."""
+    result = run_cli(
+        "train", "sweeps/smoke_cpu.yaml", f"output_dir={tmp_path}", f"model.name={tiny_dir}", "train.use_gpu=true",
+        "train.gpu_memory_gb=0.05", "train.per_device_batch_size=16", "train.effective_batch_size=16", "train.max_steps=1",
+        "train.max_length=2048", "generation.merge_adapter=false", "generation.batch_size=1",
+    )
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "training ran out of GPU memory at micro-batch 16" in result.stderr, result.stderr[-3000:]
+    assert "train.per_device_batch_size=auto" in result.stderr and "Traceback" not in result.stderr
