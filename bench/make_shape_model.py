@@ -5,6 +5,8 @@ downloaded. Its answers are noise; its tokens/s and GB are the real model's.
     python bench/make_shape_model.py --shape llama-3.1-8b --out models/llama31-8b-shape            # on a GPU: ~1-2 min
     python bench/make_shape_model.py --shape llama-3.1-8b --layers 2 --out /tmp/l8b-2l --device cpu # a dry run on CPU
     ray-spider train sweeps/qlora_llama31_8b.yaml model.name=models/llama31-8b-shape train.gpu_memory_gb=24
+    python bench/make_shape_model.py --config-only --out /tmp/l8b-config                          # seconds, no weights
+    ray-spider plan sweeps/qlora_llama31_8b.yaml model.name=/tmp/l8b-config train.gpu_memory_gb=24  # the memory plan, on CPU
 
 The weights are allocated on ``torch.device('meta')``, materialized with ``to_empty`` on --device
 (a GPU by default when there is one) in bf16, and filled with N(0, 0.02) (norms with ones): no
@@ -86,15 +88,28 @@ def random_model(config, device: str, seed: int = 0):
     return model
 
 
-def make_shape_model(shape: str, out: Path, layers: int | None = None, device: str | None = None, seed: int = 0) -> dict:
-    """Write the folder; returns what was made and how long each part took (s)."""
+def make_shape_config(shape: str, out: Path, layers: int | None = None) -> dict:
+    """Write only config.json and the tokenizer (no weights, seconds): enough for `ray-spider plan`."""
+    config, tokenizer = shape_config_and_tokenizer(shape, layers)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"shape": shape, "layers": config.num_hidden_layers, "weights": False}
+
+
+def shape_config_and_tokenizer(shape: str, layers: int | None = None):
     from ray_spider.config import OFFLINE_MODEL
     from ray_spider.model import load_tokenizer, resolve_model
 
+    tokenizer = load_tokenizer(resolve_model(OFFLINE_MODEL))
+    return shape_config(shape, tokenizer, layers), tokenizer
+
+
+def make_shape_model(shape: str, out: Path, layers: int | None = None, device: str | None = None, seed: int = 0) -> dict:
+    """Write the folder; returns what was made and how long each part took (s)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    tokenizer = load_tokenizer(resolve_model(OFFLINE_MODEL))
-    config = shape_config(shape, tokenizer, layers)
+    config, tokenizer = shape_config_and_tokenizer(shape, layers)
     model = random_model(config, device, seed)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -126,9 +141,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers (a quick dry run)")
     parser.add_argument("--device", default=None, help="where the weights are made (default: cuda when there is one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config-only", action="store_true", help="config.json and tokenizer only, no weights: for `ray-spider plan`")
     args = parser.parse_args()
     if args.layers is not None and args.layers < 1:
         parser.error(f"--layers must be at least 1, got {args.layers}")
+    if args.config_only:
+        info = make_shape_config(args.shape, args.out, args.layers)
+        print(f"made {args.out}: {args.shape} with {info['layers']} layers, config and tokenizer only (no weights)")
+        return
     info = make_shape_model(args.shape, args.out, args.layers, args.device, args.seed)
     print(
         f"made {args.out}: {args.shape} with {info['layers']} layers, {info['params'] / 1e9:.3f}B params, random bf16 "

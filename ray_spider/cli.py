@@ -126,14 +126,15 @@ def _run_config(config: Path | None, overrides: list[str] = ()):
     return load_run_config(config, overrides)
 
 
-def _job_config(config: Path | None, overrides: list[str], splits: tuple[str, ...] = ("dev",)):
-    """The run config of a command that loads a model. The Spider folder (its files for ``splits``) and
-    the model spec are checked here, so that a mistake in either is named before Ray starts or a model loads."""
+def _job_config(config: Path | None, overrides: list[str], splits: tuple[str, ...] = ("dev",), needs_weights: bool = True):
+    """The run config of a command that loads a model (``needs_weights``: or only its config and tokenizer).
+    The Spider folder (its files for ``splits``) and the model spec are checked here, so that a mistake in
+    either is named before Ray starts or a model loads."""
     from ray_spider.model import check_model_spec
 
     cfg = _run_config(config, overrides)
     _spider(None, cfg.data).check(splits)
-    check_model_spec(cfg.model.name)
+    check_model_spec(cfg.model.name, needs_weights=needs_weights)
     return cfg
 
 
@@ -285,6 +286,59 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
     check_output(cfg.output_dir, what="output_dir", allow_existing_dir=True)
     from ray_spider.train import run_training  # slow to import: after the checks
     _show_run(run_training(cfg, _command_line()))
+
+
+@app.command()
+def plan(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
+    """The memory plan a training worker would make for this run config, without a GPU or the model's weights.
+
+    Plans for train.gpu_memory_gb (or $RAY_SPIDER_GPU_MEMORY_GB): the GPU to dry-run, e.g. train.gpu_memory_gb=24
+    for an L4 or A10. Reads the model's config.json and tokenizer only (model.name may be a folder holding just
+    those) and the Spider training rows; prints what the `auto` settings become and the estimated peaks."""
+    from ray_spider.memory import MEMORY_ENV
+
+    cfg = _job_config(config, overrides or [], splits=("train",), needs_weights=False)
+    if cfg.train.gpu_memory_gb is None and not os.environ.get(MEMORY_ENV):
+        fail(f"give the GPU memory to plan for: train.gpu_memory_gb=24 (GB per worker), or ${MEMORY_ENV}=24")
+    from ray_spider.train import plan_worker_memory, training_rows  # slow to import: after the checks
+
+    import datasets
+
+    datasets.disable_progress_bars()  # the status line below says what is under way
+    with console.status("tokenizing the training rows"):
+        tokenized = training_rows(cfg, _spider(None, cfg.data))[3]
+    resolved, memory_plan = plan_worker_memory(cfg, "cpu", tokenized)
+    if memory_plan is None:
+        fail(f"model.name={cfg.model.name!r} is not a LLaMA-family model: its memory cannot be planned")
+    stdout.print(memory_plan_table(cfg, resolved, memory_plan))
+
+
+def memory_plan_table(cfg, resolved, memory_plan):
+    """The plan as a table: each memory setting, its value and whether the config left it to `auto`."""
+    from rich.table import Table
+
+    train, generation = resolved.train, resolved.generation
+    auto = {
+        "micro-batch": cfg.train.per_device_batch_size, "gradient checkpointing": cfg.train.gradient_checkpointing,
+        "dev rounds": cfg.generation.merge_adapter, "generation batch": cfg.generation.batch_size,
+    }
+    rows = [
+        ("budget per worker", f"{memory_plan.budget_gb:g} GB"),
+        ("micro-batch", f"{train.per_device_batch_size} x {resolved.gradient_accumulation_steps} accumulation x {train.num_workers} "
+                        f"worker(s) = effective batch {train.effective_batch_size}"),
+        ("gradient checkpointing", "on" if train.gradient_checkpointing else "off"),
+        ("dev rounds", "on a merged bf16 copy" if generation.merge_adapter else "on the 4-bit base + adapter"),
+        ("generation batch", f"{generation.batch_size} rows"),
+        ("estimated peak, training", f"{memory_plan.estimate_train_gb} GB"),
+        ("estimated peak, dev rounds", f"{memory_plan.estimate_dev_gb} GB"),
+    ]
+    table = Table(title=f"memory plan: {cfg.model.name} at {memory_plan.budget_gb:g} GB", title_justify="left")
+    for column in ("setting", "value", "chosen by"):
+        table.add_column(column)
+    for name, value in rows:
+        table.add_row(name, value, ("plan (auto)" if auto[name] == "auto" else "config") if name in auto else "")
+    table.caption = "estimates are upper bounds (docs/benchmarks.md: measured peaks were about a third lower)"
+    return table
 
 
 @app.command()

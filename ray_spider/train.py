@@ -254,6 +254,22 @@ def worker_gpu_share() -> float:
     return ray.get_runtime_context().get_assigned_resources().get("GPU") or 1.0
 
 
+def training_rows(cfg: RunConfig, spider: Spider):
+    """(prompter, tokenizer, SFT rows, the rows tokenized) of a run: what training reads, before any model loads."""
+    prompter = Prompter(spider, cfg.prompt)
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
+    train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
+    return prompter, tokenizer, train_set, tokenize_dataset(train_set, tokenizer)
+
+
+def plan_worker_memory(cfg: RunConfig, device, tokenized, gpu_share: float = 1.0):
+    """memory.resolve_memory_settings for a worker on ``device`` training the ``tokenized`` rows: the
+    longest row is the sequence length, and padding-free micro-batches are costed by the rows' lengths.
+    Returns (cfg with the ``auto`` settings filled, MemoryPlan or None); raises memory.DoesNotFit."""
+    lengths = row_lengths(tokenized, cfg.train.max_length)
+    return resolve_memory_settings(cfg, device, max(lengths, default=1), gpu_share=gpu_share, row_lengths=lengths)
+
+
 def tokenize_dataset(train_set, tokenizer):
     """The SFT rows (build_sft_dataset) as input_ids + completion_mask (tokenize_example)."""
     return train_set.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer}, remove_columns=train_set.column_names)
@@ -357,13 +373,9 @@ def _train_loop(config: dict) -> dict:
         use_deterministic_kernels()
     set_seed(cfg.train.seed)
     spider = Spider(cfg.data.spider_dir)
-    prompter = Prompter(spider, cfg.prompt)
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    train_set = build_sft_dataset(prompter, train_examples(spider, cfg.data))
-    tokenized = tokenize_dataset(train_set, tokenizer)
+    prompter, tokenizer, train_set, tokenized = training_rows(cfg, spider)
     # Before the model loads: the budget is enforced from here, and `auto` settings get their values.
-    lengths = row_lengths(tokenized, cfg.train.max_length)
-    cfg, plan = resolve_memory_settings(cfg, device, max(lengths, default=1), gpu_share=worker_gpu_share(), row_lengths=lengths)
+    cfg, plan = plan_worker_memory(cfg, device, tokenized, gpu_share=worker_gpu_share())
     log.info("memory plan: %s", plan)
     base = load_model(cfg.model, device=device)
     warn_dense_padding_free(cfg, base, device)

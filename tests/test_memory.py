@@ -26,7 +26,7 @@ from ray_spider.model import apply_liger_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from make_shape_model import make_shape_model, shape_config  # noqa: E402
+from make_shape_model import make_shape_config, make_shape_model, shape_config  # noqa: E402
 
 LLAMA_31_8B = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256)
 SMOLLM2_135M = ModelShape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, tied_embeddings=True)
@@ -366,3 +366,27 @@ def test_cpu_runs_plan_against_the_memory_free_now_not_the_machine_total():
 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9  # GB, as memory.GB
     assert 0 < host_memory_gb() < total  # this process alone holds some
+
+
+def test_plan_prints_the_8b_configs_memory_plan_from_its_config_alone(tmp_path):
+    """`ray-spider plan`: the settings a worker would choose at a budget, from a folder holding only the
+    8B shape's config.json and tokenizer (no weights, no GPU); the figures of docs/benchmarks.md's table."""
+    import subprocess
+
+    make_shape_config("llama-3.1-8b", tmp_path / "l8b")
+    assert not list((tmp_path / "l8b").glob("*.safetensors"))
+
+    def plan(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ray_spider", "plan", "sweeps/qlora_llama31_8b.yaml", f"model.name={tmp_path / 'l8b'}", *overrides],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300, env=without_budget)
+
+    without_budget = {key: value for key, value in os.environ.items() if key != "RAY_SPIDER_GPU_MEMORY_GB"}
+
+    done = plan("train.gpu_memory_gb=24")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for expected in ("8 x 8 accumulation x 1 worker(s) = effective batch 64", "on the 4-bit base + adapter", "27 rows", "19.69 GB", "20.9 GB"):
+        assert expected in done.stdout, done.stdout
+    missing = plan()
+    assert missing.returncode == 2 and "give the GPU memory to plan for: train.gpu_memory_gb=24" in missing.stderr
+    tiny = plan("train.gpu_memory_gb=4")
+    assert tiny.returncode == 2 and "does not fit in 4 GB" in tiny.stderr and "Traceback" not in tiny.stderr
