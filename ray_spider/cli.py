@@ -292,9 +292,8 @@ def train(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")]
 def plan(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")], overrides: Overrides = None) -> None:
     """The memory plan a training worker would make for this run config, without a GPU or the model's weights.
 
-    Plans for train.gpu_memory_gb (or $RAY_SPIDER_GPU_MEMORY_GB): the GPU to dry-run, e.g. train.gpu_memory_gb=24
-    for an L4 or A10. Reads the model's config.json and tokenizer only (model.name may be a folder holding just
-    those) and the Spider training rows; prints what the `auto` settings become and the estimated peaks."""
+    Plans for train.gpu_memory_gb (or $RAY_SPIDER_GPU_MEMORY_GB), e.g. train.gpu_memory_gb=24 for an L4 or A10. Reads the model's config.json and tokenizer only (model.name may be a folder holding just those) and the Spider training rows; prints what the `auto` settings become and the estimated peaks.
+    """
     from ray_spider.memory import MEMORY_ENV
 
     cfg = _job_config(config, overrides or [], splits=("train",), needs_weights=False)
