@@ -297,8 +297,18 @@ def read_summary_file(path: Path) -> PredictionSummary:
     return PredictionSummary.from_dict(json.loads(Path(path).read_text()))
 
 
+def decoding_cell(generation: dict | None) -> str:
+    """A summary's recorded generation section in a few words ("greedy", "16 sampled, majority_rows",
+    ", constrained"); "-" for a summary from before decodings were recorded."""
+    if not generation:
+        return "-"
+    k = generation.get("candidates", 1)
+    how = "greedy" if k == 1 else f"{k} {'beams' if generation.get('search') == 'beam' else 'sampled'}, {generation.get('pick')}"
+    return how + (", constrained" if generation.get("constrained") else "")
+
+
 def comparison_table(summaries: list[PredictionSummary], labels: list[str]):
-    """A rich Table with one column per summary: questions, SQL-only rate, EX and EM overall and per
+    """A rich Table with one column per summary: questions, decoding, SQL-only rate, EX and EM overall and per
     hardness level (levels that none of them has are left out). Scores of summaries over different
     question sets are not comparable; the row of question counts shows it."""
     from rich.table import Table
@@ -308,6 +318,7 @@ def comparison_table(summaries: list[PredictionSummary], labels: list[str]):
     for label in labels:
         table.add_column(label, justify="right")
     table.add_row("questions", *(str(s.n) for s in summaries))
+    table.add_row("decoding", *(decoding_cell(s.generation) for s in summaries))
     table.add_row("SQL-only rate", *(f"{s.sql_only_rate:.3f}" for s in summaries))
     table.add_row("EX", *(f"{s.ex:.3f}" for s in summaries))
     table.add_row("EM", *(f"{s.em:.3f}" for s in summaries))

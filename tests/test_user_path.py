@@ -177,6 +177,11 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert "SQL-only rate" in compared.stdout and "EX" in compared.stdout
     assert "warning" not in compared.stderr
+    voted = tmp_path / "voted"  # each column names how its answers were decoded
+    voted.mkdir()
+    (voted / "summary.json").write_text(json.dumps({**summary, "generation": {**summary["generation"], "candidates": 16, "pick": "majority_rows"}}))
+    decodings = run_cli("compare", str(out), str(voted))
+    assert decodings.returncode == 0 and "greedy" in decodings.stdout and "16 sampled, majority_rows" in decodings.stdout, decodings.stdout
 
     other = tmp_path / "other"  # the same scores over another prompt: not comparable, and said so
     other.mkdir()
