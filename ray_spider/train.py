@@ -548,6 +548,22 @@ def worker_user_error(error: BaseException) -> UserError | None:
     return None
 
 
+def check_local_gpus(train) -> None:
+    """Raise ConfigError when ``train.use_gpu=true`` asks for more GPUs (one per worker) than this machine
+    has and the run will start its own local Ray cluster: Ray Train would wait for them forever. A
+    running cluster (``$RAY_ADDRESS``, or one `ray start` left) is not checked: an autoscaler may add GPU nodes."""
+    from ray._private.services import canonicalize_bootstrap_address  # Ray's own lookup, as start_ray's ray.init
+
+    if not train.use_gpu or canonicalize_bootstrap_address(None):
+        return
+    if torch.cuda.device_count() < train.num_workers:
+        raise ConfigError(
+            f"train.use_gpu=true with train.num_workers={train.num_workers} needs {train.num_workers} GPU(s), and this machine has "
+            f"{torch.cuda.device_count()} that torch sees; set train.use_gpu=false (CPU), leave it unset (a GPU when there is one), "
+            "or give fewer workers"
+        )
+
+
 def run_training(cfg: RunConfig, command: str) -> Path:
     """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
     from ray_spider.records import RunFolder, best_round, metrics_by_step
@@ -557,6 +573,7 @@ def run_training(cfg: RunConfig, command: str) -> Path:
             f"model.attn_implementation={cfg.model.attn_implementation} with train.use_gpu=false: FlexAttention has no backward "
             "on CPU; train on a GPU, or leave model.attn_implementation unset (sdpa)"
         )
+    check_local_gpus(cfg.train)
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
     run = RunFolder.create(cfg)

@@ -234,6 +234,18 @@ def test_flex_attention_training_on_cpu_is_refused_before_anything_is_made(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_use_gpu_on_a_machine_without_one_is_one_error_before_anything_starts(tmp_path):
+    """train.use_gpu=true on a CPU machine left `train` waiting forever for a GPU its own local Ray
+    cluster would never have (Ray Train's pending workers); now one error, nothing written."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-m", "ray_spider", "train", "sweeps/smoke_cpu.yaml", f"output_dir={tmp_path}", "train.use_gpu=true"],
+                            capture_output=True, text=True, timeout=120, env={**env, "RAY_ADDRESS": "local"})
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train.use_gpu=true with train.num_workers=1 needs 1 GPU(s), and this machine has 0" in " ".join(result.stderr.split())
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_budget_that_fits_nothing_is_one_error_from_the_worker(tiny_dir, spider_dir, tmp_path):
     """The memory plan runs in the Ray worker; a mistake found there (memory.DoesNotFit, a training
