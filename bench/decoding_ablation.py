@@ -52,18 +52,25 @@ ERRORS = ("wrong_result", "unknown_table_or_column", "syntax_error", "no_sql", "
 
 
 def is_candidate_setting(override: str) -> bool:
-    """Whether ``override`` sets how candidates are made or picked, which predict refuses for one candidate."""
-    return any(override.startswith(f"generation.{key}=") for key in CANDIDATE_KEYS)
+    """Whether ``override`` sets how many candidates are made or how they are made and picked: a row of
+    one candidate (greedy, constrained) leaves it out, so that it stays a one-candidate row."""
+    return any(override.startswith(f"generation.{key}=") for key in ("candidates", *CANDIDATE_KEYS))
 
 
-def run_row(name: str, args: argparse.Namespace) -> dict:
-    out = args.out / name.replace("+", "_")
+def row_overrides(name: str, args: argparse.Namespace) -> list[str]:
+    """The `predict` overrides of row ``name``: its own, the question sample, the batch, then ``--set``'s
+    (the candidate ones only for rows of k candidates)."""
     overrides = [item.format(k=args.candidates) for item in ROWS[name]]
     overrides.append(f"data.dev_subset={args.limit if args.limit is not None else 'null'}")
     if args.batch_size is not None:
         overrides.append(f"generation.batch_size={args.batch_size}")
     with_candidates = any(item.startswith("generation.candidates=") for item in overrides)
-    overrides += [item for item in args.set if with_candidates or not is_candidate_setting(item)]
+    return overrides + [item for item in args.set if with_candidates or not is_candidate_setting(item)]
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict:
+    out = args.out / name.replace("+", "_")
+    overrides = row_overrides(name, args)
     command = [sys.executable, "-m", "ray_spider", "predict", "--config", str(args.config), "--out", str(out)]
     if args.adapter:
         command += ["--adapter", str(args.adapter)]
@@ -108,6 +115,9 @@ def main() -> None:
     parser.add_argument("--limit", type=positive, default=None, help="score the seeded sample of N dev questions (dry runs)")
     parser.add_argument("--batch-size", type=positive, default=None, help="generation.batch_size override (rows: k per question when guided)")
     args = parser.parse_args()
+    for option, path in (("--config", args.config), ("--adapter", args.adapter)):
+        if path is not None and not path.exists():
+            parser.error(f"{option} {path}: not found")
     names = [name.strip() for name in args.rows.split(",") if name.strip()]
     unknown = [name for name in names if name not in ROWS]
     if unknown or not names:

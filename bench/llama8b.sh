@@ -12,7 +12,7 @@
 #            micro-batch/checkpointing/merged copy, peak train/dev GB against the budget            ~2.5
 #   bench    bench_train at 8B on GPU0, alone: the product under a 48 GB budget vs plain TRL (micro-batch
 #            4 x 8, 30 steps = 960 examples, max_length 2048, nf4 both)                               ~5
-#   benchpf  bench again, the product padding-free (train.padding_free, flex_attention, PF_ROWS=32 rows x 1,
+#   benchpf  bench again, the product padding-free (train.padding_free, flex_attention, PF_ROWS=32 rows x 1 by default,
 #            deterministic kernels off: flex's backward is unchecked there), after an untimed 2-step
 #            product run that compiles flex's kernels into torch's disk caches                        ~7
 #   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
@@ -95,10 +95,9 @@ part_bench() {  # 8B: product vs plain TRL on one GPU, alone
   bench_result 8b bench
 }
 
-part_benchpf() {  # 8B: the same bench, the product padding-free with flex_attention, PF_ROWS (default 32) rows per micro-batch, the plain side's effective batch
-  local attention=flex_attention rows=${PF_ROWS:-32} batch flag accumulation
-  [[ $DRY == 1 ]] && attention=sdpa rows=2  # FlexAttention has no backward on CPU
-  read -r batch flag accumulation <<< "$BENCH_BATCH"  # the plain side's effective batch, kept
+part_benchpf() {  # 8B: the same bench, the product padding-free with flex_attention, PF_ROWS rows per micro-batch (default: all of the effective batch, 32)
+  local attention=flex_attention  # rows: PF_ROWS, checked to divide the plain side's effective batch (kept)
+  [[ $DRY == 1 ]] && attention=sdpa  # FlexAttention has no backward on CPU
   CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/bench_train.py $(bench_args | sed "s/--ray-batch-size auto/--ray-batch-size $rows --ray-accumulation $((batch * accumulation / rows))/") \
     --ray-set train.padding_free=true --ray-set model.attn_implementation=$attention --ray-set train.deterministic=false \
     --ray-warmup-steps 2 > "$OUT/benchpf/bench_pf.txt" 2>&1
@@ -113,7 +112,8 @@ part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1
   bench_result 135m bench135m
 }
 
-bench_result() {  # bench_result NAME PART: the ratio and tokens/s lines of one bench_train output
+bench_result() {  # bench_result NAME PART: the ratio and tokens/s lines of one bench_train output, or FAILED and its tail
+  grep -q 'ratio Ray' "$OUT/$2/bench_$1.txt" || { echo "RESULT bench $1: FAILED (tail of $OUT/$2/bench_$1.txt below)"; tail -15 "$OUT/$2/bench_$1.txt"; return 1; }
   echo "RESULT bench $1: $(grep -h -e 'ratio Ray' "$OUT/$2/bench_$1.txt" | tr -s ' ') | $(grep -h -e 'tokens/s' "$OUT/$2/bench_$1.txt" | grep -v ratio | tr -s ' ' | tr '\n' '|')"
 }
 
@@ -155,6 +155,13 @@ part_sweep() {
 parts=("$@")
 [[ ${#parts[@]} -eq 0 || ${parts[0]} == all ]] && parts=(make budgets bench bench135m ddp sweep)
 for part in "${parts[@]}"; do
+  declare -F "part_$part" > /dev/null || { echo "error: unknown part '$part'; valid: all $(declare -F | sed -n 's/^declare -f part_//p' | tr '\n' ' ')" >&2; exit 2; }
+done
+read -r batch flag accumulation <<< "$BENCH_BATCH"  # the plain side's micro-batch and accumulation
+rows=${PF_ROWS:-$((batch * accumulation))}              # benchpf's padding-free rows per micro-batch
+[[ $rows =~ ^[1-9][0-9]*$ && $((batch * accumulation % rows)) -eq 0 ]] \
+  || { echo "error: PF_ROWS=$rows must be a whole number dividing the effective batch $((batch * accumulation))" >&2; exit 2; }
+for part in "${parts[@]}"; do
   mkdir -p "$OUT/$part"
   started=$SECONDS
   echo "=== $(date +%T) part $part"
@@ -162,3 +169,4 @@ for part in "${parts[@]}"; do
   echo "=== part $part took $((SECONDS - started)) s" | tee -a "$OUT/$part/log.txt"
 done
 grep -h '^RESULT' "$OUT"/*/log.txt > "$OUT/RESULTS.txt" 2>/dev/null || true
+! grep -q 'FAILED' "$OUT/RESULTS.txt"  # exit status 1 when a part failed

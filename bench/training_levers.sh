@@ -7,6 +7,7 @@
 #   PARALLEL=2 EXTRA="generation.constrained=true" bench/training_levers.sh r128
 #   bench/training_levers.sh lr1.5e-3 lr1.5e-3+seed43   # a lever again with train.seed=43 (its own log and run)
 #
+# `python` on PATH must be the project's environment (e.g. PATH=.venv/bin:$PATH).
 # Cost: on one H200 the winner trains in ~9 min alone, and trials sharing a GPU split its training
 # throughput (54k tokens/s alone, ~52k for 3 at once, docs/benchmarks.md): GPU time is the sum of
 # the runs' sizes, not their maximum. Relative to the winner (1.0): train_others 1.19 (1,659 more
@@ -38,9 +39,11 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then names=(winner train_others epochs3 r128 alpha_r dropout0 dropout0.1 lr1e-3 lr1.5e-3 lr2e-3 sample_values); fi
 lever_of() { echo "${1%+seed*}"; }       # lr1.5e-3+seed43 -> lr1.5e-3
 seed_of() { [[ $1 == *+seed* ]] && echo "train.seed=${1##*+seed}"; }  # -> train.seed=43 (none: the config's)
+[[ $PARALLEL =~ ^[1-9][0-9]*$ ]] || { echo "error: PARALLEL=$PARALLEL must be a whole number of runs at once, e.g. PARALLEL=2" >&2; exit 2; }
+[[ -z $(printf '%s\n' "${names[@]}" | sort | uniq -d) ]] || { echo "error: a lever is named twice: $(printf '%s\n' "${names[@]}" | sort | uniq -d | paste -sd ' '); its runs would share a log" >&2; exit 2; }
 for name in "${names[@]}"; do
   lever=$(lever_of "$name")
-  [ -n "${LEVERS[$lever]+set}" ] || { echo "error: unknown lever $lever; valid: $(printf '%s\n' "${!LEVERS[@]}" | sort | paste -sd ' ') (each may end in +seedN)" >&2; exit 2; }
+  [[ -n $lever && -n "${LEVERS[$lever]+set}" ]] || { echo "error: unknown lever '$lever'; valid: $(printf '%s\n' "${!LEVERS[@]}" | sort | paste -sd ' ') (each may end in +seedN)" >&2; exit 2; }
   [[ $name != *+seed* || ${name##*+seed} =~ ^[0-9]+$ ]] || { echo "error: $name: the seed after +seed must be a whole number, e.g. $lever+seed43" >&2; exit 2; }
 done
 
@@ -58,6 +61,6 @@ done
 while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
 for name in "${names[@]}"; do
   echo "== $name: $(grep -m1 -o 'run folder:.*' "runs/levers/$name.log" || echo 'no run folder (see its log)')"
-  grep -m3 -iE 'best|dev_ex|error' "runs/levers/$name.log" || true
+  grep -m3 -iE 'best|dev_ex|error' -A1 "runs/levers/$name.log" || true  # an error's next line says what is wrong
 done
 exit "$failed"  # 1 when any run failed

@@ -520,8 +520,11 @@ def compare(
         path = folder / "summary.json"
         if folder.is_file() and folder.name == "summary.json":
             fail(f"{folder}: give the folder that holds it ({folder.parent})")
+        if not folder.exists():
+            fail(f"{folder}: not found")
         if not path.is_file():
-            fail(f"{folder}: no summary.json (a `predict --out` folder or a run's dev_eval/)")
+            hint = f"; a run folder's scores are in {folder / 'dev_eval'}" if (folder / "dev_eval/summary.json").is_file() else ""
+            fail(f"{folder}: no summary.json (a `predict --out` folder or a run's dev_eval/){hint}")
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
             if summary.get("scored") is False:

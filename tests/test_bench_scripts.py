@@ -33,16 +33,47 @@ def test_training_levers_runs_every_lever_when_one_fails_and_names_seeded_runs(t
     assert "train.epochs" in seeded and "name:" not in seeded  # the run name passed; only the bad epochs stopped it
 
 
-def test_decoding_ablation_labels_the_candidates_each_row_decoded():
-    """A voted row with `--set generation.candidates=12` decoded 12 candidates (the later override wins)
-    but was labelled with --candidates' k=16 (H200, 2026-12-03): the label comes from the row's summary."""
+def test_decoding_ablation_keeps_one_candidate_rows_at_one_candidate():
+    """`--set generation.candidates=3` turned the greedy row into a 3-candidate vote, still labelled greedy."""
+    import argparse
+
+    decoding_ablation = _decoding_ablation()
+    args = argparse.Namespace(candidates=2, limit=2, batch_size=None, set=["generation.candidates=3", "generation.temperature=0.8", "eval.workers=1"])
+    assert decoding_ablation.row_overrides("greedy", args) == ["data.dev_subset=2", "eval.workers=1"]
+    assert decoding_ablation.row_overrides("voted", args)[-3:] == ["generation.candidates=3", "generation.temperature=0.8", "eval.workers=1"]
+
+
+def _decoding_ablation():
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import decoding_ablation
     finally:
         sys.path.remove(str(ROOT / "bench"))
+    return decoding_ablation
+
+
+def test_decoding_ablation_labels_the_candidates_each_row_decoded():
+    """A voted row with `--set generation.candidates=12` decoded 12 candidates (the later override wins)
+    but was labelled with --candidates' k=16 (H200, 2026-12-03): the label comes from the row's summary."""
+    decoding_ablation = _decoding_ablation()
     levels = {level: {"ex": 0.5, "n": 2} for level in decoding_ablation.LEVELS}
     summary = {"n": 8, "ex": 0.5, "em": 0.25, "by_hardness": levels, "error_types": {}, "generate_s": 1.0, "score_s": 0.1}
     text = decoding_ablation.table({"greedy": {**summary, "generation": {"candidates": 1}},
                                     "voted_rows": {**summary, "generation": {"candidates": 12}}})
     assert "| greedy | 8 |" in text and "| voted_rows (k=12) | 8 |" in text
+
+
+def test_llama8b_script_refuses_unknown_parts_and_reports_a_failed_part(tmp_path):
+    """A misspelled part ran nothing and exited 0; a part whose bench failed printed an empty RESULT and exited 0."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DRY": "1", "OUT": str(tmp_path / "out"),
+           "MODEL_DIR": str(tmp_path / "no-model"), "RUNS": str(tmp_path / "runs")}
+
+    def script(*parts: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "bench/llama8b.sh", *parts], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=300)
+
+    unknown = script("make", "nosuchpart")
+    assert unknown.returncode == 2 and "unknown part 'nosuchpart'; valid: all bench" in unknown.stderr
+    assert not (tmp_path / "no-model").exists()  # checked before `make` ran
+    assert script("benchpf", PF_ROWS="3").returncode == 2  # 3 rows do not divide the effective batch of 2
+    failed = script("benchpf")  # no model folder: the bench fails
+    assert failed.returncode == 1 and "RESULT bench pf: FAILED" in failed.stdout, failed.stdout + failed.stderr

@@ -4,6 +4,7 @@ through the CLI on the tiny model (and the real offline model where an answer mu
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -210,6 +211,10 @@ def test_predict_on_a_spider_format_file_with_gold_scores_it(tiny_adapter, spide
         (tmp_path / name / "summary.json").write_text(text)
         one_error_line(run_cli("compare", str(out), str(tmp_path / name)), "not a summary.json that `predict` or a training run wrote")
     one_error_line(run_cli("compare", str(out / "summary.json")), "give the folder that holds it")
+    one_error_line(run_cli("compare", str(tmp_path / "nowhere")), "nowhere: not found")
+    run_folder = tmp_path / "run"  # a run folder: its scores are in dev_eval/, and the error says so
+    shutil.copytree(out, run_folder / "dev_eval")
+    one_error_line(run_cli("compare", str(run_folder)), f"a run folder's scores are in {run_folder / 'dev_eval'}")
 
 
 def test_a_gold_query_that_fails_is_left_out_and_said(tiny_adapter, tmp_path):
