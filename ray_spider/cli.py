@@ -336,7 +336,7 @@ def memory_plan_table(cfg, resolved, memory_plan):
         table.add_column(column)
     for name, value in rows:
         table.add_row(name, value, ("plan (auto)" if auto[name] == "auto" else "config") if name in auto else "")
-    table.caption = "estimates are upper bounds (docs/benchmarks.md: measured peaks were about a third lower)"
+    table.caption = "estimates err on the safe side (measured peaks beside them: docs/benchmarks.md)"
     return table
 
 
