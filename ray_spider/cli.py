@@ -299,6 +299,7 @@ def plan(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")],
     cfg = _job_config(config, overrides or [], splits=("train",), needs_weights=False)
     if cfg.train.gpu_memory_gb is None and not os.environ.get(MEMORY_ENV):
         fail(f"give the GPU memory to plan for: train.gpu_memory_gb=24 (GB per worker), or ${MEMORY_ENV}=24")
+    from ray_spider.records import memory_plan_table
     from ray_spider.train import plan_worker_memory, training_rows  # slow to import: after the checks
 
     import datasets
@@ -310,34 +311,6 @@ def plan(config: Annotated[Path, typer.Argument(help="run YAML (see sweeps/)")],
     if memory_plan is None:
         fail(f"model.name={cfg.model.name!r} is not a LLaMA-family model: its memory cannot be planned")
     stdout.print(memory_plan_table(cfg, resolved, memory_plan))
-
-
-def memory_plan_table(cfg, resolved, memory_plan):
-    """The plan as a table: each memory setting, its value and whether the config left it to `auto`."""
-    from rich.table import Table
-
-    train, generation = resolved.train, resolved.generation
-    auto = {
-        "micro-batch": cfg.train.per_device_batch_size, "gradient checkpointing": cfg.train.gradient_checkpointing,
-        "dev rounds": cfg.generation.merge_adapter, "generation batch": cfg.generation.batch_size,
-    }
-    rows = [
-        ("budget per worker", f"{memory_plan.budget_gb:g} GB"),
-        ("micro-batch", f"{train.per_device_batch_size} x {resolved.gradient_accumulation_steps} accumulation x {train.num_workers} "
-                        f"worker(s) = effective batch {train.effective_batch_size}"),
-        ("gradient checkpointing", "on" if train.gradient_checkpointing else "off"),
-        ("dev rounds", "on a merged bf16 copy" if generation.merge_adapter else "on the 4-bit base + adapter"),
-        ("generation batch", f"{generation.batch_size} rows"),
-        ("estimated peak, training", f"{memory_plan.estimate_train_gb} GB"),
-        ("estimated peak, dev rounds", f"{memory_plan.estimate_dev_gb} GB"),
-    ]
-    table = Table(title=f"memory plan: {cfg.model.name} at {memory_plan.budget_gb:g} GB", title_justify="left")
-    for column in ("setting", "value", "chosen by"):
-        table.add_column(column)
-    for name, value in rows:
-        table.add_row(name, value, ("plan (auto)" if auto[name] == "auto" else "config") if name in auto else "")
-    table.caption = "estimates err on the safe side (measured peaks beside them: docs/benchmarks.md)"
-    return table
 
 
 @app.command()

@@ -250,6 +250,36 @@ def memory_line(info: dict) -> str:
     )
 
 
+def memory_plan_table(cfg: RunConfig, resolved: RunConfig, memory_plan):
+    """`ray-spider plan`'s table of a memory.MemoryPlan: each memory setting, its value in ``resolved``
+    (train.plan_worker_memory's config) and whether ``cfg``, as given, left it to `auto`; ``memory_line``
+    says the same in report.md after a run."""
+    from rich.table import Table
+
+    train, generation = resolved.train, resolved.generation
+    auto = {
+        "micro-batch": cfg.train.per_device_batch_size, "gradient checkpointing": cfg.train.gradient_checkpointing,
+        "dev rounds": cfg.generation.merge_adapter, "generation batch": cfg.generation.batch_size,
+    }
+    rows = [
+        ("budget per worker", f"{memory_plan.budget_gb:g} GB"),
+        ("micro-batch", f"{train.per_device_batch_size} x {resolved.gradient_accumulation_steps} accumulation x {train.num_workers} "
+                        f"worker(s) = effective batch {train.effective_batch_size}"),
+        ("gradient checkpointing", "on" if train.gradient_checkpointing else "off"),
+        ("dev rounds", "on a merged bf16 copy" if generation.merge_adapter else "on the 4-bit base + adapter"),
+        ("generation batch", f"{generation.batch_size} rows"),
+        ("estimated peak, training", f"{memory_plan.estimate_train_gb} GB"),
+        ("estimated peak, dev rounds", f"{memory_plan.estimate_dev_gb} GB"),
+    ]
+    table = Table(title=f"memory plan: {cfg.model.name} at {memory_plan.budget_gb:g} GB", title_justify="left")
+    for column in ("setting", "value", "chosen by"):
+        table.add_column(column)
+    for name, value in rows:
+        table.add_row(name, value, ("plan (auto)" if auto[name] == "auto" else "config") if name in auto else "")
+    table.caption = "estimates err on the safe side (measured peaks beside them: docs/benchmarks.md)"
+    return table
+
+
 def write_report(run_dir: Path, cfg: RunConfig, info: dict, summary: PredictionSummary | None, command: str) -> None:
     parts = [
         f"# Run {run_dir.name}",

@@ -376,11 +376,11 @@ def test_plan_prints_the_8b_configs_memory_plan_from_its_config_alone(tmp_path):
     make_shape_config("llama-3.1-8b", tmp_path / "l8b")
     assert not list((tmp_path / "l8b").glob("*.safetensors"))
 
+    without_budget = {key: value for key, value in os.environ.items() if key != "RAY_SPIDER_GPU_MEMORY_GB"}
+
     def plan(*overrides: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ray_spider", "plan", "sweeps/qlora_llama31_8b.yaml", f"model.name={tmp_path / 'l8b'}", *overrides],
                               capture_output=True, text=True, cwd=ROOT, timeout=300, env=without_budget)
-
-    without_budget = {key: value for key, value in os.environ.items() if key != "RAY_SPIDER_GPU_MEMORY_GB"}
 
     done = plan("train.gpu_memory_gb=24")
     assert done.returncode == 0, done.stderr[-3000:]
