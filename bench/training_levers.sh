@@ -14,8 +14,10 @@
 # examples than train's 8,659), epochs3 1.5, r128 ~1.05, sample_values 1.2-1.4 (longer prompts),
 # the others 1.0. At 16-row micro-batches a run peaks at 32-34 GB: at most 3 per H200.
 # Each run's folder is printed at its end (exit status 1 when any run failed; the others still run); its report.md holds the best dev EX, its config.yaml the change.
-# Measured (docs/results.md, "Training levers"): lr1.5e-3 and lr1e-3 pay, r128 barely, dropout0 and
-# train_others do not; two at a time took 582-634 s on one H200.
+# Measured (docs/results.md, "Training levers", "Four more levers"): lr1.5e-3 and lr1e-3 pay, lr2e-3
+# less than 1.5e-3, r128 barely; dropout0, train_others, epochs3, alpha_r and sample_values do not
+# (sample_values drops the 12% of train's examples whose prompt outgrows max_length 2048).
+# Two at a time took 582-634 s on one H200, three at a time 556-868 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
