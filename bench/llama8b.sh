@@ -15,6 +15,8 @@
 #   benchpf  bench again, the product padding-free (train.padding_free, flex_attention, PF_ROWS=32 rows x 1 by default,
 #            deterministic kernels off: flex's backward is unchecked there), after an untimed 2-step
 #            product run that compiles flex's kernels into torch's disk caches                        ~7
+#   profile  bench/profile_train.py with benchpf's product settings (PF_ROWS rows, flex_attention, 48 GB):
+#            per optimizer step, wall against GPU-busy time, kernels by kind, top ops                   ~6
 #   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
 #   ddp      bench's Ray side again with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU      ~2
 #   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials at once, 6 steps, 20 dev
@@ -102,6 +104,19 @@ part_benchpf() {  # 8B: the same bench, the product padding-free with flex_atten
     --ray-set train.padding_free=true --ray-set model.attn_implementation=$attention --ray-set train.deterministic=false \
     --ray-warmup-steps 2 > "$OUT/benchpf/bench_pf.txt" 2>&1
   bench_result pf benchpf
+}
+
+part_profile() {  # where the product's 8B step goes: benchpf's settings (PF_ROWS rows, flex_attention, 48 GB) under torch.profiler
+  local attention=flex_attention budget=train.gpu_memory_gb=48 effective=$((batch * accumulation))
+  [[ $DRY == 1 ]] && attention=sdpa budget=  # FlexAttention has no backward on CPU; no GPU memory to budget
+  # 3 warm-up steps (flex compiles for the first shapes), then 2 profiled; PROFILE_EXTRA: more overrides
+  CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/profile_train.py sweeps/smoke_cpu.yaml model.name="$MODEL_DIR" $budget \
+    train.max_length=2048 train.effective_batch_size=$effective train.per_device_batch_size=$rows train.group_by_length=true \
+    data.max_train_examples=$((effective * 5)) train.gradient_checkpointing=auto train.padding_free=true \
+    model.attn_implementation=$attention train.deterministic=false train.cpus_per_worker=$THREADS ${PROFILE_EXTRA:-} \
+    --warmup 3 --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
+    || { echo "RESULT profile: FAILED (tail of $OUT/profile/profile.txt below)"; tail -15 "$OUT/profile/profile.txt"; return 1; }
+  echo "RESULT profile ($rows rows): $(grep -h -e '^Memory per worker' -e '^profiled' -e '^GPU kernels' "$OUT/profile/profile.txt" | tr '\n' ' ')"
 }
 
 part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1

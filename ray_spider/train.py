@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from ray_spider import tracking
 from ray_spider.config import ConfigError, RunConfig
 from ray_spider.errors import UserError, stop_on_sigterm_as_on_ctrl_c
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
-from ray_spider.memory import keeps_dense_mask, resolve_memory_settings
+from ray_spider.memory import MemoryPlan, keeps_dense_mask, resolve_memory_settings
 from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.placement_group import PLACEMENT_GROUP_METRIC, worker_placement_group_id
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs, with_settings
@@ -350,6 +351,38 @@ def data_stats(trainer: SFTTrainer, examples: int, max_length: int) -> dict:
     }
 
 
+@dataclass
+class WorkerSetup:
+    """What a training worker holds before its trainer is built (worker_setup)."""
+
+    cfg: RunConfig  # the `auto` settings filled by the memory plan
+    plan: MemoryPlan | None  # None where nothing is planned (CPU)
+    prompter: Prompter
+    tokenizer: object
+    train_set: object  # the SFT rows (datasets.Dataset)
+    tokenized: object  # the same rows tokenized (tokenize_dataset)
+    model: object  # the (4-bit) base with Liger's kernels where they apply, and LoRA
+    liger: bool  # whether Liger's kernels were applied
+
+
+def worker_setup(cfg: RunConfig, spider: Spider, device, gpu_share: float = 1.0) -> WorkerSetup:
+    """A worker's steps from its config to a trainable model, in order: deterministic kernels and
+    the seed, the training rows, the memory plan (before the model loads: the budget is enforced
+    from there, and `auto` settings get their values), the base model, Liger's kernels, LoRA.
+    Shared by train_loop and bench/profile_train.py. Raises memory.DoesNotFit, ConfigError."""
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
+    set_seed(cfg.train.seed)
+    prompter, tokenizer, train_set, tokenized = training_rows(cfg, spider)
+    cfg, plan = plan_worker_memory(cfg, device, tokenized, gpu_share=gpu_share)
+    log.info("memory plan: %s", plan)
+    base = load_model(cfg.model, device=device)
+    warn_dense_padding_free(cfg, base, device)
+    liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)
+    model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
+    return WorkerSetup(cfg, plan, prompter, tokenizer, train_set, tokenized, model, liger)
+
+
 def train_loop(config: dict) -> dict:
     """The per-worker function. Gets a plain dict; returns history and data stats (Ray keeps rank 0's).
     With ``log_file`` in the dict, the worker's output goes there instead of the terminal; with
@@ -369,34 +402,25 @@ def _train_loop(config: dict) -> dict:
 
     device = ray.train.torch.get_device()  # Ray: this worker's GPU, or cpu
     resume_from = ray.train.get_checkpoint()  # Ray: the latest reported checkpoint when a failed run restarts
-    if cfg.train.deterministic:
-        use_deterministic_kernels()
-    set_seed(cfg.train.seed)
     spider = Spider(cfg.data.spider_dir)
-    prompter, tokenizer, train_set, tokenized = training_rows(cfg, spider)
-    # Before the model loads: the budget is enforced from here, and `auto` settings get their values.
-    cfg, plan = plan_worker_memory(cfg, device, tokenized, gpu_share=worker_gpu_share())
-    log.info("memory plan: %s", plan)
-    base = load_model(cfg.model, device=device)
-    warn_dense_padding_free(cfg, base, device)
-    liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)
-    model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
+    setup = worker_setup(cfg, spider, device, gpu_share=worker_gpu_share())
+    cfg, plan = setup.cfg, setup.plan
     dev = scored_dev_examples(spider, cfg.data)
-    callback = DevEvalCallback(cfg, prompter, tokenizer, dev, device)
+    callback = DevEvalCallback(cfg, setup.prompter, setup.tokenizer, dev, device)
     callback.start_s = start_s
     if config.get("progress_file") and callback.rank == 0:
         callback.progress = ProgressFile(config["progress_file"])
     report_to, run_name = tracking.apply(config.get("tracking"))
     with tempfile.TemporaryDirectory() as output_dir:
         callbacks = [callback, *([callback.progress] if callback.progress else [])]
-        trainer = build_trainer(cfg, model, tokenizer, tokenized, output_dir, device, callbacks, report_to, run_name)
+        trainer = build_trainer(cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, callbacks, report_to, run_name)
         callback.trainer = trainer
-        stats = data_stats(trainer, len(train_set), cfg.train.max_length)
+        stats = data_stats(trainer, len(setup.train_set), cfg.train.max_length)
         if stats["train_examples_dropped_prompt_too_long"] or stats["train_examples_truncated"]:
             log.warning(
                 "of %d examples, %d are truncated to train.max_length=%d and %d dropped (their prompt alone fills it); "
                 "raise train.max_length to keep them",
-                len(train_set), stats["train_examples_truncated"], cfg.train.max_length, stats["train_examples_dropped_prompt_too_long"],
+                len(setup.train_set), stats["train_examples_truncated"], cfg.train.max_length, stats["train_examples_dropped_prompt_too_long"],
             )
         callback.setup_s = round(time.perf_counter() - started, 1)
         with resume_from.as_directory() if resume_from else nullcontext() as resume_dir:
@@ -424,7 +448,7 @@ def _train_loop(config: dict) -> dict:
     memory = {
         "memory_plan": plan.as_dict() if plan else None,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "liger_kernel": liger,
+        "liger_kernel": setup.liger,
         **peak_memory(callback.history),
         **allocator_retries(device),
     }
@@ -548,20 +572,17 @@ def worker_user_error(error: BaseException) -> UserError | None:
     return None
 
 
-def check_local_gpus(train) -> None:
-    """Raise ConfigError when ``train.use_gpu=true`` asks for more GPUs (one per worker) than this machine
-    has and the run will start its own local Ray cluster: Ray Train would wait for them forever. A
-    running cluster (``$RAY_ADDRESS``, or one `ray start` left) is not checked: an autoscaler may add GPU nodes."""
+def check_local_gpus(gpus: float, asked: str, instead: str) -> None:
+    """Raise ConfigError when a run asks for ``gpus`` GPUs in all (``asked`` names the settings) and this
+    machine has fewer while the run will start its own local Ray cluster: Ray would keep its workers
+    pending forever. ``instead`` says what to set. A running cluster ($RAY_ADDRESS, or one `ray start`
+    left) is not checked: an autoscaler may add GPU nodes (tune.no_gpu_warning then says so)."""
     from ray._private.services import canonicalize_bootstrap_address  # Ray's own lookup, as start_ray's ray.init
 
-    if not train.use_gpu or canonicalize_bootstrap_address(None):
+    if gpus <= 0 or canonicalize_bootstrap_address(None):
         return
-    if torch.cuda.device_count() < train.num_workers:
-        raise ConfigError(
-            f"train.use_gpu=true with train.num_workers={train.num_workers} needs {train.num_workers} GPU(s), and this machine has "
-            f"{torch.cuda.device_count()} that torch sees; set train.use_gpu=false (CPU), leave it unset (a GPU when there is one), "
-            "or give fewer workers"
-        )
+    if torch.cuda.device_count() < gpus:
+        raise ConfigError(f"{asked} needs {gpus:g} GPU(s), and this machine has {torch.cuda.device_count()} that torch sees; {instead}")
 
 
 def run_training(cfg: RunConfig, command: str) -> Path:
@@ -573,7 +594,10 @@ def run_training(cfg: RunConfig, command: str) -> Path:
             f"model.attn_implementation={cfg.model.attn_implementation} with train.use_gpu=false: FlexAttention has no backward "
             "on CPU; train on a GPU, or leave model.attn_implementation unset (sdpa)"
         )
-    check_local_gpus(cfg.train)
+    check_local_gpus(
+        cfg.train.num_workers if cfg.train.use_gpu else 0, f"train.use_gpu=true with train.num_workers={cfg.train.num_workers}",
+        "set train.use_gpu=false (CPU), leave it unset (a GPU when there is one), or give fewer workers",
+    )
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})
     run = RunFolder.create(cfg)

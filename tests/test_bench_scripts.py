@@ -77,3 +77,30 @@ def test_llama8b_script_refuses_unknown_parts_and_reports_a_failed_part(tmp_path
     assert script("benchpf", PF_ROWS="3").returncode == 2  # 3 rows do not divide the effective batch of 2
     failed = script("benchpf")  # no model folder: the bench fails
     assert failed.returncode == 1 and "RESULT bench pf: FAILED" in failed.stdout, failed.stdout + failed.stderr
+    profiled = script("profile")  # the same for the profile part
+    assert profiled.returncode == 1 and "RESULT profile: FAILED" in profiled.stdout, profiled.stdout + profiled.stderr
+
+
+def _profile_train(tiny_dir, *args: str) -> subprocess.CompletedProcess:
+    overrides = [f"model.name={tiny_dir}", "train.per_device_batch_size=1", "train.effective_batch_size=2", "train.cpus_per_worker=1"]
+    return subprocess.run([sys.executable, "bench/profile_train.py", "sweeps/smoke_cpu.yaml", *overrides, *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+
+
+def test_profile_train_profiles_the_steps_after_warm_up(tiny_dir):
+    """The worker's own setup and trainer, one warm-up step, two profiled: time and tokens per step, the top ops."""
+    done = _profile_train(tiny_dir, "data.max_train_examples=16", "--warmup", "1", "--steps", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "profiled 2 optimizer step(s):" in done.stdout and "non-pad tokens per step" in done.stdout
+    assert "no GPU: CPU ops only" in done.stdout and "aten::" in done.stdout
+
+
+def test_profile_train_refuses_no_steps(tiny_dir):
+    refused = _profile_train(tiny_dir, "--steps", "0")
+    assert refused.returncode == 2 and "--warmup 2 and --steps 0: both must be at least 1" in refused.stderr
+
+
+def test_profile_train_names_a_config_mistake_in_one_line(tiny_dir):
+    done = _profile_train(tiny_dir, "train.epochs=0")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error: invalid override" in done.stderr and "train.epochs: Input should be greater than 0" in done.stderr
