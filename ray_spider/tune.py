@@ -250,9 +250,18 @@ def no_gpu_warning(gpus_per_worker: float, cluster_gpus: float) -> str | None:
 def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False) -> str:
     """Run (or resume) the sweep; writes trials.parquet into the experiment folder; returns its URI.
     Raises SweepError (before Ray starts) for a taken or missing folder, and after the run when every
-    trial failed, naming the first failure."""
+    trial failed, naming the first failure; ConfigError (before Ray starts) for trials that ask for
+    more GPUs than this machine has when the sweep would start its own local Ray cluster."""
     import yaml
 
+    from ray_spider.train import check_local_gpus
+
+    resources = sweep.resources
+    check_local_gpus(
+        resources.workers * resources.gpus_per_worker,
+        f"resources.gpus_per_worker={resources.gpus_per_worker:g} with resources.workers={resources.workers}",
+        "set resources.gpus_per_worker=0 (CPU) or give fewer workers",
+    )
     check_experiment_folder(sweep, resume, overwrite)
     tuner = _tuner(sweep, resume)
     filesystem, experiment = experiment_path(sweep.storage, sweep.name)

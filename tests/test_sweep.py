@@ -226,6 +226,21 @@ def test_trials_asking_for_gpus_a_cluster_lacks_are_said_to_wait():
     assert no_gpu_warning(1, 1) is None and no_gpu_warning(0, 0) is None
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_sweep_asking_for_gpus_this_machine_lacks_is_one_error_before_anything_starts(tmp_path):
+    """With its own local Ray cluster a sweep whose trials ask for a GPU on a machine without one only
+    warned, then kept every trial pending forever (Ctrl-C the only way out): now one error, as `train`
+    gives, before Ray starts or the experiment folder is made."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-m", "ray_spider", "sweep", "sweeps/sweep_smoke_cpu.yaml", f"storage={tmp_path}",
+                             "resources.gpus_per_worker=0.5"], capture_output=True, text=True, timeout=120, env={**env, "RAY_ADDRESS": "local"})
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "resources.gpus_per_worker=0.5 with resources.workers=1 needs 0.5 GPU(s), and this machine has 0" in said
+    assert "resources.gpus_per_worker=0 (CPU)" in said
+    assert list(tmp_path.iterdir()) == []
+
+
 def free_ports(count: int) -> list[int]:
     """Ports no process listens on now (held open together, so they differ)."""
     sockets = [socket.socket() for _ in range(count)]
