@@ -356,7 +356,7 @@ class WorkerSetup:
     """What a training worker holds before its trainer is built (worker_setup)."""
 
     cfg: RunConfig  # the `auto` settings filled by the memory plan
-    plan: MemoryPlan | None  # None where nothing is planned (CPU)
+    plan: MemoryPlan | None  # None for a model without LLaMA's size names and no `auto` setting
     prompter: Prompter
     tokenizer: object
     train_set: object  # the SFT rows (datasets.Dataset)
