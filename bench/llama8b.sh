@@ -48,7 +48,6 @@ export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300
 GPUS=$( (nvidia-smi -L 2>/dev/null || true) | wc -l)
 GPU0=${GPU0:-0}                          # GPU0/GPU1: which GPUs the parts use (both 1: leave GPU 0 to other work)
 GPU1=${GPU1:-$((GPUS > 1 ? 1 : 0))}
-mkdir -p "$OUT" "$RUNS"
 
 manifest_line() {  # manifest_line LABEL RUN_FOLDER: one RESULT line from a run's manifest.json
   python3 - "$1" "$2"/manifest.json <<'EOF'
@@ -109,10 +108,11 @@ part_benchpf() {  # 8B: the same bench, the product padding-free with flex_atten
 part_profile() {  # where the product's 8B step goes: benchpf's settings (PF_ROWS rows, flex_attention, 48 GB) under torch.profiler
   local attention=flex_attention budget=train.gpu_memory_gb=48 effective=$((batch * accumulation))
   [[ $DRY == 1 ]] && attention=sdpa budget=  # FlexAttention has no backward on CPU; no GPU memory to budget
-  # 3 warm-up steps (flex compiles for the first shapes), then 2 profiled; PROFILE_EXTRA: more overrides
+  # the bench's rows (the first STEPS x effective batch), 3 warm-up steps (flex compiles for the first shapes),
+  # then 2 profiled; PROFILE_EXTRA: more overrides
   CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/profile_train.py sweeps/smoke_cpu.yaml model.name="$MODEL_DIR" $budget \
     train.max_length=2048 train.effective_batch_size=$effective train.per_device_batch_size=$rows train.group_by_length=true \
-    data.max_train_examples=$((effective * 5)) train.gradient_checkpointing=auto train.padding_free=true \
+    data.max_train_examples=$((effective * STEPS)) train.gradient_checkpointing=auto train.padding_free=true \
     model.attn_implementation=$attention train.deterministic=false train.cpus_per_worker=$THREADS ${PROFILE_EXTRA:-} \
     --warmup 3 --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
     || { echo "RESULT profile: FAILED (tail of $OUT/profile/profile.txt below)"; tail -15 "$OUT/profile/profile.txt"; return 1; }
@@ -175,7 +175,8 @@ done
 read -r batch flag accumulation <<< "$BENCH_BATCH"  # the plain side's micro-batch and accumulation
 rows=${PF_ROWS:-$((batch * accumulation))}              # benchpf's padding-free rows per micro-batch
 [[ $rows =~ ^[1-9][0-9]*$ && $((batch * accumulation % rows)) -eq 0 ]] \
-  || { echo "error: PF_ROWS=$rows must be a whole number dividing the effective batch $((batch * accumulation))" >&2; exit 2; }
+  || { echo "error: PF_ROWS=$rows must be a positive whole number dividing the effective batch $((batch * accumulation))" >&2; exit 2; }
+mkdir -p "$OUT" "$RUNS"  # after the checks: a refused call leaves nothing behind
 for part in "${parts[@]}"; do
   mkdir -p "$OUT/$part"
   started=$SECONDS

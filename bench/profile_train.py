@@ -17,8 +17,10 @@ kernels of the largest kind. `--trace FILE` also writes the Chrome trace (chrome
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
@@ -27,9 +29,10 @@ from transformers import TrainerCallback
 
 from ray_spider.config import load_run_config
 from ray_spider.errors import UserError
+from ray_spider.model import check_model_spec
 from ray_spider.records import memory_line
 from ray_spider.spider import Spider
-from ray_spider.train import build_trainer, worker_setup
+from ray_spider.train import build_trainer, check_attention_trains, worker_setup
 
 # (kind, substrings of a CUDA kernel's name, lower case): the first kind that matches takes the kernel
 KERNEL_KINDS = (
@@ -132,6 +135,19 @@ def memory_summary(setup, device: torch.device) -> str:
     return memory_line(info)
 
 
+def profile_steps(cfg, device: torch.device, warmup: int, steps: int) -> tuple[profile, str]:
+    """The worker's setup (train.worker_setup) and trainer, ``warmup`` steps, then ``steps`` profiled:
+    (the profiler, the text to print)."""
+    setup = worker_setup(cfg, Spider(cfg.data.spider_dir), device)
+    callback = ProfileSteps(warmup, steps, device)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
+        trainer.train()
+    tokens = tokens_between(trainer.state.log_history, warmup, warmup + steps)
+    text = memory_summary(setup, device) + "\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)
+    return callback.profiler, text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a run config, as for `ray-spider train`")
@@ -142,24 +158,28 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error(f"--warmup {args.warmup} and --steps {args.steps}: both must be at least 1")
+    if args.trace and not Path(args.trace).resolve().parent.is_dir():
+        parser.error(f"--trace {args.trace}: its folder {Path(args.trace).resolve().parent} does not exist")
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
         # max_steps: the trainer goes round the data as often as these steps need
         cfg = load_run_config(args.config, [*args.overrides, f"train.max_steps={args.warmup + args.steps}", "train.logging_steps=1"])
+        check_model_spec(cfg.model.name)  # the checks `ray-spider train` makes before its workers start
+        check_attention_trains(cfg, on_gpu=device.type == "cuda")
         if device.type == "cpu":
             torch.set_num_threads(cfg.train.cpus_per_worker)  # as a Ray worker's OMP_NUM_THREADS
-        setup = worker_setup(cfg, Spider(cfg.data.spider_dir), device)
-    except UserError as error:  # a config mistake, a budget the model does not fit: one line, as the commands print it
-        raise SystemExit(f"error: {error}") from None
-    callback = ProfileSteps(args.warmup, args.steps, device)
-    with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
-        trainer.train()
-    print(memory_summary(setup, device))
-    tokens = tokens_between(trainer.state.log_history, args.warmup, args.warmup + args.steps)
-    print(summary(callback.profiler, callback.seconds, args.steps, device.type == "cuda", tokens))
+        profiler, text = profile_steps(cfg, device, args.warmup, args.steps)
+    except UserError as error:  # a config mistake, a budget the model does not fit: one line and exit 2, as the commands
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(text)
     if args.trace:
-        callback.profiler.export_chrome_trace(args.trace)
+        profiler.export_chrome_trace(args.trace)
+        if not Path(args.trace).is_file():
+            raise SystemExit(f"error: the profiler did not write {args.trace} (its message is above)")
         print(f"wrote {args.trace}")
 
 

@@ -585,18 +585,24 @@ def check_local_gpus(gpus: float, asked: str, instead: str) -> None:
         raise ConfigError(f"{asked} needs {gpus:g} GPU(s), and this machine has {torch.cuda.device_count()} that torch sees; {instead}")
 
 
-def run_training(cfg: RunConfig, command: str) -> Path:
-    """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
-    from ray_spider.records import RunFolder, best_round, metrics_by_step
-
-    if not cfg.train.use_gpu and "flex" in (cfg.model.attn_implementation or ""):
+def check_attention_trains(cfg: RunConfig, on_gpu: bool) -> None:
+    """Raise ConfigError for flex_attention training off a GPU: FlexAttention has no backward on CPU
+    (torch 2.13), which a worker would find only after loading the model."""
+    if not on_gpu and "flex" in (cfg.model.attn_implementation or ""):
         raise ConfigError(
             f"model.attn_implementation={cfg.model.attn_implementation} with train.use_gpu=false: FlexAttention has no backward "
             "on CPU; train on a GPU, or leave model.attn_implementation unset (sdpa)"
         )
+
+
+def run_training(cfg: RunConfig, command: str) -> Path:
+    """The `train` command: fit, then fill the run folder (records.RunFolder) with the best adapter."""
+    from ray_spider.records import RunFolder, best_round, metrics_by_step
+
+    check_attention_trains(cfg, on_gpu=bool(cfg.train.use_gpu))
     check_local_gpus(
         cfg.train.num_workers if cfg.train.use_gpu else 0, f"train.use_gpu=true with train.num_workers={cfg.train.num_workers}",
-        "set train.use_gpu=false (CPU), leave it unset (a GPU when there is one), or give fewer workers",
+        "set train.use_gpu=false (CPU), leave it unset (a GPU when there is one)" + (", or give fewer workers" if cfg.train.num_workers > 1 else ""),
     )
     spider = Spider(cfg.data.spider_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spider_dir": str(spider.root.resolve())})})

@@ -260,7 +260,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, overwrite: bool = False)
     check_local_gpus(
         resources.workers * resources.gpus_per_worker,
         f"resources.gpus_per_worker={resources.gpus_per_worker:g} with resources.workers={resources.workers}",
-        "set resources.gpus_per_worker=0 (CPU) or give fewer workers",
+        "set resources.gpus_per_worker=0 (CPU)" + (" or give fewer workers" if resources.workers > 1 else ""),
     )
     check_experiment_folder(sweep, resume, overwrite)
     tuner = _tuner(sweep, resume)

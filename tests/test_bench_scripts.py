@@ -74,6 +74,7 @@ def test_llama8b_script_refuses_unknown_parts_and_reports_a_failed_part(tmp_path
     unknown = script("make", "nosuchpart")
     assert unknown.returncode == 2 and "unknown part 'nosuchpart'; valid: all bench" in unknown.stderr
     assert not (tmp_path / "no-model").exists()  # checked before `make` ran
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # nor its folders made
     assert script("benchpf", PF_ROWS="3").returncode == 2  # 3 rows do not divide the effective batch of 2
     failed = script("benchpf")  # no model folder: the bench fails
     assert failed.returncode == 1 and "RESULT bench pf: FAILED" in failed.stdout, failed.stdout + failed.stderr
@@ -87,12 +88,13 @@ def _profile_train(tiny_dir, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
 
 
-def test_profile_train_profiles_the_steps_after_warm_up(tiny_dir):
-    """The worker's own setup and trainer, one warm-up step, two profiled: time and tokens per step, the top ops."""
-    done = _profile_train(tiny_dir, "data.max_train_examples=16", "--warmup", "1", "--steps", "2")
+def test_profile_train_profiles_the_steps_after_warm_up(tiny_dir, tmp_path):
+    """The worker's own setup and trainer, one warm-up step, two profiled: time and tokens per step, the top ops, the trace."""
+    done = _profile_train(tiny_dir, "data.max_train_examples=16", "--warmup", "1", "--steps", "2", "--trace", str(tmp_path / "trace.json"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "profiled 2 optimizer step(s):" in done.stdout and "non-pad tokens per step" in done.stdout
     assert "no GPU: CPU ops only" in done.stdout and "aten::" in done.stdout
+    assert (tmp_path / "trace.json").is_file() and f"wrote {tmp_path / 'trace.json'}" in done.stdout
 
 
 def test_profile_train_refuses_no_steps(tiny_dir):
@@ -100,7 +102,19 @@ def test_profile_train_refuses_no_steps(tiny_dir):
     assert refused.returncode == 2 and "--warmup 2 and --steps 0: both must be at least 1" in refused.stderr
 
 
-def test_profile_train_names_a_config_mistake_in_one_line(tiny_dir):
+def test_profile_train_names_a_mistake_in_one_line_before_training(tiny_dir, tmp_path):
+    """As `ray-spider train`: one error and exit 2 for a bad override, a model folder without weights
+    and flex_attention on CPU (these two were tracebacks, flex's after the model loaded); a trace into a
+    missing folder is refused up front (it printed 'wrote' with no file written)."""
     done = _profile_train(tiny_dir, "train.epochs=0")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: invalid override" in done.stderr and "train.epochs: Input should be greater than 0" in done.stderr
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only/config.json").write_text("{}")
+    for override, said in ((f"model.name={tmp_path / 'config-only'}", "model.name"),
+                           ("model.attn_implementation=flex_attention", "FlexAttention has no backward on CPU")):
+        done = _profile_train(tiny_dir, override)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "error: " in done.stderr and said in done.stderr
+    done = _profile_train(tiny_dir, "--trace", str(tmp_path / "nowhere/trace.json"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
