@@ -90,7 +90,7 @@ def table(results: dict[str, dict]) -> str:
         label = name + (f" (k={k})" if name.endswith(GUIDED) else "")
         hardness = summary["by_hardness"]
         cells = [label, str(summary["n"]), f"{summary['ex']:.3f}", f"{summary['em']:.3f}"]
-        cells += [f"{hardness[level]['ex']:.3f} ({hardness[level]['n']})" for level in LEVELS]
+        cells += [f"{hardness[level]['ex']:.3f} ({hardness[level]['n']})" if hardness[level]["n"] else "- (0)" for level in LEVELS]  # no question: no EX
         cells += [str(summary["error_types"].get(error, 0)) for error in ERRORS]
         cells += [str(summary.get("generate_s")), str(summary.get("score_s"))]
         lines.append("| " + " | ".join(cells) + " |")

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import time
 from pathlib import Path
 
@@ -179,10 +179,14 @@ class DevEvalCallback(TrainerCallback):
         steps_s = round(started - self.steps_started, 2)  # optimizer steps since the previous round
         peaks = {"gpu_peak_gb_train": take_peak_memory_gb(self.device)}  # since the previous round
         raw = self._all_raw_outputs(model)
+        generated = time.perf_counter()
         peaks["gpu_peak_gb_dev"] = take_peak_memory_gb(self.device)
         result = None
         if self.rank == 0:
             result = with_settings(score_outputs(self.prompter.spider, self.dev, raw, self.cfg.eval, progress=False), self.prompter, self.cfg.generation)
+            # seconds as `predict` records them (generation includes gathering the workers' shards)
+            timings = {"generate_s": round(generated - started, 2), "score_s": round(time.perf_counter() - generated, 2)}
+            result = replace(result, summary=replace(result.summary, **timings))
         self.eval_seconds += time.perf_counter() - started
         measured = {"train_s": steps_s, **{key: gb for key, gb in peaks.items() if gb is not None}}
         metrics = self._round_metrics(state, result, measured)

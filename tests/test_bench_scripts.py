@@ -63,6 +63,16 @@ def test_decoding_ablation_labels_the_candidates_each_row_decoded():
     assert "| greedy | 8 |" in text and "| voted_rows (k=12) | 8 |" in text
 
 
+
+def test_decoding_ablation_shows_no_ex_for_a_hardness_level_without_questions():
+    """A level with no question read '0.000 (0)', a plausible wrong score; `predict`'s table shows '-'."""
+    decoding_ablation = _decoding_ablation()
+    levels = {level: {"ex": 0.5, "n": 2} for level in decoding_ablation.LEVELS} | {"extra": {"ex": 0.0, "n": 0}}
+    summary = {"n": 6, "ex": 0.5, "em": 0.25, "by_hardness": levels, "error_types": {}, "generation": {"candidates": 1}}
+    text = decoding_ablation.table({"greedy": summary})
+    assert "| - (0) |" in text and "0.000 (0)" not in text
+
+
 def test_llama8b_script_refuses_unknown_parts_and_reports_a_failed_part(tmp_path):
     """A misspelled part ran nothing and exited 0; a part whose bench failed printed an empty RESULT and exited 0."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DRY": "1", "OUT": str(tmp_path / "out"),

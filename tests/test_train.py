@@ -119,6 +119,7 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
     assert manifest["deterministic_kernels"] is (workers == 1)  # train.deterministic reached the worker
     summary = json.loads((run_dir / "dev_eval/summary.json").read_text())  # how the answers were made, as `predict` records it
     assert summary["prompt_version"] == manifest["prompt_version"] and summary["generation"]["max_new_tokens"] == 8
+    assert summary["generate_s"] > 0 and summary["score_s"] > 0  # and how long they took, as `predict` does
     predictions = [json.loads(line) for line in (run_dir / "dev_eval/predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 4
 
