@@ -108,15 +108,15 @@ part_benchpf() {  # 8B: the same bench, the product padding-free with flex_atten
 part_profile() {  # where the product's 8B step goes: benchpf's settings (PF_ROWS rows, flex_attention, 48 GB) under torch.profiler
   local attention=flex_attention budget=train.gpu_memory_gb=48 effective=$((batch * accumulation))
   [[ $DRY == 1 ]] && attention=sdpa budget=  # FlexAttention has no backward on CPU; no GPU memory to budget
-  # the bench's rows (the first STEPS x effective batch), 3 warm-up steps (flex compiles for the first shapes),
-  # then 2 profiled; PROFILE_EXTRA: more overrides
+  # the bench's rows (the first STEPS x effective batch), PROFILE_WARMUP (3) warm-up steps (flex compiles for the
+  # first shapes), then 2 profiled; PROFILE_EXTRA: more overrides (e.g. train.compile_layers=true)
   CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/profile_train.py sweeps/smoke_cpu.yaml model.name="$MODEL_DIR" $budget \
     train.max_length=2048 train.effective_batch_size=$effective train.per_device_batch_size=$rows train.group_by_length=true \
     data.max_train_examples=$((effective * STEPS)) train.gradient_checkpointing=auto train.padding_free=true \
     model.attn_implementation=$attention train.deterministic=false train.cpus_per_worker=$THREADS ${PROFILE_EXTRA:-} \
-    --warmup 3 --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
+    --warmup ${PROFILE_WARMUP:-3} --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
     || { echo "RESULT profile: FAILED (tail of $OUT/profile/profile.txt below)"; tail -15 "$OUT/profile/profile.txt"; return 1; }
-  echo "RESULT profile ($rows rows): $(grep -h -e '^Memory per worker' -e '^profiled' -e '^GPU kernels' "$OUT/profile/profile.txt" | tr '\n' ' ')"
+  echo "RESULT profile ($rows rows${PROFILE_EXTRA:+, $PROFILE_EXTRA}): $(grep -h -e '^Memory per worker' -e '^warm-up steps' -e '^profiled' -e '^GPU kernels' "$OUT/profile/profile.txt" | tr '\n' ' ')"
 }
 
 part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1

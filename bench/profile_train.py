@@ -6,10 +6,12 @@ without Ray around them or dev rounds, a few optimizer steps under torch.profile
         train.padding_free=true model.attn_implementation=flex_attention --warmup 3 --steps 2
     python bench/profile_train.py sweeps/smoke_cpu.yaml --warmup 1 --steps 1        # CPU: a minute
 
-Prints, per profiled optimizer step: wall seconds (the GPU synchronized at both ends), how long
+Prints the wall time of each warm-up step (compilation shows in the first ones), then, per profiled
+optimizer step: wall seconds (the GPU synchronized at both ends), how long
 CUDA kernels ran (the union of their intervals) and so how long the GPU sat idle, the kernel
 count, the synchronize calls the CPU waited in, the kernel time by kind (matmul, 4-bit
-dequantize, attention, Liger's kernels, ...), and the ops with the most device (CPU: CPU) time.
+dequantize, attention, Liger's kernels, ...), and the ops with the most device time and (on a GPU,
+what keeps the CPU busy) the most CPU time.
 An idle GPU points at the CPU side (kernel launches, Python, synchronizations); a busy one at the
 kernels of the largest kind. `--trace FILE` also writes the Chrome trace (chrome://tracing, Perfetto).
 """
@@ -48,7 +50,7 @@ SYNCHRONIZE_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEven
 
 class ProfileSteps(TrainerCallback):
     """torch.profiler over optimizer steps ``warmup + 1 .. warmup + steps``; ``seconds`` is their wall
-    time, the device synchronized at both ends."""
+    time, the device synchronized at both ends; ``step_seconds`` the wall time of each warm-up step."""
 
     def __init__(self, warmup: int, steps: int, device: torch.device):
         self.warmup, self.steps, self.device = warmup, steps, device
@@ -59,7 +61,17 @@ class ProfileSteps(TrainerCallback):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step_seconds: list[float] = []
+        self._synchronize()
+        self._step_started = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step <= self.warmup:  # warm-up steps one by one: compilation shows in the first ones
+            self._synchronize()
+            now = time.perf_counter()
+            self.step_seconds.append(now - self._step_started)
+            self._step_started = now
         if state.global_step == self.warmup:
             self._synchronize()
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
@@ -122,6 +134,8 @@ def summary(prof: profile, seconds: float, steps: int, on_gpu: bool, tokens: flo
         lines.append("no GPU: CPU ops only")
     sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     lines += ["", prof.key_averages().table(sort_by=sort_by, row_limit=15)]
+    if on_gpu:  # what keeps the CPU busy while the GPU waits
+        lines += ["ops by CPU time:", prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)]
     return "\n".join(lines)
 
 
@@ -144,7 +158,8 @@ def profile_steps(cfg, device: torch.device, warmup: int, steps: int) -> tuple[p
         trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
         trainer.train()
     tokens = tokens_between(trainer.state.log_history, warmup, warmup + steps)
-    text = memory_summary(setup, device) + "\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)
+    warmup_steps = ", ".join(f"{seconds:.2f}" for seconds in callback.step_seconds)
+    text = memory_summary(setup, device) + f"\nwarm-up steps, s each (not profiled): {warmup_steps}\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)
     return callback.profiler, text
 
 

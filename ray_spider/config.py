@@ -181,6 +181,12 @@ class TrainConfig(_Strict):
         "LM head stays TRL's fused one); auto: on a CUDA worker when liger-kernel is installed; true on a CPU "
         "worker is an error (Triton runs on GPUs only)"
     )
+    compile_layers: bool = Field(
+        False, description="torch.compile each decoder layer for training (regional compilation, dynamic lengths: "
+        "compiled once, on the first step, for every layer and micro-batch length); Liger's kernels are then left off "
+        "(auto), since torch.compile cannot trace them. At 8B, 32 padding-free rows: 9% faster per step, a first "
+        "step ~67 s longer (docs/benchmarks.md); dev rounds stay eager (model.compile_decoder_layers)"
+    )
     seed: int = Field(42, description="seed of model init (LoRA), data order and dropout; the dev subset has its own (data.dev_subset_seed)")
     deterministic: bool = Field(
         True,
@@ -201,6 +207,15 @@ class TrainConfig(_Strict):
         if value == 0 or value < -1:  # transformers would read any value below 1 as "all epochs", silently
             raise ValueError(f"train.max_steps must be at least 1, or -1 for all epochs; got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _compile_without_liger(self) -> "TrainConfig":
+        if self.compile_layers and self.liger_kernel is True:
+            raise ValueError(
+                "train.compile_layers=true cannot trace Liger's kernels (torch.compile stops at their autograd functions): "
+                "set train.liger_kernel to auto or false (compiled layers fuse RMSNorm and SwiGLU themselves)"
+            )
+        return self
 
 
 class GenerationConfig(_Strict):

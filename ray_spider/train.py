@@ -37,7 +37,7 @@ from ray_spider.config import ConfigError, RunConfig
 from ray_spider.errors import UserError, stop_on_sigterm_as_on_ctrl_c
 from ray_spider.data import build_sft_dataset, scored_dev_examples, train_examples
 from ray_spider.memory import MemoryPlan, keeps_dense_mask, resolve_memory_settings
-from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, load_model, load_tokenizer, resolve_model, save_adapter
+from ray_spider.model import MergedCopy, apply_liger_kernels, apply_lora, compile_decoder_layers, load_model, load_tokenizer, resolve_model, save_adapter
 from ray_spider.placement_group import PLACEMENT_GROUP_METRIC, worker_placement_group_id
 from ray_spider.predict import PredictionResult, generate_raw, score_outputs, with_settings
 from ray_spider.progress import LOG_FILE, PROGRESS_FILE, ProgressFile, output_to, show_progress
@@ -373,6 +373,7 @@ def worker_setup(cfg: RunConfig, spider: Spider, device, gpu_share: float = 1.0)
     """A worker's steps from its config to a trainable model, in order: deterministic kernels and
     the seed, the training rows, the memory plan (before the model loads: the budget is enforced
     from there, and `auto` settings get their values), the base model, Liger's kernels, LoRA.
+    Then, with train.compile_layers, the decoder layers compiled for training (instead of Liger's kernels).
     Shared by train_loop and bench/profile_train.py. Raises memory.DoesNotFit, ConfigError."""
     if cfg.train.deterministic:
         use_deterministic_kernels()
@@ -382,8 +383,10 @@ def worker_setup(cfg: RunConfig, spider: Spider, device, gpu_share: float = 1.0)
     log.info("memory plan: %s", plan)
     base = load_model(cfg.model, device=device)
     warn_dense_padding_free(cfg, base, device)
-    liger = apply_liger_kernels(base, cfg.train.liger_kernel, device)
+    liger = apply_liger_kernels(base, False if cfg.train.compile_layers else cfg.train.liger_kernel, device)  # config: not both
     model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
+    if cfg.train.compile_layers:
+        log.info("compiled for training: %d decoder layers", compile_decoder_layers(model))
     return WorkerSetup(cfg, plan, prompter, tokenizer, train_set, tokenized, model, liger)
 
 

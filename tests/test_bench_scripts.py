@@ -1,5 +1,6 @@
 """The bench/ shell scripts that drive real `ray-spider` runs: run here on a copy, with runs that fail at once."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_profile_train_profiles_the_steps_after_warm_up(tiny_dir, tmp_path):
     done = _profile_train(tiny_dir, "data.max_train_examples=16", "--warmup", "1", "--steps", "2", "--trace", str(tmp_path / "trace.json"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "profiled 2 optimizer step(s):" in done.stdout and "non-pad tokens per step" in done.stdout
+    assert re.search(r"^warm-up steps, s each \(not profiled\): [0-9.]+$", done.stdout, re.M)  # one warm-up step
     assert "no GPU: CPU ops only" in done.stdout and "aten::" in done.stdout
     assert (tmp_path / "trace.json").is_file() and f"wrote {tmp_path / 'trace.json'}" in done.stdout
 

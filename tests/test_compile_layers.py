@@ -1,0 +1,77 @@
+"""train.compile_layers (model.compile_decoder_layers): the trainer's loss and LoRA gradients of a
+padding-free micro-batch with gradient checkpointing equal the eager model's, one compilation
+serves every layer and micro-batch length, and a layer in eval mode runs eagerly. The tiny random
+LLaMA (tests/conftest.py) in float32 on CPU, real Spider rows (tests/test_padding_free.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_padding_free import ROWS, adapted_model, loss_and_grads, run_config, spider_rows
+
+from ray_spider.config import ConfigError, load_run_config
+from ray_spider.model import compile_decoder_layers, load_tokenizer
+from ray_spider.train import build_trainer
+
+
+@pytest.fixture(scope="module")
+def trainers(tiny_dir, spider, tmp_path_factory):
+    """(eager trainer, compiled trainer): two copies of one LoRA model (same seed), the same rows."""
+    tokenizer = load_tokenizer(tiny_dir)
+    tokenized = spider_rows(spider, tokenizer)
+    out = tmp_path_factory.mktemp("compile-layers")
+    built = []
+    for compiled in (False, True):
+        cfg = run_config(tiny_dir, True, gradient_checkpointing=True, compile_layers=compiled)
+        torch.manual_seed(0)  # LoRA's A matrices: the same in both copies
+        model = adapted_model(cfg)
+        if compiled:
+            assert compile_decoder_layers(model) == 2
+        built.append(build_trainer(cfg, model, tokenizer, tokenized, str(out / str(compiled)), torch.device("cpu")))
+    return built
+
+
+def batch_of(trainer, rows: range) -> dict:
+    return trainer.data_collator([trainer.train_dataset[i] for i in rows])
+
+
+def fresh_compiler() -> None:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(trainers):
+    fresh_compiler()
+    eager, compiled = trainers
+    assert compiled.args.gradient_checkpointing  # the recomputed forward is the compiled one too
+    for rows in (range(ROWS), range(1, ROWS)):  # two joined lengths: the second reuses the dynamic graph
+        eager_loss, eager_grads = loss_and_grads(eager, batch_of(eager, rows))
+        compiled_loss, compiled_grads = loss_and_grads(compiled, batch_of(compiled, rows))
+        assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6), (compiled_loss, eager_loss)
+        assert eager_grads.keys() == compiled_grads.keys() and all(grad.abs().sum() > 0 for grad in eager_grads.values())
+        for name, grad in eager_grads.items():
+            assert torch.allclose(compiled_grads[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max()), name
+    # one frame compiled for both layers, both lengths, forward and recomputation: no recompiles
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, dict(torch._dynamo.utils.counters["stats"])
+
+
+def test_a_layer_in_eval_mode_runs_eagerly(trainers):
+    """Dev rounds generate with a KV cache in eval mode: nothing is compiled for them, and greedy
+    tokens match the eager model's."""
+    eager, compiled = trainers
+    fresh_compiler()
+    prompt = torch.tensor([eager.train_dataset[0]["input_ids"][:20]])
+    outputs = []
+    for trainer in (eager, compiled):
+        trainer.model.eval()
+        with torch.no_grad():
+            outputs.append(trainer.model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False))
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+
+
+def test_compiled_layers_and_liger_kernels_are_one_error():
+    """torch.compile cannot trace Liger's autograd functions: asking for both is refused when the config loads."""
+    with pytest.raises(ConfigError, match="train.liger_kernel to auto or false"):
+        load_run_config("sweeps/smoke_cpu.yaml", ["train.compile_layers=true", "train.liger_kernel=true"])
+    assert load_run_config("sweeps/smoke_cpu.yaml", ["train.compile_layers=true"]).train.liger_kernel == "auto"
