@@ -596,8 +596,8 @@ def compile_decoder_layers(model) -> int:
 
     Regional compilation (PyTorch's recipe for repeated blocks): one layer's graph, dynamic in the
     batch and sequence sizes, is compiled once on the first training step and reused by every layer
-    and every micro-batch length, so the per-op Python of peft's LoRA and bitsandbytes' 4-bit
-    matmuls, and their small element-wise kernels, become a few fused kernels. A layer in eval mode
+    and every micro-batch length: less per-op Python and fewer kernels (LoRA's dropout, scaling and
+    sums, the norms and SwiGLU fused; bitsandbytes' 4-bit matmuls stay as they are). A layer in eval mode
     (dev rounds, generation with a KV cache) runs its eager forward. The decoder layers are
     transformers' ``GradientCheckpointingLayer`` modules, so gradient checkpointing wraps the
     compiled forward and recomputes with it. Same loss and gradients up to kernel rounding
