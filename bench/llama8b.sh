@@ -16,7 +16,8 @@
 #            deterministic kernels off: flex's backward is unchecked there), after an untimed 2-step
 #            product run that compiles flex's kernels into torch's disk caches                        ~7
 #   profile  bench/profile_train.py with benchpf's product settings (PF_ROWS rows, flex_attention, 48 GB):
-#            per optimizer step, wall against GPU-busy time, kernels by kind, top ops                   ~6
+#            each warm-up step's time (PROFILE_WARMUP, 3), then per profiled optimizer step wall against
+#            GPU-busy time, kernels by kind, top ops; PROFILE_EXTRA: more overrides                      ~2
 #   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
 #   ddp      bench's Ray side again with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU      ~2
 #   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials at once, 6 steps, 20 dev
@@ -114,7 +115,7 @@ part_profile() {  # where the product's 8B step goes: benchpf's settings (PF_ROW
     train.max_length=2048 train.effective_batch_size=$effective train.per_device_batch_size=$rows train.group_by_length=true \
     data.max_train_examples=$((effective * STEPS)) train.gradient_checkpointing=auto train.padding_free=true \
     model.attn_implementation=$attention train.deterministic=false train.cpus_per_worker=$THREADS ${PROFILE_EXTRA:-} \
-    --warmup ${PROFILE_WARMUP:-3} --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
+    --warmup "${PROFILE_WARMUP:-3}" --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
     || { echo "RESULT profile: FAILED (tail of $OUT/profile/profile.txt below)"; tail -15 "$OUT/profile/profile.txt"; return 1; }
   echo "RESULT profile ($rows rows${PROFILE_EXTRA:+, $PROFILE_EXTRA}): $(grep -h -e '^Memory per worker' -e '^warm-up steps' -e '^profiled' -e '^GPU kernels' "$OUT/profile/profile.txt" | tr '\n' ' ')"
 }
@@ -176,6 +177,7 @@ read -r batch flag accumulation <<< "$BENCH_BATCH"  # the plain side's micro-bat
 rows=${PF_ROWS:-$((batch * accumulation))}              # benchpf's padding-free rows per micro-batch
 [[ $rows =~ ^[1-9][0-9]*$ && $((batch * accumulation % rows)) -eq 0 ]] \
   || { echo "error: PF_ROWS=$rows must be a positive whole number dividing the effective batch $((batch * accumulation))" >&2; exit 2; }
+[[ ${PROFILE_WARMUP:-3} =~ ^[1-9][0-9]*$ ]] || { echo "error: PROFILE_WARMUP=${PROFILE_WARMUP} must be a whole number of steps, at least 1" >&2; exit 2; }
 mkdir -p "$OUT" "$RUNS"  # after the checks: a refused call leaves nothing behind
 for part in "${parts[@]}"; do
   mkdir -p "$OUT/$part"

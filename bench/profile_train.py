@@ -143,7 +143,8 @@ def memory_summary(setup, device: torch.device) -> str:
     """The worker's memory plan and this process's peak GPU memory, as a run's report.md words them."""
     if setup.plan is None:
         return f"no memory plan; Liger kernels {'on' if setup.liger else 'off'}"
-    info = {"memory_plan": setup.plan.as_dict(), "gradient_accumulation_steps": setup.cfg.gradient_accumulation_steps, "liger_kernel": setup.liger}
+    info = {"memory_plan": setup.plan.as_dict(), "gradient_accumulation_steps": setup.cfg.gradient_accumulation_steps,
+            "liger_kernel": setup.liger, "compiled_layers": setup.compiled_layers}
     if device.type == "cuda":
         info["gpu_peak_gb_train"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
     return memory_line(info)

@@ -595,16 +595,20 @@ def compile_decoder_layers(model) -> int:
     """``torch.compile`` each decoder layer's forward for training; returns how many layers.
 
     Regional compilation (PyTorch's recipe for repeated blocks): one layer's graph, dynamic in the
-    batch and sequence sizes, is compiled once on the first training step and reused by every layer
-    and every micro-batch length: less per-op Python and fewer kernels (LoRA's dropout, scaling and
+    batch and sequence sizes, is compiled in the first training steps and reused by every layer and
+    every micro-batch length. A few variants get compiled: the first layer's input needs no gradient
+    (without gradient checkpointing), padded micro-batches come with or without an attention mask
+    (padding-free ones never carry one), and on CPU bitsandbytes adds to its weights' state after
+    the first dev round; past 8 variants of one frame (torch's recompile_limit) torch runs it
+    eagerly. What it buys: less per-op Python and fewer kernels (LoRA's dropout, scaling and
     sums, the norms and SwiGLU fused; bitsandbytes' 4-bit matmuls stay as they are). A layer in eval mode
     (dev rounds, generation with a KV cache) runs its eager forward. The decoder layers are
     transformers' ``GradientCheckpointingLayer`` modules, so gradient checkpointing wraps the
     compiled forward and recomputes with it. Same loss and gradients up to kernel rounding
     (tests/test_compile_layers.py). Call it after ``apply_lora``, on a model without Liger's kernels:
-    torch.compile (torch 2.11) fails on their autograd functions (config: not both).
-    Measured at 8B, 32 padding-free rows on an H200: 9% faster per step, the first step ~67 s longer
-    (docs/benchmarks.md).
+    torch.compile fails on their autograd functions (seen with torch 2.11 on an H200; config: not both).
+    Measured at 8B, 32 padding-free rows on an H200: 9% faster per step after ~57 s more in the first
+    steps; on CPU slower at every step (docs/benchmarks.md).
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 

@@ -243,7 +243,8 @@ def memory_line(info: dict) -> str:
     return (
         f"Memory per worker: budget {plan['budget_gb']} GB; micro-batch {plan['micro_batch']} x accumulation "
         f"{info.get('gradient_accumulation_steps')}, gradient checkpointing {'on' if plan['gradient_checkpointing'] else 'off'}, "
-        f"Liger kernels {'on' if info.get('liger_kernel') else 'off'}, dev rounds "
+        f"Liger kernels {'on' if info.get('liger_kernel') else 'off'}"
+        f"{f', {compiled} decoder layers compiled' if (compiled := info.get('compiled_layers')) else ''}, dev rounds "
         f"{'on a merged bf16 copy' if plan['merge_adapter'] else 'on the trained model (no merged copy)'} in batches of "
         f"{plan['generation_batch']} rows; estimated {plan['estimate_train_gb']} GB training, {plan['estimate_dev_gb']} GB dev; "
         f"measured peak: {peaks or 'n/a (no GPU)'}."

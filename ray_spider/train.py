@@ -367,6 +367,7 @@ class WorkerSetup:
     tokenized: object  # the same rows tokenized (tokenize_dataset)
     model: object  # the (4-bit) base with Liger's kernels where they apply, and LoRA
     liger: bool  # whether Liger's kernels were applied
+    compiled_layers: int  # decoder layers compiled for training (train.compile_layers), else 0
 
 
 def worker_setup(cfg: RunConfig, spider: Spider, device, gpu_share: float = 1.0) -> WorkerSetup:
@@ -385,9 +386,11 @@ def worker_setup(cfg: RunConfig, spider: Spider, device, gpu_share: float = 1.0)
     warn_dense_padding_free(cfg, base, device)
     liger = apply_liger_kernels(base, False if cfg.train.compile_layers else cfg.train.liger_kernel, device)  # config: not both
     model = apply_lora(base, cfg.lora)  # logs "trainable params: ..."
-    if cfg.train.compile_layers:
-        log.info("compiled for training: %d decoder layers", compile_decoder_layers(model))
-    return WorkerSetup(cfg, plan, prompter, tokenizer, train_set, tokenized, model, liger)
+    compiled = compile_decoder_layers(model) if cfg.train.compile_layers else 0
+    if compiled and torch.device(device).type != "cuda":
+        log.warning("train.compile_layers on a %s worker: compiled steps there ran slower than eager ones (docs/benchmarks.md); "
+                    "it is meant for GPUs", torch.device(device).type)
+    return WorkerSetup(cfg, plan, prompter, tokenizer, train_set, tokenized, model, liger, compiled)
 
 
 def train_loop(config: dict) -> dict:
@@ -435,7 +438,7 @@ def _train_loop(config: dict) -> dict:
                 log.info("resuming from the checkpoint of step %d", resumed_step(resume_dir))
             # Adapter, optimizer, scheduler, RNG and the position in the data, as at that step.
             try:
-                runtime = trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
+                runtime = 0.0 if resume_dir and training_done(resume_dir) else trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
             except torch.OutOfMemoryError as exc:
                 estimate = f", estimated {plan.estimate_train_gb} GB of a {plan.budget_gb} GB budget" if plan else ""
                 raise TrainingMemoryError(
@@ -456,6 +459,7 @@ def _train_loop(config: dict) -> dict:
         "memory_plan": plan.as_dict() if plan else None,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "liger_kernel": setup.liger,
+        "compiled_layers": setup.compiled_layers,
         **peak_memory(callback.history),
         **allocator_retries(device),
     }
@@ -484,6 +488,18 @@ def allocator_retries(device: torch.device) -> dict:
 def resumed_step(checkpoint_dir: str | os.PathLike) -> int:
     """The optimizer step a reported checkpoint was saved at (its trainer_state.json)."""
     return json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())["global_step"]
+
+
+def training_done(checkpoint_dir: str | os.PathLike) -> bool:
+    """Whether a reported checkpoint is the run's last step (its trainer_state.json: global_step >= max_steps),
+    as when a sweep is stopped after a trial's final round but before the trial ended. transformers'
+    Trainer resumed from it trains one step more (it checks max_steps only after a step), so the
+    worker then trains nothing: that round is already reported."""
+    state = json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())
+    if state["global_step"] >= state["max_steps"] > 0:
+        log.info("the checkpoint of step %d is the last one: nothing left to train", state["global_step"])
+        return True
+    return False
 
 
 def start_ray(log_to_driver: bool = True) -> None:

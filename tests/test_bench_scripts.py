@@ -87,6 +87,10 @@ def test_llama8b_script_refuses_unknown_parts_and_reports_a_failed_part(tmp_path
     assert not (tmp_path / "no-model").exists()  # checked before `make` ran
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # nor its folders made
     assert script("benchpf", PF_ROWS="3").returncode == 2  # 3 rows do not divide the effective batch of 2
+    for warmup in ("0", "1 --steps 5"):  # the second was handed on to profile_train as two options
+        refused = script("profile", PROFILE_WARMUP=warmup)
+        assert refused.returncode == 2 and f"PROFILE_WARMUP={warmup} must be" in refused.stderr
+    assert not (tmp_path / "out").exists()
     failed = script("benchpf")  # no model folder: the bench fails
     assert failed.returncode == 1 and "RESULT bench pf: FAILED" in failed.stdout, failed.stdout + failed.stderr
     profiled = script("profile")  # the same for the profile part

@@ -11,6 +11,7 @@ from test_padding_free import ROWS, adapted_model, loss_and_grads, run_config, s
 
 from ray_spider.config import ConfigError, load_run_config
 from ray_spider.model import compile_decoder_layers, load_tokenizer
+from ray_spider.records import memory_line
 from ray_spider.train import build_trainer
 
 
@@ -75,3 +76,12 @@ def test_compiled_layers_and_liger_kernels_are_one_error():
     with pytest.raises(ConfigError, match="train.liger_kernel to auto or false"):
         load_run_config("sweeps/smoke_cpu.yaml", ["train.compile_layers=true", "train.liger_kernel=true"])
     assert load_run_config("sweeps/smoke_cpu.yaml", ["train.compile_layers=true"]).train.liger_kernel == "auto"
+
+
+def test_the_run_report_says_the_layers_were_compiled():
+    """report.md's memory line (from the manifest's compiled_layers) names the compiled layers, else says nothing of them."""
+    plan = {"budget_gb": 48, "micro_batch": 32, "gradient_checkpointing": True, "merge_adapter": False, "generation_batch": 8,
+            "estimate_train_gb": 28.17, "estimate_dev_gb": 8.9}
+    info = {"memory_plan": plan, "gradient_accumulation_steps": 1, "liger_kernel": False}
+    assert "Liger kernels off, 32 decoder layers compiled, dev rounds" in memory_line({**info, "compiled_layers": 32})
+    assert "Liger kernels off, dev rounds" in memory_line({**info, "compiled_layers": 0}) == memory_line(info)

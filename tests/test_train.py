@@ -274,3 +274,29 @@ def test_a_training_step_out_of_gpu_memory_is_one_error_naming_the_settings(tiny
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "training ran out of GPU memory at micro-batch 16" in result.stderr, result.stderr[-3000:]
     assert "train.per_device_batch_size=auto" in result.stderr and "Traceback" not in result.stderr
+
+
+FIT_TWICE = """
+import json, sys
+from ray_spider.config import load_run_config
+from ray_spider.train import fit
+cfg = load_run_config("sweeps/smoke_cpu.yaml", sys.argv[3:])
+for attempt in range(2):  # the second finds the first's checkpoints under the same storage and name, as a retried trial
+    result = fit(cfg, storage_path=sys.argv[1], name=sys.argv[2])
+    print("STEPS", json.dumps(sorted({row["step"] for row in result.return_value["history"]})), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_its_last_checkpoint_trains_no_step_more(tiny_dir, spider_dir, tmp_path):
+    """A sweep stopped after a trial's final round, then resumed, restores the trial from that
+    checkpoint; transformers' Trainer then trained one step past max_steps (at learning rate 0) and
+    the trial's best step read 3 of 2. Now the worker sees the checkpoint is the last and trains nothing."""
+    overrides = [f"model.name={tiny_dir}", "train.max_steps=2", "train.eval_every_steps=2", "data.max_train_examples=8",
+                 "data.dev_subset=2", "generation.max_new_tokens=8"]
+    done = subprocess.run([sys.executable, "-c", FIT_TWICE, str(tmp_path / "storage"), "run", *overrides], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path.cwd())})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    first, second = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("STEPS ")]
+    assert first == [1, 2] and second == [], (first, second)  # no step 3, no second round at step 2
+    assert "nothing left to train" in done.stdout + done.stderr
