@@ -72,8 +72,7 @@ class ProfileSteps(TrainerCallback):
             now = time.perf_counter()
             self.step_seconds.append(now - self._step_started)
             self._step_started = now
-        if state.global_step == self.warmup:
-            self._synchronize()
+        if state.global_step == self.warmup:  # synchronized just above
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
             self.profiler = profile(activities=activities)
             self.profiler.__enter__()

@@ -434,11 +434,10 @@ def _train_loop(config: dict) -> dict:
             )
         callback.setup_s = round(time.perf_counter() - started, 1)
         with resume_from.as_directory() if resume_from else nullcontext() as resume_dir:
-            if resume_dir:
-                log.info("resuming from the checkpoint of step %d", resumed_step(resume_dir))
+            done = bool(resume_dir) and training_done(resume_dir)
             # Adapter, optimizer, scheduler, RNG and the position in the data, as at that step.
             try:
-                runtime = 0.0 if resume_dir and training_done(resume_dir) else trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
+                runtime = 0.0 if done else trainer.train(resume_from_checkpoint=resume_dir).metrics["train_runtime"]
             except torch.OutOfMemoryError as exc:
                 estimate = f", estimated {plan.estimate_train_gb} GB of a {plan.budget_gb} GB budget" if plan else ""
                 raise TrainingMemoryError(
@@ -485,17 +484,13 @@ def allocator_retries(device: torch.device) -> dict:
     return {"gpu_alloc_retries": torch.cuda.memory_stats(device).get("num_alloc_retries", 0)}
 
 
-def resumed_step(checkpoint_dir: str | os.PathLike) -> int:
-    """The optimizer step a reported checkpoint was saved at (its trainer_state.json)."""
-    return json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())["global_step"]
-
-
 def training_done(checkpoint_dir: str | os.PathLike) -> bool:
-    """Whether a reported checkpoint is the run's last step (its trainer_state.json: global_step >= max_steps),
-    as when a sweep is stopped after a trial's final round but before the trial ended. transformers'
-    Trainer resumed from it trains one step more (it checks max_steps only after a step), so the
-    worker then trains nothing: that round is already reported."""
+    """Log the step a reported checkpoint was saved at (its trainer_state.json) and say whether it is the
+    run's last (global_step >= max_steps), as when a sweep is stopped after a trial's final round but
+    before the trial ended. transformers' Trainer resumed from it trains one step more (it checks
+    max_steps only after a step), so the worker then trains nothing: that round is already reported."""
     state = json.loads((Path(checkpoint_dir) / TRAINER_STATE_NAME).read_text())
+    log.info("resuming from the checkpoint of step %d", state["global_step"])
     if state["global_step"] >= state["max_steps"] > 0:
         log.info("the checkpoint of step %d is the last one: nothing left to train", state["global_step"])
         return True
