@@ -44,7 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
+from transformers import TrainerCallback
 
 from ray_spider.config import RunConfig, load_run_config
 from ray_spider.model import resolve_model
@@ -107,6 +109,7 @@ def run_ray(args) -> dict:
             raise SystemExit(f"ray-spider train failed (exit {result.returncode}): {shlex.join(command)}")
         (manifest_path,) = Path(output_dir).glob("bench-train-*/manifest.json")
         manifest = json.loads(manifest_path.read_text())
+        metrics = pq.read_table(manifest_path.parent / "metrics.parquet").to_pylist()
     logged_tokens = NUM_TOKENS.findall(log)
     # The run's own record (train_runtime less any in-loop dev rounds) where the package writes it;
     # else the trainer's train_runtime from the log (equal here: no dev round runs inside the loop).
@@ -123,7 +126,50 @@ def run_ray(args) -> dict:
         "checkpointing": manifest.get("memory_plan", {}).get("gradient_checkpointing"),
         "liger": manifest.get("liger_kernel"),
         "alloc_retries": manifest.get("gpu_alloc_retries"),
+        "clock": [[row["step"], row["tokens_seen"], row["train_elapsed_s"]] for row in metrics if row.get("train_elapsed_s") is not None],
     }
+
+
+class StepClock(TrainerCallback):
+    """The plain side's [step, tokens so far, seconds so far] at every logged step, clocked as the
+    product's records do (ray_spider.train.DevEvalCallback.on_log: after the loss's .item())."""
+
+    def __init__(self):
+        self.rows, self.started = [], 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.rows.append([state.global_step, logs.get("num_tokens"), round(time.perf_counter() - self.started, 3)])
+
+
+def window_rate(clock: list[list], after: int, through: int) -> float | None:
+    """Tokens/s over optimizer steps after..through (after 0: from the start) from a side's clock rows
+    [step, tokens so far, seconds so far]; None when the clock lacks either step or any tokens."""
+    by_step = {step: (tokens, seconds) for step, tokens, seconds in clock}
+    start = (0.0, 0.0) if after == 0 else by_step.get(after)
+    end = by_step.get(through)
+    if start is None or end is None or None in (*start, *end) or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
+def window_median(runs: list[dict], after: int, through: int) -> float | None:
+    """The median of window_rate over a side's repeats that clocked the window; None when none did."""
+    rates = [rate for rate in (window_rate(run["clock"], after, through) for run in runs) if rate is not None]
+    return statistics.median(rates) if rates else None
+
+
+def step_windows(steps: int, steady_after: int) -> list[tuple[str, int, int]]:
+    """(label, after, through) of the step windows the clocks are also read over: the first 30 steps of
+    a longer run (the shortest bench this project reports a ratio for) and the steps after the first
+    ``steady_after`` (warm: compilation and caches behind)."""
+    windows = [(f"steps 1-30 of {steps}", 0, 30)] if steps > 30 else []
+    if 0 < steady_after < steps:
+        windows.append((f"steps {steady_after + 1}-{steps} (warm)", steady_after, steps))
+    return windows
 
 
 def run_plain_process(args, extra: tuple[str, ...] = ()) -> dict:
@@ -181,6 +227,7 @@ def run_plain(args, cfg: RunConfig) -> dict:
         LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
     )
     train = cfg.train
+    clock = StepClock()
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as output_dir:
         trainer = SFTTrainer(
             model=model,
@@ -207,6 +254,7 @@ def run_plain(args, cfg: RunConfig) -> dict:
             ),
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
+            callbacks=[clock],
         )
         output = trainer.train()
     logged_tokens = [row["num_tokens"] for row in trainer.state.log_history if "num_tokens" in row]
@@ -219,6 +267,7 @@ def run_plain(args, cfg: RunConfig) -> dict:
         "truncated": sum(len(ids) >= train.max_length for ids in kept),
         "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,
         "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) if args.device == "cuda" else None,
+        "clock": clock.rows,
     }
 
 
@@ -251,6 +300,10 @@ def main() -> None:
         "--ray-set", action="append", default=[], metavar="KEY=VALUE",
         help="a run-config override for the Ray side only, e.g. train.gpu_memory_gb=48 (repeatable)",
     )
+    parser.add_argument(
+        "--steady-after", type=int, default=2,
+        help="also report both sides' tokens/s over the steps after the first N, from their per-step clocks (0: not)",
+    )
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plain-liger", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -272,7 +325,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name, run, runs in sides if repeat % 2 == 0 else sides[::-1]:  # alternate the order against drift
             runs.append(run(args))
-            print(f"  [{repeat + 1}/{args.repeats}] {name:5s} {runs[-1]}", flush=True)
+            print(f"  [{repeat + 1}/{args.repeats}] {name:5s} {({k: v for k, v in runs[-1].items() if k != 'clock'})}", flush=True)
+            print(f"  [{repeat + 1}/{args.repeats}] {name:5s} clock [step, tokens, s]: {json.dumps(runs[-1]['clock'])}", flush=True)
     for name, runs in (("ray", ray_runs), ("plain", plain_runs)):
         logged = runs[-1]["logged_tokens"]
         if logged is not None and logged != runs[-1]["tokens"]:
@@ -297,6 +351,11 @@ def main() -> None:
     if last.get("micro_batch") is not None:
         print(f"  Ray side: micro-batch {last['micro_batch']}, gradient checkpointing {last['checkpointing']}, Liger kernels {last['liger']}")
     print(f"  ratio Ray / plain tokens/s    : {ray_rate / plain_rate:8.3f}")
+    same_steps = all(run["clock"] and run["clock"][-1][0] == args.steps for run in ray_runs)  # else a step is not the same examples
+    for label, after, through in step_windows(args.steps, args.steady_after) if same_steps else ():
+        rates = [window_median(runs, after, through) for runs in (ray_runs, plain_runs)]
+        if None not in rates:
+            print(f"  {label:30s}: {rates[0]:8.1f} vs {rates[1]:8.1f} tokens/s, ratio {rates[0] / rates[1]:6.3f}")
     print("  (end to end = the whole process; Ray's also starts Ray and runs the final dev round and the run records)")
 
 

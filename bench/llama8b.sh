@@ -25,7 +25,9 @@
 #   all      make budgets bench bench135m ddp sweep                                                   ~16
 # Calls of at most 10 minutes: "make budgets", then "bench", then "ddp sweep" (the model folder lives in
 # /tmp: keep the machine warm between calls, or run make again). BENCH8B_EXTRA is appended to the 8B
-# bench (e.g. "--ray-set train.deterministic=false"). RESULT lines: $OUT/RESULTS.txt
+# bench (e.g. "--ray-set train.deterministic=false"); STEPS (30) its optimizer steps, for bench and benchpf (the
+# bench also reads both sides' tokens/s over steps 1-30 and after the first 2 from their per-step clocks).
+# RESULT lines: $OUT/RESULTS.txt
 set -uo pipefail
 DRY=${DRY:-0}
 OUT=${OUT:-/tmp/llama8b_out}
@@ -130,7 +132,7 @@ part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1
 
 bench_result() {  # bench_result NAME PART: the ratio and tokens/s lines of one bench_train output, or FAILED and its tail
   grep -q 'ratio Ray' "$OUT/$2/bench_$1.txt" || { echo "RESULT bench $1: FAILED (tail of $OUT/$2/bench_$1.txt below)"; tail -15 "$OUT/$2/bench_$1.txt"; return 1; }
-  echo "RESULT bench $1: $(grep -h -e 'ratio Ray' "$OUT/$2/bench_$1.txt" | tr -s ' ') | $(grep -h -e 'tokens/s' "$OUT/$2/bench_$1.txt" | grep -v ratio | tr -s ' ' | tr '\n' '|')"
+  echo "RESULT bench $1: $(grep -h -e 'ratio Ray' "$OUT/$2/bench_$1.txt" | tr -s ' ') | $(grep -h -e 'tokens/s' "$OUT/$2/bench_$1.txt" | grep -v -e ratio -e '^  steps ' | tr -s ' ' | tr '\n' '|') $(grep -h -e '^  steps ' "$OUT/$2/bench_$1.txt" | tr -s ' ' | tr '\n' '|')"
 }
 
 part_ddp() {  # bench's Ray side again with 2 workers: same examples, steps, effective batch, budget

@@ -124,16 +124,21 @@ class DevEvalCallback(TrainerCallback):
         self.progress: ProgressFile | None = None  # rank 0 of a `train` run: the terminal's progress bar reads it
         self.setup_s: float | None = None  # from there to the first step: model, data, tokenizing
         self.steps_started = 0.0  # when the optimizer steps since the last round began
+        self.train_started = 0.0  # when trainer.train() began (a resumed run: this attempt)
         self.trainer = None  # set once built: its log() sends the dev rounds to the trackers (report_to)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "num_tokens" in logs:
             self.tokens_seen = float(logs["num_tokens"])  # TRL's running count of non-pad tokens trained on
         if logs and "loss" in logs:
-            self.history.append({"step": state.global_step, "epoch": state.epoch, "train_loss": float(logs["loss"]), "learning_rate": logs.get("learning_rate")})
+            self.history.append({
+                "step": state.global_step, "epoch": state.epoch, "train_loss": float(logs["loss"]), "learning_rate": logs.get("learning_rate"),
+                # throughput over time: tokens and seconds of optimizer steps so far (the loss's .item() has synchronized)
+                "tokens_seen": logs.get("num_tokens"), "train_elapsed_s": round(time.perf_counter() - self.train_started - self.eval_seconds, 3),
+            })
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.steps_started = time.perf_counter()
+        self.steps_started = self.train_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         # A dev round is taken right after the Trainer saves its state (on_save): the checkpoint

@@ -134,3 +134,16 @@ def test_profile_train_names_a_mistake_in_one_line_before_training(tiny_dir, tmp
         assert "error: " in done.stderr and said in done.stderr
     done = _profile_train(tiny_dir, "--trace", str(tmp_path / "nowhere/trace.json"))
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_bench_train_reads_a_step_window_from_each_sides_clock():
+    """The warm and first-30-steps rates are differences of the clocks' rows: tokens and seconds so far."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_train import step_windows, window_rate
+
+    clock = [[1, 100.0, 10.0], [2, 200.0, 11.0], [3, 300.0, 12.0], [4, 400.0, 13.0]]
+    assert window_rate(clock, 0, 4) == 400 / 13  # from the start
+    assert window_rate(clock, 2, 4) == 100.0  # after the first two steps: 200 tokens in 2 s
+    assert window_rate(clock, 2, 5) is None and window_rate([[1, None, 1.0]], 0, 1) is None  # a step not clocked
+    assert step_windows(100, 2) == [("steps 1-30 of 100", 0, 30), ("steps 3-100 (warm)", 2, 100)]
+    assert step_windows(30, 0) == [] and step_windows(2, 2) == []

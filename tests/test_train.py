@@ -113,7 +113,11 @@ def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
     assert all(0 < row["start_s"] < 600 for row in evals)  # Ray's start-up before train_loop
     assert all(row["train_s"] > 0 for row in evals)  # the optimizer steps since the previous round
     assert all(row.get("train_loss") is not None for row in rows)
+    # throughput over time: tokens and seconds of optimizer steps so far, at every logged step
+    clock = [(row["tokens_seen"], row["train_elapsed_s"]) for row in rows]
+    assert all(0 < a[0] < b[0] and 0 < a[1] < b[1] for a, b in zip(clock, clock[1:])), clock
     manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert clock[-1][0] == manifest["train_tokens_seen"]
     assert manifest["best_step"] == best_round(evals)["step"]
     assert manifest["train_examples"] == 64
     assert manifest["deterministic_kernels"] is (workers == 1)  # train.deterministic reached the worker
