@@ -6,7 +6,8 @@ without Ray around them or dev rounds, a few optimizer steps under torch.profile
         train.padding_free=true model.attn_implementation=flex_attention --warmup 3 --steps 2
     python bench/profile_train.py sweeps/smoke_cpu.yaml --warmup 1 --steps 1        # CPU: a minute
 
-Prints the wall time of each warm-up step (compilation shows in the first ones), then, per profiled
+Prints the wall time of each warm-up step (compilation shows in the first ones) and where torch.compile's
+time went (tracing, AOTAutograd, inductor; cache hits, and why AOTAutograd bypassed its cache), then, per profiled
 optimizer step: wall seconds (the GPU synchronized at both ends), how long
 CUDA kernels ran (the union of their intervals) and so how long the GPU sat idle, the kernel
 count, the synchronize calls the CPU waited in, the kernel time by kind (matmul, 4-bit
@@ -19,6 +20,7 @@ kernels of the largest kind. `--trace FILE` also writes the Chrome trace (chrome
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -46,6 +48,40 @@ KERNEL_KINDS = (
     ("elementwise, reduce", ("elementwise", "vectorized", "reduce", "softmax")),
 )
 SYNCHRONIZE_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+# torch.compile's own timers (torch._dynamo.utils.compilation_time_metrics; seconds over every compiled frame)
+COMPILE_PHASES = (("in all", "_compile.compile_inner"), ("tracing Python", "bytecode_tracing"),
+                  ("AOTAutograd", "create_aot_dispatcher_function"), ("inductor", "compile_fx_inner"))
+AOT_CACHE_LOGGER = "torch._functorch._aot_autograd.autograd_cache"  # logs why it bypassed its cache, at INFO
+
+
+class CacheBypasses(logging.Handler):
+    """The reasons AOTAutograd gave for not caching a graph (so every process traces it again)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.reasons: set[str] = set()
+
+    def emit(self, record):
+        message = record.getMessage()
+        if "Bypassing autograd cache due to:" in message:
+            self.reasons.add(" ".join(message.split("due to:", 1)[1].split()))
+
+
+def compile_summary(bypasses: CacheBypasses) -> str:
+    """One line: where torch.compile's time went (all steps, profiled ones too) and what its on-disk caches did:
+    inductor's FX graph cache (hit: no code generated) and AOTAutograd's (hit: the joint graph not traced again)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = {label: sum(compilation_time_metrics.get(key, ())) for label, key in COMPILE_PHASES}
+    if not seconds["in all"]:
+        return "torch.compile: nothing compiled"
+    caches = {f"{kind} {event}": counters[group][key] for kind, group, prefix in (("FX graph", "inductor", "fxgraph_cache"),
+              ("AOTAutograd", "aot_autograd", "autograd_cache")) for event in ("hit", "miss", "bypass")
+              if (key := f"{prefix}_{event}") in counters[group]}
+    return (f"torch.compile: {', '.join(f'{label} {value:.1f} s' for label, value in seconds.items())}; "
+            f"{counters['stats']['unique_graphs']} graphs, {sum(counters['graph_break'].values())} graph breaks; caches: "
+            + (", ".join(f"{name} {count}" for name, count in caches.items()) or "not used")
+            + "".join(f"; AOTAutograd bypass: {reason}" for reason in sorted(bypasses.reasons)))
 
 
 class ProfileSteps(TrainerCallback):
@@ -153,13 +189,21 @@ def profile_steps(cfg, device: torch.device, warmup: int, steps: int) -> tuple[p
     """The worker's setup (train.worker_setup) and trainer, ``warmup`` steps, then ``steps`` profiled:
     (the profiler, the text to print)."""
     setup = worker_setup(cfg, Spider(cfg.data.spider_dir), device)
-    callback = ProfileSteps(warmup, steps, device)
-    with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
-        trainer.train()
+    callback, bypasses = ProfileSteps(warmup, steps, device), CacheBypasses()
+    aot_cache_log = logging.getLogger(AOT_CACHE_LOGGER)
+    level = aot_cache_log.level
+    aot_cache_log.addHandler(bypasses)
+    aot_cache_log.setLevel(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory() as output_dir:
+            trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
+            trainer.train()
+    finally:
+        aot_cache_log.removeHandler(bypasses)
+        aot_cache_log.setLevel(level)
     tokens = tokens_between(trainer.state.log_history, warmup, warmup + steps)
     warmup_steps = ", ".join(f"{seconds:.2f}" for seconds in callback.step_seconds)
-    text = memory_summary(setup, device) + f"\nwarm-up steps, s each (not profiled): {warmup_steps}\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)
+    text = memory_summary(setup, device) + f"\nwarm-up steps, s each (not profiled): {warmup_steps}\n{compile_summary(bypasses)}\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)
     return callback.profiler, text
 
 

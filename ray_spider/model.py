@@ -609,9 +609,17 @@ def compile_decoder_layers(model) -> int:
     torch.compile fails on their autograd functions (seen with torch 2.11 on an H200; config: not both).
     Measured at 8B, 32 padding-free rows on an H200: 9% faster per step after ~57 s more in the first
     steps; on CPU slower at every step (docs/benchmarks.md).
+
+    AOTAutograd's on-disk cache is let take graphs holding a ``torch.autograd.Function`` (torch's
+    ``autograd_cache_allow_custom_autograd_functions``, as vLLM sets it): bitsandbytes' 4-bit matmul
+    is one, and without this every process traced each layer's joint graph again (on CPU, the tiny
+    shape, in a process that found the disk caches: AOTAutograd 8.8 s before, 2.5 s with it; docs/benchmarks.md).
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    functorch_config = torch._functorch.config
+    if hasattr(functorch_config, "autograd_cache_allow_custom_autograd_functions"):  # torch releases without it: no cache
+        functorch_config.autograd_cache_allow_custom_autograd_functions = True
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
     for layer in layers:
         eager = layer.forward

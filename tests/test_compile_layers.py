@@ -5,6 +5,11 @@ LLaMA (tests/conftest.py) in float32 on CPU, real Spider rows (tests/test_paddin
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from test_padding_free import ROWS, adapted_model, loss_and_grads, run_config, spider_rows
@@ -85,3 +90,31 @@ def test_the_run_report_says_the_layers_were_compiled():
     info = {"memory_plan": plan, "gradient_accumulation_steps": 1, "liger_kernel": False}
     assert "Liger kernels off, 32 decoder layers compiled, dev rounds" in memory_line({**info, "compiled_layers": 32})
     assert "Liger kernels off, dev rounds" in memory_line({**info, "compiled_layers": 0}) == memory_line(info)
+
+
+COMPILE_ONE_STEP = """
+import json, sys, torch
+from ray_spider.config import LoraConfig, ModelConfig
+from ray_spider.model import apply_lora, compile_decoder_layers, load_model
+model = apply_lora(load_model(ModelConfig(name=sys.argv[1], quantization="nf4"), device="cpu"), LoraConfig(dropout=0.0))
+compile_decoder_layers(model)
+model.train()
+ids = torch.arange(3, 40).unsqueeze(0)
+model(input_ids=ids, labels=ids).loss.backward()
+print(json.dumps(dict(torch._dynamo.utils.counters["aot_autograd"])))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_takes_the_compiled_4bit_layers_from_the_disk_cache(tiny_dir, tmp_path):
+    """bitsandbytes' 4-bit matmul is a torch.autograd.Function, which AOTAutograd's cache refused by
+    default: every run traced the layers' joint graph again. Two processes, one fresh cache folder: the
+    second hits (fails without autograd_cache_allow_custom_autograd_functions)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    counters = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", COMPILE_ONE_STEP, tiny_dir], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        counters.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert counters[0].get("autograd_cache_miss") and not counters[0].get("autograd_cache_bypass"), counters
+    assert counters[1].get("autograd_cache_hit") and not counters[1].get("autograd_cache_bypass"), counters
