@@ -307,6 +307,8 @@ def main() -> None:
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plain-liger", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steady_after < 0:
+        parser.error(f"--steady-after {args.steady_after}: a number of steps, 0 or more")
 
     cfg = load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused", ray_side=False))
     if args.plain_child:  # the plain side, in its own process like the Ray worker
