@@ -23,6 +23,12 @@ each rendered by ray_spider's Prompter. Throughput is non-pad tokens / train sec
   in-loop dev rounds; ``train_tokens``); the worker's final log line (TRL prints every log dict
   with ``disable_tqdm``, into the run folder's train.log) gives the same train_runtime.
 
+Per-step clocks: both sides record, at every logged step, the tokens and seconds of training so far
+(the product in its metrics.parquet, ``tokens_seen`` and ``train_elapsed_s``; the plain side with a
+callback that clocks the same way), and the bench prints both sides' tokens/s over the first 30 steps
+of a longer run and over the steps after the first ``--steady-after`` (2: compilation behind), beside
+the whole-run figures. A window needs both sides to have logged its first and last steps.
+
 Threads: a Ray worker gets OMP_NUM_THREADS = its CPUs, so ``train.cpus_per_worker`` is set to
 ``--threads`` and the plain script calls ``torch.set_num_threads(--threads)``: same cores on both.
 The default is 1: on a shared 2-core machine two OpenMP threads that lose their cores to other
@@ -56,7 +62,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = "sweeps/smoke_cpu.yaml"
 # The trainer's final log line as PrinterCallback prints it: {'train_runtime': '94.38', ...}
 TRAIN_RUNTIME = re.compile(r"'train_runtime': '?([0-9.eE+-]+)'?")
-NUM_TOKENS = re.compile(r"'num_tokens': '?([0-9.eE+-]+)'?")
 RESULT_PREFIX = "PLAIN_RESULT "
 
 
@@ -110,14 +115,15 @@ def run_ray(args) -> dict:
         (manifest_path,) = Path(output_dir).glob("bench-train-*/manifest.json")
         manifest = json.loads(manifest_path.read_text())
         metrics = pq.read_table(manifest_path.parent / "metrics.parquet").to_pylist()
-    logged_tokens = NUM_TOKENS.findall(log)
+    # TRL's own count at the last step: in metrics.parquet (train.log prints it to 4 significant figures)
+    clock = [[row["step"], row["tokens_seen"], row["train_elapsed_s"]] for row in metrics if row.get("train_elapsed_s") is not None]
     # The run's own record (train_runtime less any in-loop dev rounds) where the package writes it;
     # else the trainer's train_runtime from the log (equal here: no dev round runs inside the loop).
     return {
         "train_s": manifest.get("train_seconds", float(runtimes[-1])),
         "logged_train_runtime": float(runtimes[-1]),
         "tokens": manifest["train_tokens"],
-        "logged_tokens": int(float(logged_tokens[-1])) if logged_tokens else None,
+        "logged_tokens": int(clock[-1][1]) if clock and clock[-1][1] is not None else None,
         "examples": manifest["train_examples_used"],
         "truncated": manifest["train_examples_truncated"],
         "wall_s": wall,
@@ -126,7 +132,7 @@ def run_ray(args) -> dict:
         "checkpointing": manifest.get("memory_plan", {}).get("gradient_checkpointing"),
         "liger": manifest.get("liger_kernel"),
         "alloc_retries": manifest.get("gpu_alloc_retries"),
-        "clock": [[row["step"], row["tokens_seen"], row["train_elapsed_s"]] for row in metrics if row.get("train_elapsed_s") is not None],
+        "clock": clock,
     }
 
 
@@ -139,6 +145,10 @@ class StepClock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:  # the last step is clocked whatever logging_steps, as the product's
+            control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -168,7 +178,8 @@ def step_windows(steps: int, steady_after: int) -> list[tuple[str, int, int]]:
     ``steady_after`` (warm: compilation and caches behind)."""
     windows = [(f"steps 1-30 of {steps}", 0, 30)] if steps > 30 else []
     if 0 < steady_after < steps:
-        windows.append((f"steps {steady_after + 1}-{steps} (warm)", steady_after, steps))
+        steps_label = f"step {steps}" if steady_after + 1 == steps else f"steps {steady_after + 1}-{steps}"
+        windows.append((f"{steps_label} (warm)", steady_after, steps))
     return windows
 
 
@@ -353,10 +364,18 @@ def main() -> None:
     if last.get("micro_batch") is not None:
         print(f"  Ray side: micro-batch {last['micro_batch']}, gradient checkpointing {last['checkpointing']}, Liger kernels {last['liger']}")
     print(f"  ratio Ray / plain tokens/s    : {ray_rate / plain_rate:8.3f}")
-    same_steps = all(run["clock"] and run["clock"][-1][0] == args.steps for run in ray_runs)  # else a step is not the same examples
-    for label, after, through in step_windows(args.steps, args.steady_after) if same_steps else ():
+    ray_steps = ray_runs[-1]["clock"][-1][0] if ray_runs[-1]["clock"] else 0
+    windows = step_windows(args.steps, args.steady_after)
+    if windows and ray_steps != args.steps:  # a step is then not the same examples on both sides
+        print(f"  (no step windows: the Ray side ran {ray_steps} optimizer steps of another effective batch, the plain side {args.steps})")
+        windows = []
+    if args.steady_after >= args.steps:
+        print(f"  (no warm window: --steady-after {args.steady_after} leaves none of the {args.steps} steps)")
+    for label, after, through in windows:
         rates = [window_median(runs, after, through) for runs in (ray_runs, plain_runs)]
-        if None not in rates:
+        if None in rates:
+            print(f"  {label:30s}: not clocked (a side logged no step {after}: --logging-steps {args.logging_steps})")
+        else:
             print(f"  {label:30s}: {rates[0]:8.1f} vs {rates[1]:8.1f} tokens/s, ratio {rates[0] / rates[1]:6.3f}")
     print("  (end to end = the whole process; Ray's also starts Ray and runs the final dev round and the run records)")
 

@@ -26,7 +26,8 @@
 # Calls of at most 10 minutes: "make budgets", then "bench", then "ddp sweep" (the model folder lives in
 # /tmp: keep the machine warm between calls, or run make again). BENCH8B_EXTRA is appended to the 8B
 # bench (e.g. "--ray-set train.deterministic=false"); STEPS (30) its optimizer steps, for bench and benchpf (the
-# bench also reads both sides' tokens/s over steps 1-30 and after the first 2 from their per-step clocks).
+# bench also reads both sides' tokens/s after the first 2 steps, and with STEPS > 30 over steps 1-30, from their
+# per-step clocks).
 # RESULT lines: $OUT/RESULTS.txt
 set -uo pipefail
 DRY=${DRY:-0}

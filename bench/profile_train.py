@@ -48,9 +48,10 @@ KERNEL_KINDS = (
     ("elementwise, reduce", ("elementwise", "vectorized", "reduce", "softmax")),
 )
 SYNCHRONIZE_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-# torch.compile's own timers (torch._dynamo.utils.compilation_time_metrics; seconds over every compiled frame)
-COMPILE_PHASES = (("in all", "_compile.compile_inner"), ("tracing Python", "bytecode_tracing"),
-                  ("AOTAutograd", "create_aot_dispatcher_function"), ("inductor", "compile_fx_inner"))
+# torch.compile's own timers (torch._dynamo.utils.compilation_time_metrics; seconds over every compiled frame),
+# nested: the whole holds tracing and AOTAutograd, AOTAutograd holds inductor
+COMPILE_PHASES = {"whole": "_compile.compile_inner", "tracing": "bytecode_tracing",
+                  "aot": "create_aot_dispatcher_function", "inductor": "compile_fx_inner"}
 AOT_CACHE_LOGGER = "torch._functorch._aot_autograd.autograd_cache"  # logs why it bypassed its cache, at INFO
 
 
@@ -72,13 +73,14 @@ def compile_summary(bypasses: CacheBypasses) -> str:
     inductor's FX graph cache (hit: no code generated) and AOTAutograd's (hit: the joint graph not traced again)."""
     from torch._dynamo.utils import compilation_time_metrics, counters
 
-    seconds = {label: sum(compilation_time_metrics.get(key, ())) for label, key in COMPILE_PHASES}
-    if not seconds["in all"]:
+    seconds = {phase: sum(compilation_time_metrics.get(key, ())) for phase, key in COMPILE_PHASES.items()}
+    if not seconds["whole"]:
         return "torch.compile: nothing compiled"
     caches = {f"{kind} {event}": counters[group][key] for kind, group, prefix in (("FX graph", "inductor", "fxgraph_cache"),
               ("AOTAutograd", "aot_autograd", "autograd_cache")) for event in ("hit", "miss", "bypass")
               if (key := f"{prefix}_{event}") in counters[group]}
-    return (f"torch.compile: {', '.join(f'{label} {value:.1f} s' for label, value in seconds.items())}; "
+    return (f"torch.compile: {seconds['whole']:.1f} s in all, of which tracing Python {seconds['tracing']:.1f} s and "
+            f"AOTAutograd {seconds['aot']:.1f} s (of which inductor {seconds['inductor']:.1f} s); "
             f"{counters['stats']['unique_graphs']} graphs, {sum(counters['graph_break'].values())} graph breaks; caches: "
             + (", ".join(f"{name} {count}" for name, count in caches.items()) or "not used")
             + "".join(f"; AOTAutograd bypass: {reason}" for reason in sorted(bypasses.reasons)))
@@ -191,9 +193,10 @@ def profile_steps(cfg, device: torch.device, warmup: int, steps: int) -> tuple[p
     setup = worker_setup(cfg, Spider(cfg.data.spider_dir), device)
     callback, bypasses = ProfileSteps(warmup, steps, device), CacheBypasses()
     aot_cache_log = logging.getLogger(AOT_CACHE_LOGGER)
-    level = aot_cache_log.level
+    level, propagate = aot_cache_log.level, aot_cache_log.propagate
     aot_cache_log.addHandler(bypasses)
     aot_cache_log.setLevel(logging.INFO)
+    aot_cache_log.propagate = False  # its INFO lines reach only `bypasses`, not torch's handlers on the terminal
     try:
         with tempfile.TemporaryDirectory() as output_dir:
             trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
@@ -201,6 +204,7 @@ def profile_steps(cfg, device: torch.device, warmup: int, steps: int) -> tuple[p
     finally:
         aot_cache_log.removeHandler(bypasses)
         aot_cache_log.setLevel(level)
+        aot_cache_log.propagate = propagate
     tokens = tokens_between(trainer.state.log_history, warmup, warmup + steps)
     warmup_steps = ", ".join(f"{seconds:.2f}" for seconds in callback.step_seconds)
     text = memory_summary(setup, device) + f"\nwarm-up steps, s each (not profiled): {warmup_steps}\n{compile_summary(bypasses)}\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)

@@ -145,6 +145,8 @@ class DevEvalCallback(TrainerCallback):
         # Ray keeps is then the adapter with everything a retried trial resumes from.
         if state.global_step % self.cfg.train.eval_every_steps == 0 or state.global_step >= state.max_steps:
             control.should_save = True
+        if state.global_step >= state.max_steps:  # the last step's loss, tokens and seconds are recorded whatever logging_steps
+            control.should_log = True
 
     def on_save(self, args, state, control, model=None, **kwargs):
         trainer_checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"

@@ -146,4 +146,4 @@ def test_bench_train_reads_a_step_window_from_each_sides_clock():
     assert window_rate(clock, 2, 4) == 100.0  # after the first two steps: 200 tokens in 2 s
     assert window_rate(clock, 2, 5) is None and window_rate([[1, None, 1.0]], 0, 1) is None  # a step not clocked
     assert step_windows(100, 2) == [("steps 1-30 of 100", 0, 30), ("steps 3-100 (warm)", 2, 100)]
-    assert step_windows(30, 0) == [] and step_windows(2, 2) == []
+    assert step_windows(30, 0) == [] and step_windows(2, 2) == [] and step_windows(3, 2) == [("step 3 (warm)", 2, 3)]

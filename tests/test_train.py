@@ -84,6 +84,20 @@ def run_cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "ray_spider", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def test_the_last_step_is_logged_whatever_logging_steps():
+    """With logging_steps not dividing max_steps the last steps' loss, tokens and seconds went unrecorded
+    (metrics.parquet ended at the last multiple; step 3 of 3 had no row at logging_steps=2)."""
+    from transformers import TrainerControl, TrainerState
+
+    from ray_spider.train import DevEvalCallback
+
+    callback = DevEvalCallback(RunConfig(train=TrainConfig(logging_steps=2, eval_every_steps=100)), None, None, [], "cpu")
+    for step, logged in ((1, False), (3, True)):
+        control = TrainerControl()
+        callback.on_step_end(None, TrainerState(global_step=step, max_steps=3), control)
+        assert control.should_log is logged and control.should_save is logged, step
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers-ddp-gloo"])
 def test_train_end_to_end_on_ray(workers, tiny_dir, spider_dir, tmp_path):
