@@ -17,7 +17,8 @@
 #            product run that compiles flex's kernels into torch's disk caches                        ~7
 #   profile  bench/profile_train.py with benchpf's product settings (PF_ROWS rows, flex_attention, 48 GB):
 #            each warm-up step's time (PROFILE_WARMUP, 3), then per profiled optimizer step wall against
-#            GPU-busy time, kernels by kind, top ops; PROFILE_EXTRA: more overrides                      ~2
+#            GPU-busy time, kernels by kind, top ops; PROFILE_EXTRA: more overrides; "profile profile":
+#            the second run finds the first one's compile caches (profile_again.txt)                   ~2
 #   bench135m  bench_train at 135M on GPU1, the ratio as before (100 steps)                            ~2.5
 #   ddp      bench's Ray side again with 2 DDP workers (GPU 0+1): tokens/s against bench's 1 GPU      ~2
 #   sweep    sweeps/sweep_llama31_8b.yaml in smoke form on 2 GPUs (2 trials at once, 6 steps, 20 dev
@@ -110,17 +111,19 @@ part_benchpf() {  # 8B: the same bench, the product padding-free with flex_atten
 }
 
 part_profile() {  # where the product's 8B step goes: benchpf's settings (PF_ROWS rows, flex_attention, 48 GB) under torch.profiler
-  local attention=flex_attention budget=train.gpu_memory_gb=48 effective=$((batch * accumulation))
+  local attention=flex_attention budget=train.gpu_memory_gb=48 effective=$((batch * accumulation)) text=$OUT/profile/profile.txt
   [[ $DRY == 1 ]] && attention=sdpa budget=  # FlexAttention has no backward on CPU; no GPU memory to budget
+  # "profile profile": the second finds the first one's compile caches; each keeps its own output
+  [[ -e $text ]] && text=$OUT/profile/profile_again.txt
   # the bench's rows (the first STEPS x effective batch), PROFILE_WARMUP (3) warm-up steps (flex compiles for the
   # first shapes), then 2 profiled; PROFILE_EXTRA: more overrides (e.g. train.compile_layers=true)
   CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/profile_train.py sweeps/smoke_cpu.yaml model.name="$MODEL_DIR" $budget \
     train.max_length=2048 train.effective_batch_size=$effective train.per_device_batch_size=$rows train.group_by_length=true \
     data.max_train_examples=$((effective * STEPS)) train.gradient_checkpointing=auto train.padding_free=true \
     model.attn_implementation=$attention train.deterministic=false train.cpus_per_worker=$THREADS ${PROFILE_EXTRA:-} \
-    --warmup "${PROFILE_WARMUP:-3}" --steps 2 > "$OUT/profile/profile.txt" 2>&1 \
-    || { echo "RESULT profile: FAILED (tail of $OUT/profile/profile.txt below)"; tail -15 "$OUT/profile/profile.txt"; return 1; }
-  echo "RESULT profile ($rows rows${PROFILE_EXTRA:+, $PROFILE_EXTRA}): $(grep -h -e '^Memory per worker' -e '^warm-up steps' -e '^profiled' -e '^GPU kernels' "$OUT/profile/profile.txt" | tr '\n' ' ')"
+    --warmup "${PROFILE_WARMUP:-3}" --steps 2 > "$text" 2>&1 \
+    || { echo "RESULT profile: FAILED (tail of $text below)"; tail -15 "$text"; return 1; }
+  echo "RESULT profile ($rows rows${PROFILE_EXTRA:+, $PROFILE_EXTRA}): $(grep -h -e '^Memory per worker' -e '^warm-up steps' -e '^torch.compile' -e '^profiled' -e '^GPU kernels' "$text" | tr '\n' ' ')"
 }
 
 part_bench135m() {  # the 135M ratio as before (100 steps), on GPU1
@@ -182,11 +185,13 @@ rows=${PF_ROWS:-$((batch * accumulation))}              # benchpf's padding-free
   || { echo "error: PF_ROWS=$rows must be a positive whole number dividing the effective batch $((batch * accumulation))" >&2; exit 2; }
 [[ ${PROFILE_WARMUP:-3} =~ ^[1-9][0-9]*$ ]] || { echo "error: PROFILE_WARMUP=${PROFILE_WARMUP} must be a whole number of steps, at least 1" >&2; exit 2; }
 mkdir -p "$OUT" "$RUNS"  # after the checks: a refused call leaves nothing behind
+declare -A ran=()  # a part named twice (e.g. "profile profile") adds to its log
 for part in "${parts[@]}"; do
   mkdir -p "$OUT/$part"
   started=$SECONDS
   echo "=== $(date +%T) part $part"
-  "part_$part" 2>&1 | tee "$OUT/$part/log.txt" | grep -e '^RESULT' -e FAILED -e Error -e error | head -40
+  "part_$part" 2>&1 | tee ${ran[$part]:+-a} "$OUT/$part/log.txt" | grep -e '^RESULT' -e FAILED -e Error -e error | head -40
+  ran[$part]=1
   echo "=== part $part took $((SECONDS - started)) s" | tee -a "$OUT/$part/log.txt"
 done
 grep -h '^RESULT' "$OUT"/*/log.txt > "$OUT/RESULTS.txt" 2>/dev/null || true
