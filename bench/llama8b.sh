@@ -114,7 +114,7 @@ part_profile() {  # where the product's 8B step goes: benchpf's settings (PF_ROW
   local attention=flex_attention budget=train.gpu_memory_gb=48 effective=$((batch * accumulation)) text=$OUT/profile/profile.txt
   [[ $DRY == 1 ]] && attention=sdpa budget=  # FlexAttention has no backward on CPU; no GPU memory to budget
   # "profile profile": the second finds the first one's compile caches; each keeps its own output
-  [[ -e $text ]] && text=$OUT/profile/profile_again.txt
+  [[ -n ${ran[profile]:-} ]] && text=$OUT/profile/profile_again.txt
   # the bench's rows (the first STEPS x effective batch), PROFILE_WARMUP (3) warm-up steps (flex compiles for the
   # first shapes), then 2 profiled; PROFILE_EXTRA: more overrides (e.g. train.compile_layers=true)
   CUDA_VISIBLE_DEVICES=$GPU0 python3 bench/profile_train.py sweeps/smoke_cpu.yaml model.name="$MODEL_DIR" $budget \

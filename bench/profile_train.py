@@ -24,6 +24,7 @@ import logging
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,6 +67,23 @@ class CacheBypasses(logging.Handler):
         message = record.getMessage()
         if "Bypassing autograd cache due to:" in message:
             self.reasons.add(" ".join(message.split("due to:", 1)[1].split()))
+
+
+@contextmanager
+def caught_cache_bypasses():
+    """AOTAutograd's INFO lines go to a CacheBypasses handler alone (not to torch's handlers on the
+    terminal) inside the block; the logger is as it was after."""
+    log, bypasses = logging.getLogger(AOT_CACHE_LOGGER), CacheBypasses()
+    level, propagate = log.level, log.propagate
+    log.addHandler(bypasses)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield bypasses
+    finally:
+        log.removeHandler(bypasses)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def compile_summary(bypasses: CacheBypasses) -> str:
@@ -191,20 +209,10 @@ def profile_steps(cfg, device: torch.device, warmup: int, steps: int) -> tuple[p
     """The worker's setup (train.worker_setup) and trainer, ``warmup`` steps, then ``steps`` profiled:
     (the profiler, the text to print)."""
     setup = worker_setup(cfg, Spider(cfg.data.spider_dir), device)
-    callback, bypasses = ProfileSteps(warmup, steps, device), CacheBypasses()
-    aot_cache_log = logging.getLogger(AOT_CACHE_LOGGER)
-    level, propagate = aot_cache_log.level, aot_cache_log.propagate
-    aot_cache_log.addHandler(bypasses)
-    aot_cache_log.setLevel(logging.INFO)
-    aot_cache_log.propagate = False  # its INFO lines reach only `bypasses`, not torch's handlers on the terminal
-    try:
-        with tempfile.TemporaryDirectory() as output_dir:
-            trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
-            trainer.train()
-    finally:
-        aot_cache_log.removeHandler(bypasses)
-        aot_cache_log.setLevel(level)
-        aot_cache_log.propagate = propagate
+    callback = ProfileSteps(warmup, steps, device)
+    with caught_cache_bypasses() as bypasses, tempfile.TemporaryDirectory() as output_dir:
+        trainer = build_trainer(setup.cfg, setup.model, setup.tokenizer, setup.tokenized, output_dir, device, [callback])
+        trainer.train()
     tokens = tokens_between(trainer.state.log_history, warmup, warmup + steps)
     warmup_steps = ", ".join(f"{seconds:.2f}" for seconds in callback.step_seconds)
     text = memory_summary(setup, device) + f"\nwarm-up steps, s each (not profiled): {warmup_steps}\n{compile_summary(bypasses)}\n" + summary(callback.profiler, callback.seconds, steps, device.type == "cuda", tokens)

@@ -143,9 +143,10 @@ class DevEvalCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         # A dev round is taken right after the Trainer saves its state (on_save): the checkpoint
         # Ray keeps is then the adapter with everything a retried trial resumes from.
-        if state.global_step % self.cfg.train.eval_every_steps == 0 or state.global_step >= state.max_steps:
+        last = state.global_step >= state.max_steps
+        if last or state.global_step % self.cfg.train.eval_every_steps == 0:
             control.should_save = True
-        if state.global_step >= state.max_steps:  # the last step's loss, tokens and seconds are recorded whatever logging_steps
+        if last:  # the last step's loss, tokens and seconds are recorded whatever logging_steps
             control.should_log = True
 
     def on_save(self, args, state, control, model=None, **kwargs):
