@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,8 @@ import torch
 from transformers import TrainerCallback
 
 from ray_spider.config import RunConfig, load_run_config
-from ray_spider.model import resolve_model
+from ray_spider.errors import UserError
+from ray_spider.model import check_model_spec, resolve_model
 from ray_spider.progress import LOG_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +111,7 @@ def run_ray(args) -> dict:
         worker_logs = [path.read_text() for path in Path(output_dir).glob(f"bench-train-*/{LOG_FILE}")]
         log = result.stdout + result.stderr + "".join(worker_logs)
         runtimes = TRAIN_RUNTIME.findall(log)
+        raise_if_interrupted(result.returncode)
         if result.returncode or not runtimes:
             sys.stderr.write(log[-6000:])
             raise SystemExit(f"ray-spider train failed (exit {result.returncode}): {shlex.join(command)}")
@@ -183,6 +186,12 @@ def step_windows(steps: int, steady_after: int) -> list[tuple[str, int, int]]:
     return windows
 
 
+def raise_if_interrupted(returncode: int) -> None:
+    """A side's child stopped by Ctrl-C (exit 130, or killed by SIGINT) stops the bench too."""
+    if returncode in (130, -signal.SIGINT):
+        raise KeyboardInterrupt
+
+
 def run_plain_process(args, extra: tuple[str, ...] = ()) -> dict:
     """run_plain in a fresh process with the thread env a Ray worker gets (OMP_NUM_THREADS = its CPUs)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--plain-child", *sys.argv[1:], *extra]
@@ -190,6 +199,7 @@ def run_plain_process(args, extra: tuple[str, ...] = ()) -> dict:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    raise_if_interrupted(result.returncode)
     if result.returncode or not lines:
         sys.stderr.write((result.stdout + result.stderr)[-6000:])
         raise SystemExit(f"the plain TRL run failed (exit {result.returncode}): {shlex.join(command)}")
@@ -321,7 +331,13 @@ def main() -> None:
     if args.steady_after < 0:
         parser.error(f"--steady-after {args.steady_after}: a number of steps, 0 or more")
 
-    cfg = load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused", ray_side=False))
+    try:  # a mistake in the options is one line and exit 2 before either side starts, as `ray-spider train` says it
+        cfg = load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused", ray_side=False))
+        load_run_config(ROOT / BASE_CONFIG, overrides(args, "unused"))  # the Ray side's --ray-set too
+        check_model_spec(args.model)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.plain_child:  # the plain side, in its own process like the Ray worker
         print(RESULT_PREFIX + json.dumps(run_plain(args, cfg)), flush=True)
         return
@@ -381,4 +397,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # each side writes only into temporary folders, which are gone
+        print("interrupted: nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -2,9 +2,13 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WINNER = "docs/results/sweep-h200-attempt4/best-dev972/config.yaml"
@@ -147,3 +151,26 @@ def test_bench_train_reads_a_step_window_from_each_sides_clock():
     assert window_rate(clock, 2, 5) is None and window_rate([[1, None, 1.0]], 0, 1) is None  # a step not clocked
     assert step_windows(100, 2) == [("steps 1-30 of 100", 0, 30), ("steps 3-100 (warm)", 2, 100)]
     assert step_windows(30, 0) == [] and step_windows(2, 2) == [] and step_windows(3, 2) == [("step 3 (warm)", 2, 3)]
+
+
+def test_bench_train_names_a_mistake_in_one_line_before_either_side_starts(tmp_path):
+    """A bad --model or --ray-set was found only by the Ray side's child run, after Ray had started: exit 1
+    and the child's whole command. Now one error line and exit 2 before anything runs."""
+    for args, said in ((["--model", str(tmp_path / "nowhere")], "is not a model folder"), (["--ray-set", "train.bogus=1"], "train.bogus: unknown key")):
+        done = subprocess.run([sys.executable, "bench/bench_train.py", "--steps", "1", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and said in done.stderr and "ray-spider train failed" not in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_train_stopped_by_ctrl_c_says_so_and_exits_130():
+    """Ctrl-C reaches the whole process group: a side's child stopped by it made the bench print that side
+    as failed (with its log tail) and exit 1. Now the bench stops: one line, exit 130, no traceback."""
+    bench = subprocess.Popen([sys.executable, "bench/bench_train.py", "--steps", "1", "--warmup-steps", "1"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert bench.stdout.readline().startswith("ray-spider train ")  # printed before the untimed plain warm-up starts
+    time.sleep(10)  # the warm-up child is loading the model
+    os.killpg(bench.pid, signal.SIGINT)
+    out, err = bench.communicate(timeout=120)
+    assert bench.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted: nothing was written" in err and "Traceback" not in err and "failed" not in err, err[-2000:]
